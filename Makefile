@@ -1,0 +1,59 @@
+# tuneloop: `make demo` sets everything up and runs the pipeline on the demo data;
+# `make test` sets up and runs the tests. Both create the virtual environment when missing.
+
+PYTHON ?= python3
+VENV   ?= .venv
+BIN    := $(abspath $(VENV))/bin
+DEMO_ROWS ?= 2000
+
+# Stages run by `dvc repro` call `python -m tuneloop`: the venv's python must come first.
+export PATH := $(BIN):$(PATH)
+# Offline by design: no hub downloads, no telemetry.
+export HF_HUB_OFFLINE := 1
+export TRANSFORMERS_OFFLINE := 1
+export GX_ANALYTICS_ENABLED := False
+export DVC_NO_ANALYTICS := 1
+export BENTOML_DO_NOT_TRACK := true
+export PREFECT_SERVER_ANALYTICS_ENABLED := false
+
+.PHONY: install demo test lock clean help
+
+help:
+	@echo "make demo   set up and run the pipeline on the demo data"
+	@echo "make test   set up and run the tests"
+	@echo "make lock   re-resolve requirements.lock from pyproject.toml"
+
+$(VENV)/.installed: pyproject.toml requirements.lock
+	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install -q --upgrade pip
+	# torch first, exactly pinned: on a CPU machine pip takes the CPU build; an open range
+	# with no torch installed would pull a multi-GB CUDA build.
+	$(BIN)/python -m pip install -q -c requirements.lock "torch==2.13.0"
+	$(BIN)/python -m pip install -q -c requirements.lock -e ".[dev,postgres]"
+	@touch $@
+
+install: $(VENV)/.installed
+
+demo: install
+	@test -d .git || (git init -q && git add -A >/dev/null)
+	tuneloop data demo --out build/demo.csv --rows $(DEMO_ROWS) --seed 42
+	tuneloop data import build/demo.csv
+	dvc repro prepare
+	@echo
+	@echo "Validation report:  reports/validation/report.md (summary.json, metrics.json)"
+	@echo "Quarantined rows:   data/validated/quarantine.csv"
+	@echo "Prepared splits:    data/prepared/{train,val,test}.csv, labels.json, dropped.csv"
+	@echo "Raw corpus:         data/raw/corpus.csv, version in data.dvc (dvc push -> dvc-remote/)"
+	@dvc metrics show
+
+test: install
+	$(BIN)/python -m pytest -q
+
+lock:
+	rm -rf /tmp/tuneloop-lock && $(PYTHON) -m venv /tmp/tuneloop-lock
+	/tmp/tuneloop-lock/bin/pip install -q "torch==2.13.0" && /tmp/tuneloop-lock/bin/pip install -q -e ".[dev,postgres]"
+	( head -3 requirements.lock; /tmp/tuneloop-lock/bin/pip freeze --exclude-editable | sed 's/+cpu//' ) > requirements.lock.new
+	mv requirements.lock.new requirements.lock
+
+clean:
+	rm -rf build reports data/validated data/prepared dvclive

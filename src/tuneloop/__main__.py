@@ -1,0 +1,5 @@
+"""`python -m tuneloop` runs the CLI."""
+
+from tuneloop.cli import main
+
+main()

@@ -1,0 +1,159 @@
+"""params.yaml, parsed once into typed config.
+
+params.yaml is the single source of truth: every value lives there (with a comment saying why),
+none here. These models only say what shape and range each key may take, so a typo'd key, a wrong
+type or an out-of-range value fails with a message naming the key and the allowed values.
+"""
+
+from __future__ import annotations
+
+import difflib
+from collections.abc import Iterable
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+
+from tuneloop.errors import ConfigError
+
+DEFAULT_PARAMS = Path("params.yaml")
+
+Policy = Literal["fail", "quarantine"]
+
+
+class _Section(BaseModel):
+    # Unknown keys are errors: a typo must never silently fall back to a default.
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class BaseParams(_Section):
+    seed: int = Field(ge=0, description="seed for every random choice (splits, init, data order)")
+
+
+class DataParams(_Section):
+    raw_path: str = Field(min_length=1, description="canonical raw corpus tracked by data.dvc")
+    labels: list[str] = Field(description="known label set; empty list = accept any label")
+
+
+class PolicyParams(_Section):
+    null_text: Policy
+    empty_text: Policy
+    text_length: Policy
+    null_label: Policy
+    unknown_label: Policy
+    min_rows_per_class: Policy
+    duplicates: Policy
+    conflicting_labels: Policy
+    encoding: Policy
+
+
+class ValidateParams(_Section):
+    min_text_chars: int = Field(ge=1)
+    max_text_chars: int = Field(ge=1)
+    min_rows_per_class: int = Field(ge=1)
+    policy: PolicyParams
+
+    @model_validator(mode="after")
+    def _bounds(self) -> ValidateParams:
+        if self.min_text_chars > self.max_text_chars:
+            raise ValueError("min_text_chars must be <= max_text_chars")
+        return self
+
+
+class PrepareParams(_Section):
+    val_fraction: float = Field(gt=0, lt=1)
+    test_fraction: float = Field(ge=0, lt=1)
+    test_path: str | None = Field(description="a provided test file; null = split one off")
+    lowercase: bool
+
+    @model_validator(mode="after")
+    def _fractions(self) -> PrepareParams:
+        if self.val_fraction + self.test_fraction >= 1:
+            raise ValueError("val_fraction + test_fraction must be < 1 (something must be left to train on)")
+        return self
+
+
+class Params(_Section):
+    """Every section of params.yaml."""
+
+    base: BaseParams
+    data: DataParams
+    validate_: ValidateParams = Field(alias="validate")
+    prepare: PrepareParams
+
+    model_config = ConfigDict(extra="forbid", frozen=True, populate_by_name=True)
+
+
+def load_params(path: str | Path = DEFAULT_PARAMS, overrides: Iterable[str] = ()) -> Params:
+    """Read params.yaml, apply `section.key=value` overrides and validate the result.
+
+    Raises:
+        ConfigError: the file is missing or unreadable, an override is malformed, or a key is
+            unknown, missing, of the wrong type or out of range.
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise ConfigError(
+            f"{path}: params file not found. Run from the project root (where params.yaml is) "
+            "or pass --params PATH."
+        )
+    try:
+        raw = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
+    except (yaml.YAMLError, UnicodeDecodeError) as exc:
+        raise ConfigError(f"{path}: not valid YAML ({exc}). Fix the syntax and retry.") from None
+    if not isinstance(raw, dict):
+        raise ConfigError(f"{path}: the top level must be a mapping of sections (base:, data:, ...).")
+    for item in overrides:
+        _apply_override(raw, item)
+    try:
+        return Params.model_validate(raw)
+    except ValidationError as exc:
+        raise ConfigError(_describe(path, exc, raw)) from None
+
+
+def _apply_override(raw: dict[str, Any], item: str) -> None:
+    key, sep, value = item.partition("=")
+    parts = key.strip().split(".")
+    if not sep or len(parts) < 2 or not all(parts):
+        raise ConfigError(
+            f"--set {item!r}: expected section.key=value, e.g. --set prepare.val_fraction=0.2"
+        )
+    node = raw
+    for part in parts[:-1]:
+        child = node.setdefault(part, {})
+        if not isinstance(child, dict):
+            raise ConfigError(f"--set {item!r}: '{part}' is a value, not a section")
+        node = child
+    node[parts[-1]] = yaml.safe_load(value) if value.strip() else None
+
+
+def _allowed_keys(loc: tuple[Any, ...]) -> list[str]:
+    model: type[BaseModel] = Params
+    for part in loc:
+        field = next(
+            (f for n, f in model.model_fields.items() if part in (n, f.alias)), None
+        )
+        if field is None or not (isinstance(field.annotation, type) and issubclass(field.annotation, BaseModel)):
+            return []
+        model = field.annotation
+    return [f.alias or n for n, f in model.model_fields.items()]
+
+
+def _describe(path: Path, exc: ValidationError, raw: dict[str, Any]) -> str:
+    lines = [f"{path}: invalid params:"]
+    for err in exc.errors():
+        loc = tuple(err["loc"])
+        key = ".".join(str(p) for p in loc)
+        if err["type"] == "extra_forbidden":
+            allowed = _allowed_keys(loc[:-1])
+            close = difflib.get_close_matches(str(loc[-1]), allowed, n=1)
+            hint = f" Did you mean '{close[0]}'?" if close else ""
+            lines.append(f"  - unknown key '{key}'.{hint} Allowed keys here: {', '.join(allowed)}.")
+        elif err["type"] == "missing":
+            lines.append(f"  - missing key '{key}': add it to {path}.")
+        else:
+            value = err.get("input")
+            shown = "" if isinstance(value, dict) else f" = {value!r}"
+            lines.append(f"  - {key}{shown}: {err['msg']}.")
+    return "\n".join(lines)

@@ -1,0 +1,100 @@
+"""Every bad input of the foundation issue: non-zero exit, one readable message, no traceback,
+nothing partial left behind."""
+
+from pathlib import Path
+
+import pandas as pd
+import pytest
+
+from tests.conftest import labeled_csv, write
+
+RAW = Path("data/raw/corpus.csv")
+
+# name -> (file name, content, words the message must contain)
+IMPORT_CASES = {
+    "missing file": ("absent.csv", None, ["absent.csv", "file not found"]),
+    "unknown extension": ("data.xlsx", "text,label\nhi,a\n", ["data.xlsx", "unknown extension '.xlsx'", ".jsonl"]),
+    "empty file": ("empty.csv", "", ["empty.csv", "file is empty"]),
+    "header only": ("header.csv", "text,label\n", ["header.csv", "no data rows"]),
+    "missing text column": ("notext.csv", "body,label\nhi,a\n", ["no text column 'text'", "body, label", "--text-col"]),
+    "missing label column": ("nolabel.csv", "text,intent\nhi,a\n", ["no label column 'label'", "--label-col"]),
+    "broken quote": ("quote.csv", 'text,label\nfine,a\n"never closed,b\nmore,c\n', ["quote.csv", "broken quote", '""']),
+    "non-UTF-8 bytes": ("latin.csv", b"text,label\ncaf\xe9 au lait,a\n", ["latin.csv", "line 2", "not valid UTF-8", "iconv"]),
+    "label column entirely null": ("nulls.csv", "text,label\nhi,\nthere,\n", ["label column", "empty in all 2 rows"]),
+    "bad JSONL line": ("rows.jsonl", '{"text": "hi", "label": "a"}\n{"text": oops}\n', ["rows.jsonl", "line 2", "not valid JSON"]),
+}
+
+
+def _leftovers(root: Path) -> list[Path]:
+    return [p for p in (root / "data").rglob("*") if p.is_file()] if (root / "data").exists() else []
+
+
+@pytest.mark.parametrize("case", list(IMPORT_CASES))
+def test_import_rejects_bad_input_cleanly(project, cli, case):
+    name, content, words = IMPORT_CASES[case]
+    if content is not None:
+        write(project / name, content)
+    result = cli("data", "import", name)
+    assert result.exit_code == 1, result.output
+    assert "Traceback" not in result.output
+    assert result.stderr.startswith("error:")
+    for word in words:
+        assert word in result.stderr, f"{word!r} missing from: {result.stderr}"
+    assert _leftovers(project) == []  # no raw file, no temp file, no data.dvc update
+
+
+@pytest.mark.parametrize("case", ["missing file", "header only", "broken quote", "label column entirely null"])
+def test_validate_rejects_unreadable_input_cleanly(project, cli, case):
+    name, content, words = IMPORT_CASES[case]
+    if content is not None:
+        write(project / name, content)
+    result = cli("data", "validate", name, "--out", "data/validated", "--report", "reports/v")
+    assert result.exit_code == 1
+    assert "Traceback" not in result.output
+    assert all(word in result.stderr for word in words)
+    assert not Path("data/validated/valid.csv").exists()
+
+
+def test_class_below_minimum_fails_naming_the_class(project, cli):
+    content = labeled_csv(6, ("a", "b")) + "lonely one,c\nlonely two,c\n"
+    write(project / "small.csv", content)
+    result = cli("data", "validate", "small.csv", "--out", "data/validated", "--report", "reports/v")
+    assert result.exit_code == 1
+    assert "min_rows_per_class: 2 rows" in result.stderr
+    assert "class 'c' has 2 rows, needs 5" in result.stderr
+    assert "Traceback" not in result.output
+    assert not Path("data/validated/valid.csv").exists()
+    assert Path("reports/v/report.md").exists()  # the report says why
+
+
+def test_one_megabyte_text_fails_naming_row_and_setting(project, cli):
+    content = labeled_csv(6) + f"{'x' * 1_048_576},a\n"
+    write(project / "big.csv", content)
+    result = cli("data", "validate", "big.csv", "--out", "data/validated")
+    assert result.exit_code == 1
+    assert "text_length: 1 rows (rows 19)" in result.stderr
+    assert "1,048,576 characters" in result.stderr and "max_text_chars" in result.stderr
+    assert not Path("data/validated/valid.csv").exists()
+
+
+def test_non_utf8_in_validate_fails_by_policy_or_quarantines(project, cli):
+    write(project / "enc.csv", labeled_csv(6).encode() + b"caf\xe9,a\n")
+    failed = cli("data", "validate", "enc.csv", "--out", "data/validated")
+    assert failed.exit_code == 1 and "encoding: 1 rows (rows 19)" in failed.stderr
+    passed = cli("data", "validate", "enc.csv", "--out", "data/validated", "--set", "validate.policy.encoding=quarantine")
+    assert passed.exit_code == 0, passed.output
+    quarantined = pd.read_csv("data/validated/quarantine.csv")
+    assert quarantined["row"].tolist() == [19]
+    assert quarantined["reason"].str.contains("encoding").all()
+
+
+@pytest.mark.parametrize("fmt", ["csv", "tsv", "parquet", "jsonl"])
+def test_every_format_imports_to_the_same_canonical_file(project, cli, fmt):
+    frame = pd.DataFrame({"utterance": ["hello there", "NA", "a, quoted \"one\""], "intent": [1, 0, 1],
+                          "channel": ["chat", "app", "email"]})
+    src = project / f"in.{fmt}"
+    {"csv": lambda: frame.to_csv(src, index=False), "tsv": lambda: frame.to_csv(src, sep="\t", index=False),
+     "parquet": lambda: frame.to_parquet(src), "jsonl": lambda: frame.to_json(src, orient="records", lines=True)}[fmt]()
+    result = cli("data", "import", src.name, "--text-col", "utterance", "--label-col", "intent", "--no-dvc")
+    assert result.exit_code == 0, result.output
+    assert RAW.read_text() == 'text,label,channel\nhello there,1,chat\nNA,0,app\n"a, quoted ""one""",1,email\n'

@@ -1,0 +1,95 @@
+from pathlib import Path
+
+import pytest
+import yaml
+
+from tests.conftest import REPO
+from tuneloop.config import load_params
+from tuneloop.errors import ConfigError
+
+
+def _params_with(tmp_path: Path, edit) -> Path:
+    raw = yaml.safe_load((REPO / "params.yaml").read_text())
+    edit(raw)
+    path = tmp_path / "params.yaml"
+    path.write_text(yaml.safe_dump(raw))
+    return path
+
+
+def test_repository_params_load_into_typed_config():
+    params = load_params(REPO / "params.yaml")
+    assert params.base.seed == 42
+    assert 0 < params.prepare.val_fraction < 1
+    assert params.validate_.policy.duplicates in ("fail", "quarantine")
+
+
+def test_typo_key_is_named_with_a_suggestion(tmp_path):
+    path = _params_with(tmp_path, lambda r: r["prepare"].update(val_fracton=r["prepare"].pop("val_fraction")))
+    with pytest.raises(ConfigError) as exc:
+        load_params(path)
+    message = str(exc.value)
+    assert "unknown key 'prepare.val_fracton'" in message
+    assert "Did you mean 'val_fraction'" in message
+    assert "missing key 'prepare.val_fraction'" in message
+
+
+def test_negative_split_fraction_names_key_and_range(tmp_path):
+    path = _params_with(tmp_path, lambda r: r["prepare"].update(val_fraction=-0.1))
+    with pytest.raises(ConfigError, match=r"prepare\.val_fraction = -0\.1: Input should be greater than 0"):
+        load_params(path)
+
+
+def test_fractions_must_leave_training_rows(tmp_path):
+    path = _params_with(tmp_path, lambda r: r["prepare"].update(val_fraction=0.5, test_fraction=0.5))
+    with pytest.raises(ConfigError, match="val_fraction \\+ test_fraction must be < 1"):
+        load_params(path)
+
+
+def test_wrong_type_and_bad_policy_name_allowed_values(tmp_path):
+    def edit(raw):
+        raw["base"]["seed"] = "abc"
+        raw["validate"]["policy"]["duplicates"] = "drop"
+
+    with pytest.raises(ConfigError) as exc:
+        load_params(_params_with(tmp_path, edit))
+    assert "base.seed = 'abc'" in str(exc.value)
+    assert "validate.policy.duplicates = 'drop': Input should be 'fail' or 'quarantine'" in str(exc.value)
+
+
+def test_unknown_section_is_rejected(tmp_path):
+    path = _params_with(tmp_path, lambda r: r.update(trian={"lr": 1}))
+    with pytest.raises(ConfigError, match="unknown key 'trian'"):
+        load_params(path)
+
+
+def test_overrides_apply_and_are_validated():
+    params = load_params(REPO / "params.yaml", ["prepare.val_fraction=0.25", "data.labels=[x, y]"])
+    assert params.prepare.val_fraction == 0.25
+    assert params.data.labels == ["x", "y"]
+    with pytest.raises(ConfigError, match="expected section.key=value"):
+        load_params(REPO / "params.yaml", ["val_fraction"])
+    with pytest.raises(ConfigError, match="unknown key 'prepare.nope'"):
+        load_params(REPO / "params.yaml", ["prepare.nope=1"])
+
+
+def test_missing_params_file_says_how_to_fix(tmp_path):
+    with pytest.raises(ConfigError, match="params file not found.*--params"):
+        load_params(tmp_path / "nope.yaml")
+
+
+def test_cli_reports_bad_params_without_traceback(project, cli):
+    text = (project / "params.yaml").read_text().replace("val_fraction:", "val_fracton:")
+    (project / "params.yaml").write_text(text)
+    (project / "in.csv").write_text("text,label\nhi,a\n")
+    result = cli("data", "import", "in.csv", "--no-dvc")
+    assert result.exit_code == 1
+    assert "unknown key 'prepare.val_fracton'" in result.stderr
+    assert "Traceback" not in result.output
+    assert not (project / "data" / "raw" / "corpus.csv").exists()
+
+
+def test_cli_set_override_with_negative_fraction(project, cli):
+    (project / "in.csv").write_text("text,label\nhi,a\n")
+    result = cli("data", "import", "in.csv", "--no-dvc", "--set", "prepare.test_fraction=-1")
+    assert result.exit_code == 1
+    assert "prepare.test_fraction = -1" in result.stderr

@@ -1,0 +1,72 @@
+"""Real DVC: data.dvc tracks the import, a push/pull round trip restores identical bytes, and the
+validate -> prepare stages are cached per params key."""
+
+import hashlib
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import yaml
+
+from tests.conftest import labeled_csv, write
+
+
+def dvc(*args: str) -> str:
+    done = subprocess.run([sys.executable, "-m", "dvc", *args], capture_output=True, text=True)
+    assert done.returncode == 0, done.stdout + done.stderr
+    return done.stdout + done.stderr
+
+
+def sha(path: Path) -> str:
+    return hashlib.sha256(path.read_bytes()).hexdigest()
+
+
+def test_import_is_tracked_and_survives_push_and_pull(project, cli):
+    assert cli("data", "demo", "--out", "build/demo.csv", "--rows", "400").exit_code == 0
+    result = cli("data", "import", "build/demo.csv")
+    assert result.exit_code == 0, result.output
+    raw = project / "data" / "raw" / "corpus.csv"
+    tracked = yaml.safe_load((project / "data.dvc").read_text())
+    assert tracked["outs"][0]["path"] == "data/raw" and tracked["outs"][0]["nfiles"] == 1
+    before = sha(raw)
+    dvc("push", "data.dvc")
+    shutil.rmtree(project / ".dvc" / "cache")
+    shutil.rmtree(project / "data" / "raw")
+    dvc("pull", "data.dvc")
+    assert sha(raw) == before
+
+
+def test_repro_caches_and_reruns_only_what_a_param_touches(project, cli):
+    write(project / "in.csv", labeled_csv(20, ("a", "b", "c")))
+    assert cli("data", "import", "in.csv").exit_code == 0
+    first = dvc("repro", "prepare")
+    assert "Running stage 'validate'" in first and "Running stage 'prepare'" in first
+    train = pd_read(project / "data/prepared/train.csv")
+    assert len(train) + len(pd_read(project / "data/prepared/val.csv")) + len(pd_read(project / "data/prepared/test.csv")) == 60
+
+    again = dvc("repro", "prepare")
+    assert "Running stage" not in again  # nothing changed, nothing ran
+
+    params = yaml.safe_load((project / "params.yaml").read_text())
+    params["prepare"]["val_fraction"] = 0.3
+    (project / "params.yaml").write_text(yaml.safe_dump(params))
+    changed = dvc("repro", "prepare")
+    assert "Running stage 'prepare'" in changed
+    assert "Running stage 'validate'" not in changed
+    assert len(pd_read(project / "data/prepared/val.csv")) == 18
+
+
+def test_failed_validation_stops_the_pipeline(project, cli):
+    write(project / "in.csv", labeled_csv(20, ("a", "b")) + "tiny class,c\n")
+    assert cli("data", "import", "in.csv").exit_code == 0
+    done = subprocess.run([sys.executable, "-m", "dvc", "repro", "prepare"], capture_output=True, text=True)
+    assert done.returncode != 0
+    assert "class 'c' has 1 rows" in done.stdout + done.stderr
+    assert not (project / "data" / "prepared").exists()
+
+
+def pd_read(path: Path):
+    import pandas as pd
+
+    return pd.read_csv(path)
