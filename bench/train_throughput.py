@@ -1,0 +1,193 @@
+"""Training throughput: tuneloop's training path vs the common Trainer recipe, side by side.
+
+One process, one run, same data, model, steps and hardware:
+- tuneloop: `tuneloop.train.build_trainer` as `tuneloop train` uses it (pre-tokenised, dynamic
+  padding, length-grouped batches, bf16/TF32/fused AdamW and a large batch on CUDA);
+- baseline: a plain transformers Trainer with what most tutorials do: fp32, every text padded to
+  max length 128, batch 32, default AdamW and learning rate.
+
+Prints JSON: samples/s after warm-up, real (non-padding) tokens/s, peak memory, final validation
+macro-F1 (both after the same number of steps), and the ratios.
+
+    python bench/train_throughput.py --data ../shared/data/banking77/train.csv --max-steps 60
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+import threading
+import time
+from pathlib import Path
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+class PeakMemory:
+    """Peak memory of a run: CUDA allocator peak on GPU, sampled process RSS on CPU (MiB)."""
+
+    def __init__(self, cuda: bool):
+        self.cuda, self.peak, self._stop = cuda, 0, threading.Event()
+
+    def __enter__(self) -> "PeakMemory":
+        import torch
+
+        if self.cuda:
+            torch.cuda.reset_peak_memory_stats()
+        else:
+            import psutil
+
+            proc = psutil.Process()
+            self.base = proc.memory_info().rss
+
+            def sample() -> None:
+                while not self._stop.wait(0.05):
+                    self.peak = max(self.peak, proc.memory_info().rss - self.base)
+
+            self._thread = threading.Thread(target=sample, daemon=True)
+            self._thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        import torch
+
+        if self.cuda:
+            self.peak = torch.cuda.max_memory_allocated()
+        else:
+            self._stop.set()
+            self._thread.join()
+
+    @property
+    def mib(self) -> float:
+        return round(self.peak / 2**20, 1)
+
+
+def split(data: Path, workdir: Path, seed: int, val_rows: int) -> tuple[Path, Path]:
+    """Stratified train/val split of a text,label CSV with tuneloop's own splitter."""
+    from tuneloop.prepare import stratified_split
+    from tuneloop.tabular import read_table
+
+    frame = read_table(data).frame.dropna(subset=["text", "label"])
+    parts = stratified_split(frame, min(0.5, val_rows / len(frame)), 0.0, seed)
+    paths = (workdir / "train.csv", workdir / "val.csv")
+    parts["train"].to_csv(paths[0], index=False)
+    parts["val"].to_csv(paths[1], index=False)
+    return paths
+
+
+def run_tuneloop(params, train_csv: Path, val_csv: Path, base: str, max_steps: int, workdir: Path) -> dict:
+    import torch
+
+    from tuneloop.train import build_trainer
+
+    trainer, info = build_trainer(params, train_csv, val_csv, base, workdir / "ckpt-tuneloop", max_steps=max_steps)
+    trainer.args.eval_strategy = "no"  # timing covers training only; evaluate once at the end
+    trainer.args.save_strategy = "no"
+    trainer.args.load_best_model_at_end = False
+    trainer.callback_handler.callbacks = [c for c in trainer.callback_handler.callbacks
+                                          if type(c).__name__ != "EarlyStoppingCallback"]
+    with PeakMemory(torch.cuda.is_available()) as memory:
+        trainer.train()
+    throughput = info["throughput"]
+    metrics = trainer.evaluate()
+    return {"samples_per_second": round(throughput.samples_per_second, 1),
+            "real_tokens_per_second": round(throughput.samples_per_second * info["real_tokens_per_sample"], 1),
+            "peak_memory_mib": memory.mib, "val_macro_f1": round(metrics["eval_macro_f1"], 4),
+            "batch_size": info["batch_size"], "steps": trainer.state.global_step}
+
+
+def run_baseline(train_csv: Path, val_csv: Path, base: str, max_steps: int, seed: int, workdir: Path) -> dict:
+    """The common recipe, written as a tutorial would: nothing from tuneloop but the timer."""
+    import pandas as pd
+    import torch
+    from transformers import AutoModelForSequenceClassification, AutoTokenizer, Trainer, TrainingArguments, set_seed
+
+    from tuneloop.train import ThroughputCallback, macro_f1_metrics
+
+    train_df, val_df = pd.read_csv(train_csv), pd.read_csv(val_csv)
+    labels = sorted(train_df["label"].astype(str).unique())
+    label2id = {label: i for i, label in enumerate(labels)}
+    tokenizer = AutoTokenizer.from_pretrained(base)
+    set_seed(seed)
+    model = AutoModelForSequenceClassification.from_pretrained(base, num_labels=len(labels))
+
+    class Padded(torch.utils.data.Dataset):
+        def __init__(self, frame):
+            enc = tokenizer(frame["text"].astype(str).tolist(), padding="max_length", truncation=True, max_length=128)
+            self.enc, self.y = enc, [label2id[str(v)] for v in frame["label"]]
+            self.real_tokens = sum(sum(m) for m in enc["attention_mask"])
+
+        def __len__(self):
+            return len(self.y)
+
+        def __getitem__(self, i):
+            return {**{k: torch.tensor(v[i]) for k, v in self.enc.items()}, "labels": torch.tensor(self.y[i])}
+
+    train_ds, val_ds = Padded(train_df), Padded(val_df[val_df["label"].astype(str).isin(label2id)])
+    timer = ThroughputCallback(32)
+    cuda = torch.cuda.is_available()
+    args = TrainingArguments(output_dir=str(workdir / "ckpt-baseline"), per_device_train_batch_size=32,
+                             per_device_eval_batch_size=32, max_steps=max_steps, save_strategy="no",
+                             eval_strategy="no", report_to=[], seed=seed, use_cpu=not cuda, disable_tqdm=True,
+                             logging_steps=max(1, max_steps // 5))
+    trainer = Trainer(model=model, args=args, train_dataset=train_ds, eval_dataset=val_ds,
+                      compute_metrics=macro_f1_metrics, callbacks=[timer])
+    with PeakMemory(cuda) as memory:
+        trainer.train()
+    metrics = trainer.evaluate()
+    return {"samples_per_second": round(timer.samples_per_second, 1),
+            "real_tokens_per_second": round(timer.samples_per_second * train_ds.real_tokens / len(train_ds), 1),
+            "peak_memory_mib": memory.mib, "val_macro_f1": round(metrics["eval_macro_f1"], 4),
+            "batch_size": 32, "steps": trainer.state.global_step}
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--data", type=Path, required=True, help="any text,label CSV")
+    parser.add_argument("--max-steps", type=int, default=60, help="training steps for each side")
+    parser.add_argument("--base", default="minilm", help="base model (default: the packaged MiniLM-L6)")
+    parser.add_argument("--val-rows", type=int, default=1000, help="validation rows split off the data")
+    parser.add_argument("--params", type=Path, default=REPO / "params.yaml")
+    parser.add_argument("--set", dest="overrides", action="append", default=[], help="tuneloop param override")
+    parser.add_argument("--workdir", type=Path, default=Path("build/bench-train"))
+    args = parser.parse_args()
+
+    import logging
+
+    import torch
+
+    logging.basicConfig(level=logging.WARNING)
+    from tuneloop.config import load_params
+    from tuneloop.model import resolve_base_model
+
+    params = load_params(args.params, args.overrides)
+    args.workdir.mkdir(parents=True, exist_ok=True)
+    train_csv, val_csv = split(args.data, args.workdir, params.base.seed, args.val_rows)
+    base = resolve_base_model(args.base)
+    started = time.time()
+    tuneloop = run_tuneloop(params, train_csv, val_csv, base, args.max_steps, args.workdir)
+    baseline = run_baseline(train_csv, val_csv, base, args.max_steps, params.base.seed, args.workdir)
+    result = {
+        "data": str(args.data),
+        "device": torch.cuda.get_device_name() if torch.cuda.is_available() else f"cpu ({torch.get_num_threads()} threads)",
+        "torch": torch.__version__,
+        "max_steps": args.max_steps,
+        "tuneloop": tuneloop,
+        "baseline_common_recipe": baseline,
+        "ratio_samples_per_second": round(tuneloop["samples_per_second"] / max(baseline["samples_per_second"], 1e-9), 2),
+        "ratio_real_tokens_per_second": round(tuneloop["real_tokens_per_second"]
+                                              / max(baseline["real_tokens_per_second"], 1e-9), 2),
+        "macro_f1_delta": round(tuneloop["val_macro_f1"] - baseline["val_macro_f1"], 4),
+        "wall_s": round(time.time() - started, 1),
+    }
+    json.dump(result, sys.stdout, indent=2)
+    print()
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,300 @@
+"""Evaluate stage: honest metrics for a model dir on any labeled file.
+
+Writes into the output folder:
+- metrics.json: accuracy, macro-F1, weighted-F1, ROC-AUC (one-vs-rest, macro), log loss, expected
+  calibration error, per-class precision/recall/F1/support, behavioural pass rates;
+- slices.json: the same headline metrics per text-length bucket and per slice column value;
+- behaviour.json: every behavioural test with its failures;
+- confusion.json + confusion.png, calibration.json + reliability.png: plot data for `dvc plots`
+  and pictures for people;
+- predictions.csv: text, label, predicted, confidence (plus any slice columns) for error analysis.
+
+The metric core (`classification_metrics`) is pure numpy/scikit-learn and tested against
+scikit-learn on hand-made examples.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import random
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+
+from tuneloop.config import EvaluateParams, Params
+from tuneloop.errors import DataError
+from tuneloop.tabular import LABEL, TEXT, read_table, write_csv_atomic, write_text_atomic
+
+log = logging.getLogger(__name__)
+
+
+# ---------------------------------------------------------------- metrics (pure)
+
+def expected_calibration_error(y_true: np.ndarray, probs: np.ndarray, bins: int = 15) -> tuple[float, list[dict]]:
+    """ECE over equal-width confidence bins, and the per-bin table behind the reliability diagram."""
+    confidence = probs.max(axis=1)
+    correct = probs.argmax(axis=1) == y_true
+    edges = np.linspace(0.0, 1.0, bins + 1)
+    table, ece = [], 0.0
+    for lo, hi in zip(edges[:-1], edges[1:]):
+        in_bin = (confidence > lo) & (confidence <= hi) if lo > 0 else (confidence >= lo) & (confidence <= hi)
+        n = int(in_bin.sum())
+        if n == 0:
+            continue
+        acc, conf = float(correct[in_bin].mean()), float(confidence[in_bin].mean())
+        ece += n / len(y_true) * abs(acc - conf)
+        table.append({"bin_low": round(float(lo), 4), "bin_high": round(float(hi), 4), "count": n,
+                      "accuracy": acc, "confidence": conf})
+    return float(ece), table
+
+
+def roc_auc_ovr(y_true: np.ndarray, probs: np.ndarray) -> float | None:
+    """Macro one-vs-rest ROC-AUC over the classes that occur in `y_true` (None if fewer than two).
+
+    Equal to scikit-learn's `roc_auc_score(multi_class="ovr", average="macro")` when every class
+    occurs; unlike it, still defined when a test file lacks some classes.
+    """
+    from sklearn.metrics import roc_auc_score
+
+    present = [k for k in np.unique(y_true) if 0 < (y_true == k).sum() < len(y_true)]
+    if len(present) < 2 and probs.shape[1] > 2 or not present:
+        return None
+    if probs.shape[1] == 2:
+        return float(roc_auc_score(y_true == 1, probs[:, 1]))
+    return float(np.mean([roc_auc_score(y_true == k, probs[:, k]) for k in present]))
+
+
+def classification_metrics(y_true: np.ndarray, probs: np.ndarray, labels: list[str], ece_bins: int = 15) -> dict[str, Any]:
+    """Headline and per-class metrics from true label ids and predicted probabilities."""
+    from sklearn.metrics import accuracy_score, f1_score, log_loss, precision_recall_fscore_support
+
+    y_pred = probs.argmax(axis=1)
+    ids = list(range(len(labels)))
+    precision, recall, f1, support = precision_recall_fscore_support(y_true, y_pred, labels=ids, zero_division=0)
+    present = [k for k in ids if support[k] > 0]  # macro over classes the data contains
+    ece, _ = expected_calibration_error(y_true, probs, ece_bins)
+    clipped = np.clip(probs, 1e-12, 1.0)
+    return {
+        "n": int(len(y_true)),
+        "accuracy": float(accuracy_score(y_true, y_pred)),
+        "macro_f1": float(f1_score(y_true, y_pred, labels=present, average="macro", zero_division=0)),
+        "weighted_f1": float(f1_score(y_true, y_pred, labels=ids, average="weighted", zero_division=0)),
+        "roc_auc_ovr": roc_auc_ovr(y_true, probs),
+        "log_loss": float(log_loss(y_true, clipped / clipped.sum(axis=1, keepdims=True), labels=ids)),
+        "ece": ece,
+        "per_class": {labels[k]: {"precision": float(precision[k]), "recall": float(recall[k]),
+                                  "f1": float(f1[k]), "support": int(support[k])} for k in ids},
+    }
+
+
+def _headline(y_true: np.ndarray, y_pred: np.ndarray) -> dict[str, Any]:
+    from sklearn.metrics import accuracy_score, f1_score
+
+    return {"n": int(len(y_true)), "accuracy": float(accuracy_score(y_true, y_pred)),
+            "macro_f1": float(f1_score(y_true, y_pred, average="macro", zero_division=0))}
+
+
+def length_bucket(text: str, edges: list[int]) -> str:
+    """The text-length slice a text falls into, by word count: '1-5', '6-12', ..., '26+'."""
+    words, low = len(text.split()), 1
+    for edge in edges:
+        if words <= edge:
+            return f"{low}-{edge} words"
+        low = edge + 1
+    return f"{low}+ words"
+
+
+def slice_metrics(frame: pd.DataFrame, y_true: np.ndarray, y_pred: np.ndarray, params: EvaluateParams) -> dict[str, Any]:
+    """Accuracy and macro-F1 per text-length bucket and per value of each slice column."""
+    extra = [c for c in frame.columns if c not in (TEXT, LABEL)]
+    columns = params.slice_columns or [c for c in extra if frame[c].nunique(dropna=True) <= params.max_slice_values]
+    missing = [c for c in columns if c not in frame.columns]
+    if missing:
+        raise DataError(f"evaluate.slice_columns names {missing}, which the data does not have (columns: {extra}).")
+    keys = {"length": frame[TEXT].map(lambda t: length_bucket(t, params.length_buckets))}
+    keys.update({c: frame[c].fillna("(missing)").astype(str) for c in columns})
+    out: dict[str, Any] = {}
+    for name, key in keys.items():
+        out[name] = {str(value): _headline(y_true[idx], y_pred[idx])
+                     for value, idx in key.groupby(key).indices.items()}
+    return out
+
+
+# ---------------------------------------------------------------- behavioural tests
+
+def _typo(text: str, rng: random.Random) -> str:
+    letters = [i for i, c in enumerate(text[:-1]) if c.isalpha() and text[i + 1].isalpha()]
+    if not letters:
+        return text
+    i = rng.choice(letters)
+    return text[:i] + text[i + 1] + text[i] + text[i + 2:]
+
+
+PERTURBATIONS = {
+    "uppercase": lambda t, rng, cfg: t.upper(),
+    "lowercase": lambda t, rng, cfg: t.lower(),
+    "extra_whitespace": lambda t, rng, cfg: "  " + "  ".join(t.split()) + " ",
+    "typo": lambda t, rng, cfg: _typo(t, rng),
+    "neutral_suffix": lambda t, rng, cfg: t + rng.choice(cfg.get("neutral_suffixes") or [" thanks"]),
+}
+
+
+def load_behaviour(path: str | Path) -> dict[str, Any]:
+    """Read and check a behavioural-test YAML file."""
+    import yaml
+
+    path = Path(path)
+    if not path.is_file():
+        raise DataError(f"{path}: behavioural test file not found. Fix evaluate.behaviour_file or set it to null.")
+    spec = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
+    unknown = set(spec) - {"invariance", "minimum_functionality"}
+    if unknown:
+        raise DataError(f"{path}: unknown sections {sorted(unknown)}; allowed: invariance, minimum_functionality.")
+    bad = [p for p in (spec.get("invariance") or {}).get("perturbations", []) if p not in PERTURBATIONS]
+    if bad:
+        raise DataError(f"{path}: unknown perturbations {bad}; allowed: {', '.join(PERTURBATIONS)}.")
+    for i, case in enumerate(spec.get("minimum_functionality") or [], start=1):
+        if not isinstance(case, dict) or not {"text", "label"} <= set(case):
+            raise DataError(f"{path}: minimum_functionality case {i} needs 'text' and 'label'.")
+    return spec
+
+
+def run_behaviour(predict: Any, texts: list[str], labels: list[str], spec: dict[str, Any], seed: int) -> dict[str, Any]:
+    """Invariance and minimum-functionality tests; `predict(texts) -> label ids`."""
+    rng = random.Random(seed)
+    results: dict[str, Any] = {}
+    inv = spec.get("invariance") or {}
+    sample = texts[: int(inv.get("sample", 200))]
+    if sample and inv.get("perturbations"):
+        base = predict(sample)
+        for name in inv["perturbations"]:
+            changed = [PERTURBATIONS[name](t, rng, inv) for t in sample]
+            after = predict(changed)
+            fails = [{"text": o, "perturbed": c, "before": labels[b], "after": labels[a]}
+                     for o, c, b, a in zip(sample, changed, base, after) if a != b]
+            results[f"invariance_{name}"] = {"type": "invariance", "cases": len(sample),
+                                             "pass_rate": 1 - len(fails) / len(sample), "failures": fails[:20]}
+    mft = spec.get("minimum_functionality") or []
+    known = [c for c in mft if c["label"] in labels]
+    if known:
+        predicted = predict([c["text"] for c in known])
+        fails = [{"text": c["text"], "expected": c["label"], "predicted": labels[p]}
+                 for c, p in zip(known, predicted) if labels[p] != c["label"]]
+        results["minimum_functionality"] = {"type": "minimum_functionality", "cases": len(known),
+                                            "skipped_unknown_label": len(mft) - len(known),
+                                            "pass_rate": 1 - len(fails) / len(known), "failures": fails}
+    elif mft:
+        results["minimum_functionality"] = {"type": "minimum_functionality", "cases": 0,
+                                            "skipped_unknown_label": len(mft), "pass_rate": None, "failures": []}
+    return results
+
+
+# ---------------------------------------------------------------- plots
+
+def confusion_points(y_true: np.ndarray, y_pred: np.ndarray, labels: list[str]) -> list[dict[str, str]]:
+    """Rows in the shape of DVC's `confusion` plot template: one {actual, predicted} per example."""
+    return [{"actual": labels[t], "predicted": labels[p]} for t, p in zip(y_true, y_pred)]
+
+
+def _save_confusion_png(y_true: np.ndarray, y_pred: np.ndarray, labels: list[str], path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    from sklearn.metrics import confusion_matrix
+
+    matrix = confusion_matrix(y_true, y_pred, labels=list(range(len(labels))))
+    size = min(4 + 0.25 * len(labels), 30)
+    fig, ax = plt.subplots(figsize=(size, size))
+    ax.imshow(matrix, cmap="Blues")
+    ax.set_xticks(range(len(labels)), labels, rotation=90, fontsize=max(4, 10 - len(labels) // 10))
+    ax.set_yticks(range(len(labels)), labels, fontsize=max(4, 10 - len(labels) // 10))
+    if len(labels) <= 20:
+        for (i, j), v in np.ndenumerate(matrix):
+            if v:
+                ax.text(j, i, str(v), ha="center", va="center", fontsize=8,
+                        color="white" if v > matrix.max() / 2 else "black")
+    ax.set_xlabel("predicted")
+    ax.set_ylabel("actual")
+    ax.set_title("Confusion matrix")
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+
+
+def _save_reliability_png(table: list[dict], ece: float, path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(5, 5))
+    ax.plot([0, 1], [0, 1], "--", color="grey", label="perfect calibration")
+    ax.bar([(r["bin_low"] + r["bin_high"]) / 2 for r in table], [r["accuracy"] for r in table],
+           width=[r["bin_high"] - r["bin_low"] for r in table], edgecolor="black", alpha=0.7, label="accuracy")
+    ax.plot([r["confidence"] for r in table], [r["accuracy"] for r in table], "o", color="darkred")
+    ax.set_xlabel("confidence")
+    ax.set_ylabel("accuracy")
+    ax.set_title(f"Reliability diagram (ECE {ece:.3f})")
+    ax.legend(loc="upper left")
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+
+
+# ---------------------------------------------------------------- entry point
+
+def evaluate(params: Params, model_dir: str | Path, data_path: str | Path, out_dir: str | Path,
+             behaviour_file: str | Path | None = None) -> dict[str, Any]:
+    """Score `model_dir` on `data_path` and write every report into `out_dir`; returns metrics."""
+    from tuneloop.model import load_classifier, predict_proba
+
+    p = params.evaluate
+    clf = load_classifier(model_dir)
+    frame = read_table(data_path).frame
+    incomplete = frame[frame[TEXT].isna() | frame[LABEL].isna()]
+    if len(incomplete):
+        raise DataError(f"{data_path}: rows {', '.join(str(i + 1) for i in incomplete.index[:5])} lack text or "
+                        "label. Validate the file first (`tuneloop data validate`).")
+    unknown = sorted(set(frame[LABEL]) - set(clf.labels))
+    if unknown:
+        raise DataError(f"{data_path}: labels {unknown[:10]} are unknown to the model in {model_dir} "
+                        f"(it knows {len(clf.labels)}: {', '.join(clf.labels[:8])}...). Evaluate on data with "
+                        "the model's label set, or retrain with these labels.")
+    label2id = {label: i for i, label in enumerate(clf.labels)}
+    y_true = frame[LABEL].map(label2id).to_numpy()
+    texts = frame[TEXT].tolist()
+    probs = predict_proba(clf, texts, p.batch_size)
+    y_pred = probs.argmax(axis=1)
+
+    metrics = classification_metrics(y_true, probs, clf.labels, p.ece_bins)
+    _, calibration = expected_calibration_error(y_true, probs, p.ece_bins)
+    slices = slice_metrics(frame, y_true, y_pred, p)
+    behaviour_path = behaviour_file if behaviour_file is not None else p.behaviour_file
+    behaviour: dict[str, Any] = {}
+    if behaviour_path:
+        spec = load_behaviour(behaviour_path)
+        behaviour = run_behaviour(lambda ts: predict_proba(clf, ts, p.batch_size).argmax(axis=1), texts,
+                                  clf.labels, spec, params.base.seed)
+    metrics["behaviour"] = {name: r["pass_rate"] for name, r in behaviour.items()}
+    metrics["model"] = str(model_dir)
+    metrics["data"] = str(data_path)
+
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    write_text_atomic(json.dumps(metrics, indent=2) + "\n", out / "metrics.json")
+    write_text_atomic(json.dumps(slices, indent=2) + "\n", out / "slices.json")
+    write_text_atomic(json.dumps(behaviour, indent=2, ensure_ascii=False) + "\n", out / "behaviour.json")
+    write_text_atomic(json.dumps(confusion_points(y_true, y_pred, clf.labels)) + "\n", out / "confusion.json")
+    write_text_atomic(json.dumps(calibration, indent=2) + "\n", out / "calibration.json")
+    predictions = frame.assign(predicted=[clf.labels[k] for k in y_pred], confidence=probs.max(axis=1).round(6))
+    write_csv_atomic(predictions[[TEXT, LABEL, "predicted", "confidence",
+                                  *[c for c in frame.columns if c not in (TEXT, LABEL)]]], out / "predictions.csv")
+    _save_confusion_png(y_true, y_pred, clf.labels, out / "confusion.png")
+    _save_reliability_png(calibration, metrics["ece"], out / "reliability.png")
+    log.info("evaluated %s on %s: accuracy %.4f, macro-F1 %.4f, ECE %.4f", model_dir, data_path,
+             metrics["accuracy"], metrics["macro_f1"], metrics["ece"])
+    return metrics

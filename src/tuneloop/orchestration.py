@@ -1,0 +1,40 @@
+"""Prefect deployments: the process work pool and the scheduled training deployment.
+
+The monitoring deployment joins here when the monitoring flow lands; its slot is the same
+pool with its own schedule.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from pathlib import Path
+
+from tuneloop.config import DeployParams
+
+TRAINING_ENTRYPOINT = "flows/training.py:training_pipeline"
+
+
+async def _ensure_pool(name: str) -> None:
+    from prefect.client.orchestration import get_client
+    from prefect.client.schemas.actions import WorkPoolCreate
+    from prefect.exceptions import ObjectAlreadyExists
+
+    async with get_client() as client:
+        try:
+            await client.create_work_pool(WorkPoolCreate(name=name, type="process"))
+        except ObjectAlreadyExists:
+            pass
+
+
+def deploy_training(cfg: DeployParams, project_root: Path) -> str:
+    """Create (or update) `tuneloop-training/training` on the server PREFECT_API_URL points at."""
+    from prefect import flow
+    from prefect.schedules import Cron
+
+    asyncio.run(_ensure_pool(cfg.work_pool))
+    remote = flow.from_source(source=str(project_root), entrypoint=TRAINING_ENTRYPOINT)
+    deployment_id = remote.deploy(name="training", work_pool_name=cfg.work_pool,
+                                  schedules=[Cron(cfg.training_cron, timezone=cfg.timezone)],
+                                  description="validate -> prepare -> train -> evaluate -> gate -> register -> "
+                                              "promote -> package", print_next_steps=False)
+    return str(deployment_id)

@@ -1,0 +1,38 @@
+"""Packaging: build a Bento (service + champion model) from bentofile.yaml."""
+
+from __future__ import annotations
+
+import logging
+import os
+from pathlib import Path
+
+from tuneloop.errors import TuneloopError
+
+log = logging.getLogger(__name__)
+
+
+def build_bento(model_tag: str, bentofile: str | Path = "bentofile.yaml", build_ctx: str | Path = "src") -> str:
+    """`bentoml build` with the service pinned to `model_tag`; returns the Bento tag.
+
+    An existing Bento already built for this model is reused (labels record the model tag).
+    """
+    import bentoml
+
+    for bento in bentoml.bentos.list():
+        if bento.tag.name == "tuneloop_classifier" and bento.info.labels.get("model") == model_tag.replace(":", "_"):
+            log.info("Bento %s already packs %s", bento.tag, model_tag)
+            return str(bento.tag)
+    if not Path(bentofile).is_file():
+        raise TuneloopError(f"{bentofile}: not found. Run from the project root (where bentofile.yaml is).")
+    previous = os.environ.get("TUNELOOP_MODEL_TAG")
+    os.environ["TUNELOOP_MODEL_TAG"] = model_tag  # the service module resolves its model reference from it
+    try:
+        bento = bentoml.bentos.build_bentofile(
+            str(bentofile), build_ctx=str(build_ctx), reload=True, labels={"owner": "tuneloop", "model": model_tag.replace(":", "_")})
+    finally:
+        if previous is None:
+            os.environ.pop("TUNELOOP_MODEL_TAG", None)
+        else:
+            os.environ["TUNELOOP_MODEL_TAG"] = previous
+    log.info("built Bento %s with %s", bento.tag, model_tag)
+    return str(bento.tag)

@@ -1,0 +1,79 @@
+"""Library steps the Prefect flows call: DVC stages through DVC's Python API, and params edits.
+
+Nothing here imports Prefect: every step is usable and tested on its own; flows/ only sequences
+them, adds retries, logs and artifacts.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+from tuneloop.errors import TuneloopError
+
+log = logging.getLogger(__name__)
+
+
+class StageFailed(TuneloopError):
+    """A DVC stage exited non-zero; the message carries the stage's own error."""
+
+
+@dataclass
+class StageRun:
+    """What `dvc repro <stage>` did."""
+
+    stage: str
+    ran: list[str]  # stages that actually executed (empty: everything was a cache hit)
+    seconds: float
+
+
+def repro(stage: str, root: str | Path = ".", force: bool = False) -> StageRun:
+    """`dvc repro <stage>` (and what it depends on) via DVC's Python API.
+
+    Unchanged stages are cache hits, so a run is reproducible with `dvc repro` alone and costs
+    nothing when nothing changed. Stage commands run `python -m tuneloop`, so this interpreter's
+    folder goes first on PATH.
+    """
+    from dvc.exceptions import ReproductionError
+    from dvc.repo import Repo
+
+    from tuneloop.ingest import quiet_dvc
+
+    os.environ["PATH"] = f"{Path(sys.executable).parent}{os.pathsep}{os.environ.get('PATH', '')}"
+    started = time.perf_counter()
+    try:
+        with quiet_dvc(), Repo(str(root)) as repo:
+            stages = repo.reproduce(stage, force=force, single_item=force)
+    except ReproductionError as exc:
+        cause = exc.__cause__ or exc
+        raise StageFailed(f"DVC stage '{stage}' failed: {cause}. Run `dvc repro {stage}` to see its output.") from None
+    ran = [s.addressing for s in stages]
+    return StageRun(stage=stage, ran=ran, seconds=time.perf_counter() - started)
+
+
+def apply_overrides(overrides: list[str], params_path: str | Path = "params.yaml") -> None:
+    """Write `section.key=value` overrides into params.yaml (comments kept), as `dvc exp run -S` does.
+
+    DVC stages read params.yaml, so an override must live there to reach them and to be
+    recorded in dvc.lock. The result is validated first; an invalid override changes nothing.
+    """
+    import yaml
+    from dvc.utils.serialize import modify_yaml
+
+    from tuneloop.config import load_params
+
+    if not overrides:
+        return
+    load_params(params_path, overrides)  # raises ConfigError naming the key before anything is written
+    with modify_yaml(str(params_path)) as data:
+        for item in overrides:
+            key, _, value = item.partition("=")
+            *parents, leaf = key.strip().split(".")
+            node = data
+            for part in parents:
+                node = node.setdefault(part, {})
+            node[leaf] = yaml.safe_load(value) if value.strip() else None

@@ -1,0 +1,1 @@
+"""Serving: the BentoML service that production traffic meets (see service.py)."""

@@ -1,0 +1,452 @@
+"""Train stage: fine-tune a sequence classifier from a base model with transformers' Trainer.
+
+Fast defaults rather than textbook ones (see params.yaml `train:` for the why of each value):
+texts are tokenised once, without padding, and reused every epoch; batches are grouped by length
+and padded only to their own longest text (dynamic padding); CUDA gets bf16, TF32, fused AdamW
+and a large batch; CPU gets every core. Early stopping on validation macro-F1 restores the best
+checkpoint; checkpoints are written every evaluation so `--resume` continues after a crash with
+optimizer, scheduler, RNG and data order restored (all Trainer's own resume logic).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import os
+import shutil
+import subprocess
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import pandas as pd
+
+from tuneloop.config import Params
+from tuneloop.errors import DataError
+from tuneloop.model import META_FILE, ModelError, resolve_base_model
+from tuneloop.tabular import LABEL, TEXT, read_table, write_text_atomic
+
+from transformers import TrainerCallback  # this module is only imported to train
+
+if TYPE_CHECKING:
+    import torch
+    from transformers import Trainer
+
+log = logging.getLogger(__name__)
+
+MIN_TRAIN_ROWS_PER_CLASS = 2  # one example cannot be both learnt from and checked
+
+
+@dataclass
+class TrainResult:
+    """What a training run produced."""
+
+    out_dir: Path
+    val_metrics: dict[str, float]
+    train_samples_per_second: float
+    wall_time_s: float
+    steps: int
+
+
+# ---------------------------------------------------------------- data
+
+def load_split(path: str | Path, max_samples: int = 0, seed: int = 0) -> pd.DataFrame:
+    """Read a labeled CSV (text, label) and refuse rows Trainer could not use.
+
+    With `max_samples`, a seeded random sample (files are often sorted by label, so the first N
+    rows would hold one class).
+    """
+    frame = read_table(path).frame
+    bad = frame[frame[TEXT].isna() | frame[LABEL].isna()]
+    if len(bad):
+        raise DataError(f"{path}: rows {', '.join(str(i + 1) for i in bad.index[:5])} have no text or no "
+                        "label. Run `tuneloop data validate` first, it quarantines such rows.")
+    if max_samples and max_samples < len(frame):
+        frame = frame.sample(n=max_samples, random_state=seed).sort_index()
+    return frame
+
+
+def label_space(train: pd.DataFrame, val: pd.DataFrame, train_path: Path, val_path: Path) -> list[str]:
+    """The label list (ids = positions): prepare's labels.json beside the train file, else sorted.
+
+    Raises:
+        DataError: a val label never appears in train, or a class has fewer than two train rows.
+    """
+    labels_file = Path(train_path).with_name("labels.json")
+    seen = sorted(train[LABEL].unique())
+    labels = json.loads(labels_file.read_text())["labels"] if labels_file.is_file() else seen
+    unseen = sorted(set(val[LABEL]) - set(train[LABEL]))
+    if unseen:
+        raise DataError(f"{val_path}: labels {unseen} do not appear in {train_path}. The model cannot learn "
+                        "them: add training rows or remove them from the validation file.")
+    counts = train[LABEL].value_counts()
+    small = counts[counts < MIN_TRAIN_ROWS_PER_CLASS]
+    if len(small):
+        listed = ", ".join(f"'{k}' ({v})" for k, v in small.items())
+        raise DataError(f"{train_path}: classes with fewer than {MIN_TRAIN_ROWS_PER_CLASS} training rows: {listed}. "
+                        "Add examples or merge the class (validate.min_rows_per_class guards this upstream).")
+    return [*labels, *(s for s in seen if s not in labels)]
+
+
+class EncodedDataset:
+    """Token ids tokenised once (unpadded) plus integer labels; a map-style torch dataset."""
+
+    def __init__(self, input_ids: list[list[int]], labels: list[int]):
+        self.input_ids = input_ids
+        self.labels = labels
+
+    def __len__(self) -> int:
+        return len(self.labels)
+
+    def __getitem__(self, i: int) -> dict[str, Any]:
+        return {"input_ids": self.input_ids[i], "labels": self.labels[i]}
+
+    @property
+    def real_tokens(self) -> int:
+        return sum(len(ids) for ids in self.input_ids)
+
+
+def encode(tokenizer: Any, frame: pd.DataFrame, label2id: dict[str, int], max_length: int) -> EncodedDataset:
+    """Tokenise all texts in one fast-tokenizer call, truncated but not padded."""
+    ids = tokenizer(frame[TEXT].tolist(), truncation=True, max_length=max_length)["input_ids"]
+    return EncodedDataset(ids, [label2id[v] for v in frame[LABEL]])
+
+
+# ---------------------------------------------------------------- provenance
+
+def file_md5(path: str | Path) -> str:
+    """The md5 DVC records for a single file (DVC 3: md5 of the bytes)."""
+    digest = hashlib.md5()
+    with open(path, "rb") as handle:
+        for chunk in iter(lambda: handle.read(1 << 20), b""):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+def data_version(paths: dict[str, Path]) -> dict[str, Any]:
+    """Hashes of the inputs, plus the raw corpus version from data.dvc when there is one."""
+    import yaml
+
+    version: dict[str, Any] = {name: {"path": str(p), "md5": file_md5(p)} for name, p in paths.items()}
+    if Path("data.dvc").is_file():
+        outs = yaml.safe_load(Path("data.dvc").read_text()).get("outs") or [{}]
+        version["raw_dvc_md5"] = outs[0].get("md5")
+    combined = "".join(v["md5"] for v in version.values() if isinstance(v, dict))
+    version["id"] = hashlib.md5(combined.encode()).hexdigest()[:12]
+    return version
+
+
+def git_revision() -> str | None:
+    """`git rev-parse HEAD`, with `+dirty` when the tree has uncommitted changes; None outside git."""
+    try:
+        rev = subprocess.run(["git", "rev-parse", "HEAD"], capture_output=True, text=True, check=True).stdout.strip()
+        dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], capture_output=True,
+                               text=True, check=True).stdout.strip()
+    except (OSError, subprocess.CalledProcessError):
+        return None
+    return rev + ("+dirty" if dirty else "")
+
+
+# ---------------------------------------------------------------- trainer
+
+def training_arguments(params: Params, checkpoint_dir: Path, steps_per_epoch: int, cuda: bool,
+                       max_steps: int = -1, report_to: list[str] | None = None) -> Any:
+    """TrainingArguments from the `train:` section, with the fast settings per device."""
+    from transformers import TrainingArguments
+
+    p = params.train
+    eval_steps = p.eval_steps or steps_per_epoch
+    return TrainingArguments(
+        output_dir=str(checkpoint_dir),
+        num_train_epochs=p.epochs,
+        max_steps=max_steps,
+        per_device_train_batch_size=p.cuda_batch_size if cuda else p.batch_size,
+        per_device_eval_batch_size=(p.cuda_batch_size if cuda else p.batch_size) * 2,
+        learning_rate=p.lr,
+        weight_decay=p.weight_decay,
+        warmup_steps=p.warmup_ratio,  # a float < 1 is a ratio of all steps
+        lr_scheduler_type=p.scheduler,
+        eval_strategy="steps",
+        eval_steps=eval_steps,
+        save_strategy="steps",
+        save_steps=eval_steps,  # every evaluation is a checkpoint: best-model restore and resume
+        save_total_limit=p.save_total_limit,
+        load_best_model_at_end=True,
+        metric_for_best_model="macro_f1",
+        greater_is_better=True,
+        logging_steps=max(1, min(50, eval_steps // 4)),
+        train_sampling_strategy="group_by_length",
+        bf16=cuda,
+        tf32=cuda,
+        optim="adamw_torch_fused" if cuda else "adamw_torch",
+        dataloader_pin_memory=cuda,
+        dataloader_num_workers=0,  # data is pre-tokenised; workers would only steal CPU cores
+        use_cpu=not cuda,
+        seed=params.base.seed,
+        data_seed=params.base.seed,
+        report_to=report_to or [],
+        disable_tqdm=not _interactive(),
+        save_only_model=False,  # optimizer, scheduler and RNG state are what makes --resume exact
+    )
+
+
+def _interactive() -> bool:
+    import sys
+
+    return sys.stderr.isatty()
+
+
+def macro_f1_metrics(eval_pred: Any) -> dict[str, float]:
+    """compute_metrics for Trainer: accuracy and macro-F1 on the validation split."""
+    from sklearn.metrics import accuracy_score, f1_score
+
+    logits, labels = eval_pred
+    predicted = logits.argmax(axis=-1)
+    return {"accuracy": float(accuracy_score(labels, predicted)),
+            "macro_f1": float(f1_score(labels, predicted, average="macro"))}
+
+
+def weighted_loss(weights: torch.Tensor | None, smoothing: float):
+    """Cross-entropy with optional class weights and label smoothing (Trainer's compute_loss_func)."""
+    import torch.nn.functional as F
+
+    def loss(outputs: Any, labels: Any, num_items_in_batch: Any = None) -> Any:
+        logits = outputs.logits.float()
+        w = weights.to(logits.device) if weights is not None else None
+        return F.cross_entropy(logits, labels, weight=w, label_smoothing=smoothing)
+
+    return loss
+
+
+class ThroughputCallback(TrainerCallback):
+    """One log line per logging step (loss, samples/s, lr), and samples/s after warm-up for benchmarks."""
+
+    def __init__(self, batch_size: int, warmup_steps: int = 5):
+        self.batch_size = batch_size
+        self.warmup_steps = warmup_steps
+        self._warm: tuple[float, int] | None = None  # (time, step) once warm-up is over
+        self._end: tuple[float, int] | None = None
+        self._last: tuple[float, int] = (0.0, 0)
+
+    def on_train_begin(self, args, state, control, **kwargs):  # noqa: D102
+        self._start_step = state.global_step  # > 0 when resuming
+        self._last = (time.perf_counter(), state.global_step)
+
+    def on_step_end(self, args, state, control, **kwargs):  # noqa: D102
+        now = (time.perf_counter(), state.global_step)
+        if state.global_step == self._start_step + self.warmup_steps:
+            self._warm = now
+        self._end = now
+
+    def on_log(self, args, state, control, logs=None, **kwargs):  # noqa: D102
+        if logs and "eval_macro_f1" in logs:
+            log.info("step %d/%d | val macro-F1 %.4f | val accuracy %.4f | val loss %.4f", state.global_step,
+                     state.max_steps, logs["eval_macro_f1"], logs["eval_accuracy"], logs["eval_loss"])
+        if not logs or "loss" not in logs:
+            return
+        now = time.perf_counter()
+        rate = (state.global_step - self._last[1]) * self.batch_size / max(now - self._last[0], 1e-9)
+        self._last = (now, state.global_step)
+        logs["samples_per_second"] = round(rate, 1)
+        log.info("step %d/%d | loss %.4f | %.1f samples/s | lr %.2e", state.global_step, state.max_steps,
+                 logs["loss"], rate, logs.get("learning_rate", 0.0))
+
+    @property
+    def samples_per_second(self) -> float:
+        """Training samples per second after the first `warmup_steps` steps (0 if the run was shorter)."""
+        if self._warm is None or self._end is None or self._end[1] <= self._warm[1]:
+            return 0.0
+        return (self._end[1] - self._warm[1]) * self.batch_size / max(self._end[0] - self._warm[0], 1e-9)
+
+
+def open_live(live_dir: Path, resume: bool = False) -> Any:
+    """A dvclive logger writing metrics and curves under `live_dir`, or None where dvclive cannot run.
+
+    Under `dvc exp run` dvclive joins the experiment DVC started; otherwise it only writes files
+    (save_dvc_exp=False: a plain CLI run must not create experiments behind the user's back).
+    dvclive 3.49 fails in a git repository with no commit yet; training goes on without it.
+    """
+    from dvclive import Live
+    from scmrepo.exceptions import SCMError
+
+    try:
+        # dvcyaml=None: dvc.yaml declares the stage's metrics and plots; dvclive must not edit it.
+        return Live(dir=str(live_dir), resume=resume, save_dvc_exp=False, dvcyaml=None, report=None)
+    except SCMError as exc:
+        log.warning("dvclive disabled (%s): commit once so metrics and plots can be tracked", exc)
+        return None
+
+
+def build_trainer(params: Params, train_path: Path, val_path: Path, base: str, checkpoint_dir: Path, *,
+                  max_samples: int = 0, max_steps: int = -1, live_dir: Path | None = None,
+                  pad_to: int | None = None, resume: bool = False) -> tuple[Trainer, dict[str, Any]]:
+    """Load data and base model and assemble the Trainer; returns it with run info for metadata.
+
+    `pad_to` pads every batch to that length (the common recipe, used only by the benchmark's
+    baseline) instead of dynamic padding.
+    """
+    import torch
+    from transformers import (AutoModelForSequenceClassification, AutoTokenizer, DataCollatorWithPadding,
+                              EarlyStoppingCallback, PrinterCallback, Trainer, set_seed)
+
+    p = params.train
+    torch.set_num_threads(p.num_threads or os.cpu_count() or 1)
+    cuda = torch.cuda.is_available()
+    if cuda:
+        torch.backends.cuda.matmul.allow_tf32 = True
+        torch.backends.cudnn.allow_tf32 = True
+
+    limit = max_samples or p.max_samples
+    train_df = load_split(train_path, limit, params.base.seed)
+    val_df = load_split(val_path, limit, params.base.seed)
+    if limit:  # a small sample may miss a class in train: score only what it could learn
+        val_df = val_df[val_df[LABEL].isin(set(train_df[LABEL]))]
+    labels = label_space(train_df, val_df, train_path, val_path)
+    label2id = {label: i for i, label in enumerate(labels)}
+    source = resolve_base_model(base)
+    set_seed(params.base.seed)  # the new classifier head's init depends on it
+    try:
+        tokenizer = AutoTokenizer.from_pretrained(source)
+        model = AutoModelForSequenceClassification.from_pretrained(
+            source, num_labels=len(labels), id2label=dict(enumerate(labels)), label2id=label2id,
+            problem_type="single_label_classification", ignore_mismatched_sizes=True)
+    except OSError as exc:
+        raise ModelError(f"cannot load base model '{base}': {str(exc).splitlines()[0]} Offline, a base model must "
+                         "be a local folder (or already in the Hugging Face cache); 'minilm' is the packaged one.") from None
+    except ValueError as exc:
+        raise ModelError(f"base model '{base}' is not classifier-compatible ({str(exc).splitlines()[0]}). Use a "
+                         "BERT-family encoder that AutoModelForSequenceClassification supports.") from None
+
+    train_ds = encode(tokenizer, train_df, label2id, p.max_length)
+    val_ds = encode(tokenizer, val_df, label2id, p.max_length)
+    batch_size = p.cuda_batch_size if cuda else p.batch_size
+    steps_per_epoch = max(1, -(-len(train_ds) // batch_size))
+    weights = None
+    if p.class_weights:
+        counts = train_df[LABEL].map(label2id).value_counts().reindex(range(len(labels)), fill_value=1)
+        weights = torch.tensor((len(train_df) / (len(labels) * counts)).to_numpy(), dtype=torch.float32)
+
+    callbacks: list[Any] = [EarlyStoppingCallback(early_stopping_patience=p.early_stopping_patience)]
+    throughput = ThroughputCallback(batch_size)
+    callbacks.append(throughput)
+    live = open_live(live_dir, resume) if live_dir is not None else None
+    if live is not None:
+        from transformers.integrations import DVCLiveCallback
+
+        callbacks.append(DVCLiveCallback(live=live))
+    collator = DataCollatorWithPadding(
+        tokenizer, padding="max_length" if pad_to else "longest", max_length=pad_to,
+        pad_to_multiple_of=8 if cuda and not pad_to else None)  # multiples of 8 suit tensor cores
+    trainer = Trainer(
+        model=model,
+        args=training_arguments(params, checkpoint_dir, steps_per_epoch, cuda, max_steps),
+        train_dataset=train_ds,
+        eval_dataset=val_ds,
+        data_collator=collator,
+        processing_class=tokenizer,
+        compute_metrics=macro_f1_metrics,
+        compute_loss_func=weighted_loss(weights, p.label_smoothing),
+        callbacks=callbacks,
+    )
+    trainer.remove_callback(PrinterCallback)  # it prints raw dicts; ThroughputCallback logs one line instead
+    info = {"labels": labels, "base_model": base, "base_model_source": source, "train_rows": len(train_ds),
+            "val_rows": len(val_ds), "real_tokens_per_sample": train_ds.real_tokens / max(len(train_ds), 1),
+            "device": "cuda" if cuda else "cpu", "batch_size": batch_size, "throughput": throughput}
+    return trainer, info
+
+
+def last_checkpoint(checkpoint_dir: Path) -> str | None:
+    """The newest complete checkpoint folder, or None."""
+    from transformers.trainer_utils import get_last_checkpoint
+
+    return get_last_checkpoint(str(checkpoint_dir)) if checkpoint_dir.is_dir() else None
+
+
+def train(params: Params, train_path: str | Path, val_path: str | Path, out_dir: str | Path, *,
+          base: str | None = None, resume: bool = False, checkpoint_dir: str | Path | None = None,
+          live_dir: str | Path | None = "dvclive", max_samples: int = 0, max_steps: int = -1,
+          keep_checkpoints: bool = False) -> TrainResult:
+    """Fine-tune, then write a self-describing model dir to `out_dir`.
+
+    Args:
+        params: the whole config (train section plus base.seed).
+        train_path, val_path: labeled CSVs (e.g. data/prepared/train.csv and val.csv).
+        out_dir: where the model dir goes (replaced atomically at the end).
+        base: overrides train.base_model.
+        resume: continue from the newest checkpoint in `checkpoint_dir`.
+        checkpoint_dir: default `<out_dir>.checkpoints` beside the output.
+        live_dir: dvclive folder for metrics and curves (None: no dvclive).
+        max_samples, max_steps: smoke-run limits.
+        keep_checkpoints: keep the checkpoint folder after success.
+    """
+    import torch
+
+    started = time.time()
+    out_dir, train_path, val_path = Path(out_dir), Path(train_path), Path(val_path)
+    checkpoints = Path(checkpoint_dir) if checkpoint_dir else out_dir.with_name(out_dir.name + ".checkpoints")
+    resume_from = None
+    if resume:
+        resume_from = last_checkpoint(checkpoints)
+        if resume_from is None:
+            raise ModelError(f"--resume: no checkpoint in {checkpoints}. Start without --resume "
+                             "(a run writes a checkpoint at every evaluation).")
+    elif checkpoints.exists():
+        shutil.rmtree(checkpoints)  # a fresh run must not mix with an old run's checkpoints
+    trainer, info = build_trainer(params, train_path, val_path, base or params.train.base_model, checkpoints,
+                                  max_samples=max_samples, max_steps=max_steps,
+                                  live_dir=Path(live_dir) if live_dir else None, resume=resume)
+    try:
+        output = trainer.train(resume_from_checkpoint=resume_from)
+    except torch.OutOfMemoryError:
+        raise ModelError(f"out of GPU memory at batch size {info['batch_size']} and max_length "
+                         f"{params.train.max_length}: lower train.cuda_batch_size (e.g. --set train.cuda_batch_size="
+                         f"{max(1, info['batch_size'] // 2)}) or train.max_length.") from None
+    final = trainer.evaluate()  # the restored best model on the validation split
+    val_metrics = {k: float(final[f"eval_{k}"]) for k in ("loss", "accuracy", "macro_f1")}
+    throughput: ThroughputCallback = info.pop("throughput")
+    wall = time.time() - started
+    meta = {
+        "tuneloop_version": _version(),
+        "labels": info["labels"],
+        "base_model": info["base_model"],
+        "params": params.model_dump(mode="json", by_alias=True),
+        "data": data_version({"train": train_path, "val": val_path}),
+        "git_revision": git_revision(),
+        "created_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+        "wall_time_s": round(wall, 1),
+        "device": info["device"],
+        "train_rows": info["train_rows"],
+        "val_rows": info["val_rows"],
+        "steps": output.global_step,
+        "best_checkpoint": trainer.state.best_model_checkpoint,
+        "train_samples_per_second": round(throughput.samples_per_second, 1),
+        "val_metrics": val_metrics,
+    }
+    _write_model_dir(trainer, out_dir, meta)
+    if not keep_checkpoints:
+        shutil.rmtree(checkpoints, ignore_errors=True)
+    log.info("model written to %s: val macro-F1 %.4f, accuracy %.4f, %.1f samples/s, %.0f s",
+             out_dir, val_metrics.get("macro_f1", float("nan")), val_metrics.get("accuracy", float("nan")),
+             throughput.samples_per_second, wall)
+    return TrainResult(out_dir=out_dir, val_metrics=val_metrics, wall_time_s=wall, steps=output.global_step,
+                       train_samples_per_second=throughput.samples_per_second)
+
+
+def _write_model_dir(trainer: Trainer, out_dir: Path, meta: dict[str, Any]) -> None:
+    """Save weights (safetensors), tokenizer and tuneloop.json into a temp dir, then swap it in."""
+    tmp = out_dir.with_name(f".{out_dir.name}.tmp")
+    shutil.rmtree(tmp, ignore_errors=True)
+    trainer.save_model(str(tmp))  # model.safetensors, config.json (id2label/label2id), tokenizer
+    (tmp / "training_args.bin").unlink(missing_ok=True)  # a pickle: nothing downstream may load it
+    write_text_atomic(json.dumps(meta, indent=2, ensure_ascii=False) + "\n", tmp / META_FILE)
+    if out_dir.exists():
+        shutil.rmtree(out_dir)
+    os.replace(tmp, out_dir)
+
+
+def _version() -> str:
+    from tuneloop import __version__
+
+    return __version__

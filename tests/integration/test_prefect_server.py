@@ -1,0 +1,77 @@
+"""`tuneloop dashboard` against PostgreSQL: a real Prefect server on 127.0.0.1:5432's database, a real
+flow run and the scheduled training deployment created by `tuneloop deploy` land in it."""
+
+import os
+import socket
+import subprocess
+import sys
+import time
+
+import httpx
+import pytest
+
+from tests.conftest import REPO
+
+DB = "tuneloop_prefect_test"
+
+
+def _postgres_url() -> str:
+    try:
+        import psycopg
+
+        with psycopg.connect("host=127.0.0.1 port=5432 user=postgres dbname=postgres", connect_timeout=3,
+                             autocommit=True) as conn:
+            conn.execute(f"DROP DATABASE IF EXISTS {DB} WITH (FORCE)")
+            conn.execute(f"CREATE DATABASE {DB}")
+    except Exception as exc:  # no server, no driver, no permission: all mean "cannot test here"
+        pytest.skip(f"PostgreSQL on 127.0.0.1:5432 unreachable ({str(exc).splitlines()[0]}); "
+                    "start it to run this test")
+    return f"postgresql+asyncpg://postgres@127.0.0.1:5432/{DB}"
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.mark.postgres
+def test_dashboard_on_postgres_records_runs_and_the_scheduled_deployment(project, tmp_path):
+    url, port = _postgres_url(), _free_port()
+    env = {**os.environ, "PREFECT_API_DATABASE_CONNECTION_URL": url, "PREFECT_HOME": str(tmp_path / "prefect"),
+           "PREFECT_SERVER_ANALYTICS_ENABLED": "false"}
+    env.pop("PREFECT_API_URL", None)
+    server = subprocess.Popen([sys.executable, "-m", "tuneloop", "dashboard", "--port", str(port)], env=env,
+                              stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, start_new_session=True)
+    api = f"http://127.0.0.1:{port}/api"
+    try:
+        deadline = time.time() + 120
+        while time.time() < deadline:
+            try:
+                if httpx.get(f"{api}/health", timeout=2).status_code == 200:
+                    break
+            except httpx.HTTPError:
+                time.sleep(1)
+        else:
+            pytest.fail("Prefect server did not become healthy in 120 s")
+        client_env = {**env, "PREFECT_API_URL": api}
+        client_env.pop("PREFECT_API_DATABASE_CONNECTION_URL")
+        code = "from prefect import flow\n@flow(name='pg-smoke')\ndef f():\n    return 42\nprint(f())"
+        ran = subprocess.run([sys.executable, "-c", code], env=client_env, capture_output=True, text=True, timeout=120)
+        assert ran.returncode == 0 and ran.stdout.strip().endswith("42"), ran.stderr[-2000:]
+        deployed = subprocess.run([sys.executable, "-m", "tuneloop", "deploy"], cwd=project, env=client_env,
+                                  capture_output=True, text=True, timeout=120)
+        assert deployed.returncode == 0, deployed.stdout + deployed.stderr[-2000:]
+
+        runs = httpx.post(f"{api}/flow_runs/filter", json={}, timeout=10).json()
+        assert any(r["state_type"] == "COMPLETED" for r in runs)
+        deployment = httpx.get(f"{api}/deployments/name/tuneloop-training/training", timeout=10).json()
+        assert deployment["work_pool_name"] == "tuneloop-local"
+        assert deployment["schedules"][0]["schedule"]["cron"] == "0 3 * * 1"
+        import psycopg
+
+        with psycopg.connect(f"host=127.0.0.1 port=5432 user=postgres dbname={DB}") as conn:
+            assert conn.execute("SELECT count(*) FROM flow_run").fetchone()[0] >= 1  # it really is PostgreSQL
+    finally:
+        os.killpg(server.pid, 15)
+        server.wait(30)

@@ -1,0 +1,117 @@
+"""Training on a tiny random BERT: loss goes down, output describes itself, runs are deterministic,
+and a run killed mid-way resumes to the same result."""
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from tests.conftest import REPO, TINY_TRAIN, write
+from tuneloop.config import load_params
+from tuneloop.train import train
+
+
+def _train(tiny_model, train_csv, val_csv, out, extra=(), **kw):
+    params = load_params(REPO / "params.yaml", [*TINY_TRAIN, *extra])
+    return train(params, train_csv, val_csv, out, base=str(tiny_model), **kw)
+
+
+def test_training_reduces_loss_and_writes_a_self_describing_dir(project, tiny_model, tiny_splits):
+    result = _train(tiny_model, *tiny_splits, project / "model", live_dir=project / "live")
+    out = project / "model"
+    assert {"model.safetensors", "config.json", "tokenizer.json", "tuneloop.json"} <= {p.name for p in out.iterdir()}
+    assert not (out / "training_args.bin").exists()  # no pickles in a model dir
+    config = json.loads((out / "config.json").read_text())
+    assert config["id2label"] == {"0": "neg", "1": "neu", "2": "pos"}
+    meta = json.loads((out / "tuneloop.json").read_text())
+    assert meta["base_model"] == str(tiny_model)
+    assert meta["params"]["train"]["lr"] == 0.001 and meta["params"]["base"]["seed"] == 42
+    assert len(meta["data"]["train"]["md5"]) == 32 and meta["data"]["id"]
+    assert "git_revision" in meta and meta["wall_time_s"] > 0
+    assert meta["val_metrics"]["macro_f1"] == result.val_metrics["macro_f1"]
+    # dvclive wrote the loss curve: it must go down.
+    curve = (project / "live" / "plots" / "metrics" / "loss.tsv").read_text().splitlines()[1:]
+    losses = [float(line.split("\t")[-1]) for line in curve]
+    assert len(losses) >= 3 and losses[-1] < losses[0] * 0.8
+    assert result.val_metrics["accuracy"] > 0.5  # three classes: chance is 0.33
+    assert not (project / "model.checkpoints").exists()  # removed after success
+
+
+def test_cpu_training_is_deterministic(project, tiny_model, tiny_splits):
+    one = _train(tiny_model, *tiny_splits, project / "one", live_dir=None)
+    two = _train(tiny_model, *tiny_splits, project / "two", live_dir=None)
+    assert one.val_metrics == two.val_metrics
+    assert (project / "one" / "model.safetensors").read_bytes() == (project / "two" / "model.safetensors").read_bytes()
+
+
+def test_resume_after_kill_matches_an_uninterrupted_run(project, tiny_model, tiny_splits):
+    overrides = [*TINY_TRAIN, "train.epochs=3", "train.eval_steps=6", "train.save_total_limit=40"]
+    reference = train(load_params(REPO / "params.yaml", overrides), *tiny_splits, project / "ref",
+                      base=str(tiny_model), live_dir=None)
+    cmd = [sys.executable, "-m", "tuneloop", "train", "--train", str(tiny_splits[0]), "--val", str(tiny_splits[1]),
+           "--out", "crashed", "--base", str(tiny_model), "--live-dir", "",
+           *[a for o in overrides for a in ("--set", o)]]
+    env = {**os.environ, "PYTHONUNBUFFERED": "1"}
+    proc = subprocess.Popen(cmd, cwd=project, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+                            start_new_session=True)
+    checkpoints = project / "crashed.checkpoints"
+    deadline = time.time() + 120
+    while time.time() < deadline and not list(checkpoints.glob("checkpoint-*/trainer_state.json")):
+        time.sleep(0.02)
+    os.killpg(proc.pid, signal.SIGKILL)  # a crash: no cleanup, no final save
+    proc.wait()
+    assert not (project / "crashed").exists(), "training finished before the kill; the test proved nothing"
+    assert list(checkpoints.glob("checkpoint-*"))
+
+    resumed = subprocess.run([*cmd, "--resume"], cwd=project, env=env, capture_output=True, text=True)
+    assert resumed.returncode == 0, resumed.stderr[-2000:]
+    meta = json.loads((project / "crashed" / "tuneloop.json").read_text())
+    for key in ("macro_f1", "accuracy", "loss"):
+        assert meta["val_metrics"][key] == pytest.approx(reference.val_metrics[key], abs=1e-4)
+    assert meta["steps"] == reference.steps
+
+
+BAD_TRAIN = {
+    "base model folder missing": ([], "--base", "./no/such/model", ["base model folder ./no/such/model does not exist"]),
+    "base folder is not a model": ([], "--base", "notamodel", ["notamodel", "no config.json"]),
+    "val label unseen in train": (["val_extra"], None, None, ["labels ['mystery'] do not appear in", "add training rows"]),
+    "class with one example": (["train_single"], None, None, ["fewer than 2 training rows: 'lonely' (1)"]),
+}
+
+
+@pytest.mark.parametrize("case", list(BAD_TRAIN))
+def test_training_bad_input_is_one_clear_message(project, cli, tiny_model, tiny_splits, case):
+    edits, flag, value, words = BAD_TRAIN[case]
+    train_csv, val_csv = tiny_splits
+    (project / "notamodel").mkdir()
+    if "val_extra" in edits:
+        write(val_csv, val_csv.read_text() + "who knows,mystery\n")
+    if "train_single" in edits:
+        write(train_csv, train_csv.read_text() + "only me,lonely\n")
+    args = ["train", "--train", train_csv, "--val", val_csv, "--out", "m", "--live-dir", ""]
+    args += [flag, value] if flag else ["--base", str(tiny_model)]
+    result = cli(*args)
+    assert result.exit_code == 1, result.output
+    assert "Traceback" not in result.output
+    for word in words:
+        assert word in result.stderr
+    assert not (project / "m").exists()
+
+
+def test_resume_without_checkpoint_is_refused(project, cli, tiny_model, tiny_splits):
+    result = cli("train", "--train", tiny_splits[0], "--val", tiny_splits[1], "--out", "m", "--resume",
+                 "--base", str(tiny_model))
+    assert result.exit_code == 1
+    assert "--resume: no checkpoint in m.checkpoints" in result.stderr
+
+
+def test_dry_run_is_a_two_step_smoke_run(project, cli, tiny_model, tiny_splits):
+    result = cli("train", "--train", tiny_splits[0], "--val", tiny_splits[1], "--out", "m", "--dry-run",
+                 "--base", str(tiny_model), "--live-dir", "")
+    assert result.exit_code == 0, result.output
+    assert json.loads(Path("m/tuneloop.json").read_text())["steps"] == 2
