@@ -50,7 +50,7 @@ demo: install
 	@echo "Prefect dashboard:  tuneloop dashboard   (then open http://127.0.0.1:4200: the run and its artifacts)"
 	@echo "Serve the champion: bentoml serve tuneloop.serve.service:TextClassifier --port 3000"
 	@echo "   and try:         curl -s -X POST http://127.0.0.1:3000/classify -H 'content-type: application/json' -d '{\"texts\": [\"I lost my card\"]}'"
-	@dvc metrics show
+	@tuneloop models list
 
 test: install
 	$(BIN)/python -m pytest -q

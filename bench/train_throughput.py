@@ -105,7 +105,8 @@ def run_baseline(train_csv: Path, val_csv: Path, base: str, max_steps: int, seed
     """The common recipe, written as a tutorial would: nothing from tuneloop but the timer."""
     import pandas as pd
     import torch
-    from transformers import AutoModelForSequenceClassification, AutoTokenizer, Trainer, TrainingArguments, set_seed
+    from transformers import (AutoModelForSequenceClassification, AutoTokenizer, PrinterCallback, Trainer,
+                              TrainingArguments, set_seed)
 
     from tuneloop.train import ThroughputCallback, macro_f1_metrics
 
@@ -137,6 +138,7 @@ def run_baseline(train_csv: Path, val_csv: Path, base: str, max_steps: int, seed
                              logging_steps=max(1, max_steps // 5))
     trainer = Trainer(model=model, args=args, train_dataset=train_ds, eval_dataset=val_ds,
                       compute_metrics=macro_f1_metrics, callbacks=[timer])
+    trainer.remove_callback(PrinterCallback)  # keep stdout for the JSON result
     with PeakMemory(cuda) as memory:
         trainer.train()
     metrics = trainer.evaluate()

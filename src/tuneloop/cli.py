@@ -238,11 +238,12 @@ def models_list() -> None:
     from tuneloop import registry
 
     table = Table("tag", "stage", "created", "macro-F1", "accuracy", "data version", "gate")
+    table.columns[0].no_wrap = True
     for e in registry.entries():
         m, g = e.metadata.get("metrics", {}), e.metadata.get("gate", {})
         table.add_row(e.tag, e.stage, e.created, _fmt(m.get("macro_f1")), _fmt(m.get("accuracy")),
                       str(e.metadata.get("data_version")), "-" if not g else "passed" if g.get("passed") else "failed")
-    out.print(table)
+    Console(width=max(out.width, 140)).print(table)  # tags are long; never truncate them
 
 
 def _fmt(value: Any) -> str:

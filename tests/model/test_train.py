@@ -115,3 +115,42 @@ def test_dry_run_is_a_two_step_smoke_run(project, cli, tiny_model, tiny_splits):
                  "--base", str(tiny_model), "--live-dir", "")
     assert result.exit_code == 0, result.output
     assert json.loads(Path("m/tuneloop.json").read_text())["steps"] == 2
+
+
+def test_gpu_out_of_memory_names_the_setting_to_lower(project, cli, tiny_model, tiny_splits, monkeypatch):
+    import torch
+    from transformers import Trainer
+
+    def boom(self, *args, **kwargs):
+        raise torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 2.00 GiB")
+
+    monkeypatch.setattr(Trainer, "train", boom)
+    result = cli("train", "--train", tiny_splits[0], "--val", tiny_splits[1], "--out", "m",
+                 "--base", str(tiny_model), "--live-dir", "")
+    assert result.exit_code == 1 and "Traceback" not in result.output
+    assert "out of GPU memory at batch size 32" in result.stderr
+    assert "--set train.cuda_batch_size=16" in result.stderr
+    assert not (project / "m").exists()
+
+
+def test_class_weights_and_label_smoothing_shape_the_loss():
+    import torch
+    import torch.nn.functional as F
+
+    from tuneloop.train import weighted_loss
+
+    logits = torch.tensor([[2.0, 0.5, -1.0], [0.1, 0.2, 0.3], [1.0, -1.0, 0.0]])
+    labels = torch.tensor([0, 2, 1])
+    weights = torch.tensor([0.5, 3.0, 1.0])
+    outputs = type("Out", (), {"logits": logits})()
+    got = weighted_loss(weights, 0.1)(outputs, labels)
+    assert torch.allclose(got, F.cross_entropy(logits, labels, weight=weights, label_smoothing=0.1))
+    assert not torch.allclose(got, weighted_loss(None, 0.0)(outputs, labels))
+
+
+def test_not_classifier_compatible_base_is_refused(project, cli, tiny_splits):
+    write(project / "weird" / "config.json", '{"model_type": "no-such-architecture"}')
+    result = cli("train", "--train", tiny_splits[0], "--val", tiny_splits[1], "--out", "m", "--base", "weird",
+                 "--live-dir", "")
+    assert result.exit_code == 1 and "Traceback" not in result.output
+    assert "weird" in result.stderr and ("not classifier-compatible" in result.stderr or "cannot load" in result.stderr)
