@@ -167,7 +167,7 @@ def train_cmd(
     resume: Annotated[bool, typer.Option("--resume", help="continue from the newest checkpoint after a crash.")] = False,
     checkpoints: Annotated[Path | None, typer.Option("--checkpoints", help="checkpoint folder (default: OUT.checkpoints).")] = None,
     live_dir: Annotated[str, typer.Option("--live-dir", help="dvclive folder for metrics and plots ('' = off).")] = "dvclive",
-    max_samples: Annotated[int, typer.Option("--max-samples", min=0, help="use only the first N rows of each file.")] = 0,
+    max_samples: Annotated[int, typer.Option("--max-samples", min=0, help="train and validate on a seeded sample of N rows of each file.")] = 0,
     dry_run: Annotated[bool, typer.Option("--dry-run", help="smoke run: 32 rows, 2 steps, everything written.")] = False,
     params: ParamsOpt = Path("params.yaml"),
     set_: SetOpt = None,

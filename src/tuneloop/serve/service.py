@@ -3,12 +3,16 @@
 Which model: `TUNELOOP_MODEL_TAG` when set, else the registry's champion, else the newest
 `tuneloop-classifier` in the store (inside a built Bento that is the one model packed with it).
 `bentoml serve tuneloop.serve.service:TextClassifier` or `tuneloop package` + `bentoml serve TAG`.
+
+Every prediction goes to the prediction log (tuneloop.serve.predlog: SQLite `predictions.db` by
+default, `TUNELOOP_DB_URL` for PostgreSQL), written off the request path and flushed on shutdown;
+`TUNELOOP_LOG_STORE_TEXT=false` keeps only a hash of each text.
 """
 
 from __future__ import annotations
 
 import os
-import uuid
+import time
 from typing import Any
 
 import bentoml
@@ -36,20 +40,36 @@ class TextClassifier:
 
     def __init__(self) -> None:
         from tuneloop.model import load_classifier
+        from tuneloop.serve.predlog import PredictionLog
 
         self.clf = load_classifier(self.model.path)
         self.tag = str(self.model.tag)
+        store_text = os.environ.get("TUNELOOP_LOG_STORE_TEXT", "true").lower() not in ("0", "false", "no")
+        flush_s = float(os.environ.get("TUNELOOP_LOG_FLUSH_S", "1.0"))
+        self.predictions = PredictionLog(store_text=store_text, flush_interval_s=flush_s)
+
+    @bentoml.on_shutdown
+    def _close_log(self) -> None:
+        """Graceful stop (SIGTERM): write every buffered prediction before the worker exits."""
+        self.predictions.close()
 
     @bentoml.api(batchable=True, max_batch_size=32, max_latency_ms=25)
     def classify(self, texts: list[str] = EXAMPLE) -> list[dict[str, Any]]:  # noqa: B006 (example input)
         """Label, confidence and the top 3 labels for each text."""
         from tuneloop.model import predict_proba
+        from tuneloop.serve.predlog import Prediction, new_request_id
 
+        started = time.perf_counter()
         probs = predict_proba(self.clf, list(texts), batch_size=32)
+        latency_ms = (time.perf_counter() - started) * 1000
         out = []
-        for row in probs:
+        for text, row in zip(texts, probs):
             top = row.argsort()[::-1][:3]
-            out.append({"label": self.clf.labels[top[0]], "confidence": float(row[top[0]]),
-                        "top_k": [{"label": self.clf.labels[k], "score": float(row[k])} for k in top],
-                        "model": self.tag, "request_id": uuid.uuid4().hex})
+            result = {"label": self.clf.labels[top[0]], "confidence": float(row[top[0]]),
+                      "top_k": [{"label": self.clf.labels[k], "score": float(row[k])} for k in top],
+                      "model": self.tag, "request_id": new_request_id()}
+            self.predictions.log(Prediction(request_id=result["request_id"], text=text, predicted=result["label"],
+                                            confidence=result["confidence"], top_k=result["top_k"],
+                                            model_tag=self.tag, latency_ms=latency_ms))
+            out.append(result)
         return out

@@ -1,0 +1,98 @@
+"""The prediction log: buffered writes lose nothing, feedback joins, privacy mode, restart, PostgreSQL."""
+
+import threading
+
+import pytest
+
+from tuneloop.serve.predlog import Prediction, PredictionLog, PredictionLogError, UnknownRequest, new_request_id
+
+
+def _prediction(i: int, text: str | None = None) -> Prediction:
+    return Prediction(request_id=new_request_id(), text=text or f"message {i}", predicted="card_lost",
+                      confidence=0.9, top_k=[{"label": "card_lost", "score": 0.9}], model_tag="m:1", latency_ms=3.0)
+
+
+def _sqlite(tmp_path, **kw) -> PredictionLog:
+    return PredictionLog(f"sqlite:///{tmp_path / 'log.db'}", **kw)
+
+
+def test_concurrent_logging_then_close_loses_nothing(tmp_path):
+    plog = _sqlite(tmp_path, flush_interval_s=60)  # the timer never fires: close() must flush
+    threads = [threading.Thread(target=lambda k=k: [plog.log(_prediction(k * 100 + i)) for i in range(50)])
+               for k in range(4)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    plog.close()
+    reopened = _sqlite(tmp_path)  # a restart keeps the log
+    assert reopened.count() == 200
+    reopened.close()
+
+
+def test_timer_flushes_without_being_asked(tmp_path):
+    plog = _sqlite(tmp_path, flush_interval_s=0.05)
+    plog.log(_prediction(1))
+    other = _sqlite(tmp_path)
+    for _ in range(100):
+        if other.count() == 1:
+            break
+        threading.Event().wait(0.05)
+    assert other.count() == 1
+    plog.close()
+    other.close()
+
+
+def test_feedback_joins_on_request_id_and_unknown_ids_are_refused(tmp_path):
+    plog = _sqlite(tmp_path)
+    first, second = _prediction(1), _prediction(2)
+    plog.log(first)
+    plog.log(second)
+    plog.record_feedback(first.request_id, "card_not_arrived")
+    with pytest.raises(UnknownRequest, match="'nope' is not in the prediction log"):
+        plog.record_feedback("nope", "card_lost")
+    rows = {r["request_id"]: r for r in plog.joined()}
+    assert rows[first.request_id]["true_label"] == "card_not_arrived"
+    assert rows[second.request_id]["true_label"] is None
+    plog.close()
+
+
+def test_privacy_mode_keeps_only_a_hash(tmp_path):
+    plog = _sqlite(tmp_path, store_text=False)
+    plog.log(_prediction(1, text="my card number is 4111"))
+    (row,) = plog.joined()
+    assert row["text"] is None and len(row["text_sha256"]) == 64 and row["text_chars"] == 22
+    plog.close()
+
+
+def test_incompatible_schema_version_is_refused(tmp_path):
+    from sqlalchemy import text
+
+    plog = _sqlite(tmp_path)
+    with plog.engine.begin() as conn:
+        conn.execute(text("UPDATE tuneloop_schema SET version = 99"))
+    plog.close()
+    with pytest.raises(PredictionLogError, match="schema version 99"):
+        _sqlite(tmp_path)
+
+
+@pytest.mark.postgres
+def test_postgresql_backend(tmp_path):
+    try:
+        import psycopg
+
+        with psycopg.connect("host=127.0.0.1 port=5432 user=postgres dbname=postgres", connect_timeout=3,
+                             autocommit=True) as conn:
+            conn.execute("DROP DATABASE IF EXISTS tuneloop_predlog_test WITH (FORCE)")
+            conn.execute("CREATE DATABASE tuneloop_predlog_test")
+    except Exception as exc:
+        pytest.skip(f"PostgreSQL on 127.0.0.1:5432 unreachable ({str(exc).splitlines()[0]})")
+    url = "postgresql+psycopg://postgres@127.0.0.1:5432/tuneloop_predlog_test"
+    plog = PredictionLog(url)
+    item = _prediction(1)
+    plog.log(item)
+    plog.record_feedback(item.request_id, "card_lost")
+    plog.close()
+    again = PredictionLog(url)
+    assert again.count() == 1 and again.joined()[0]["true_label"] == "card_lost"
+    again.close()

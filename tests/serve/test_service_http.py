@@ -1,0 +1,58 @@
+"""A real `bentoml serve` process: /classify answers, every answer is in the prediction log, and a
+SIGTERM flushes the log before exit."""
+
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+
+import httpx
+
+from tests.conftest import REPO, TINY_TRAIN
+from tuneloop import registry
+from tuneloop.config import load_params
+from tuneloop.serve.predlog import PredictionLog
+from tuneloop.train import train
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def test_served_predictions_are_logged_and_survive_sigterm(project, tiny_model, tiny_splits, store, tmp_path):
+    train(load_params(REPO / "params.yaml", TINY_TRAIN), *tiny_splits, project / "m", base=str(tiny_model), live_dir=None)
+    tag = registry.register(project / "m").tag
+    port, db = _free_port(), f"sqlite:///{tmp_path / 'served.db'}"
+    env = {**os.environ, "TUNELOOP_MODEL_TAG": tag, "TUNELOOP_DB_URL": db, "BENTOML_DO_NOT_TRACK": "true",
+           "TUNELOOP_LOG_FLUSH_S": "3600"}  # no timer flush: only the SIGTERM shutdown hook can write the rows
+    server = subprocess.Popen([sys.executable, "-m", "bentoml", "serve", "tuneloop.serve.service:TextClassifier",
+                               "--port", str(port)], cwd=project, env=env, stdout=subprocess.PIPE,
+                              stderr=subprocess.STDOUT, text=True, start_new_session=True)
+    base = f"http://127.0.0.1:{port}"
+    try:
+        deadline = time.time() + 90
+        while time.time() < deadline:
+            try:
+                if httpx.get(f"{base}/readyz", timeout=2).status_code == 200:
+                    break
+            except httpx.HTTPError:
+                pass
+            time.sleep(0.5)
+        else:
+            raise AssertionError("service never became ready")
+        answers = [httpx.post(f"{base}/classify", json={"texts": [f"great! the film was great {i}", "awful"]},
+                              timeout=30).json() for i in range(10)]
+        assert all(len(a) == 2 and a[0]["model"] == tag and a[0]["request_id"] for a in answers)
+        assert {a[0]["label"] for a in answers} <= {"pos", "neg", "neu"}
+    finally:
+        os.killpg(server.pid, signal.SIGTERM)  # graceful stop: the log must be flushed
+        server.wait(60)
+    plog = PredictionLog(db)
+    rows = plog.joined()
+    plog.close()
+    assert len(rows) == 20
+    assert {r["request_id"] for r in rows} == {item["request_id"] for a in answers for item in a}
