@@ -44,10 +44,20 @@ def test_served_predictions_are_logged_and_survive_sigterm(project, tiny_model, 
             time.sleep(0.5)
         else:
             raise AssertionError("service never became ready")
+        first = None
         answers = [httpx.post(f"{base}/classify", json={"texts": [f"great! the film was great {i}", "awful"]},
                               timeout=30).json() for i in range(10)]
         assert all(len(a) == 2 and a[0]["model"] == tag and a[0]["request_id"] for a in answers)
         assert {a[0]["label"] for a in answers} <= {"pos", "neg", "neu"}
+        first = answers[0][0]["request_id"]
+        ok = httpx.post(f"{base}/feedback", json={"request_id": first, "label": "pos"}, timeout=30)
+        assert ok.status_code == 200 and ok.json()["status"] == "recorded"
+        unknown = httpx.post(f"{base}/feedback", json={"request_id": "nope", "label": "pos"}, timeout=30)
+        assert unknown.status_code == 404 and "nope" in unknown.text
+        bad_label = httpx.post(f"{base}/feedback", json={"request_id": first, "label": "zzz"}, timeout=30)
+        assert bad_label.status_code == 400 and "neg, neu, pos" in bad_label.text
+        meta = httpx.post(f"{base}/metadata", json={}, timeout=30).json()
+        assert meta["model"] == tag and meta["labels"] == ["neg", "neu", "pos"] and meta["data_version"]
     finally:
         os.killpg(server.pid, signal.SIGTERM)  # graceful stop: the log must be flushed
         server.wait(60)
@@ -56,3 +66,4 @@ def test_served_predictions_are_logged_and_survive_sigterm(project, tiny_model, 
     plog.close()
     assert len(rows) == 20
     assert {r["request_id"] for r in rows} == {item["request_id"] for a in answers for item in a}
+    assert [r["true_label"] for r in rows if r["request_id"] == first] == ["pos"]  # feedback joined

@@ -73,3 +73,26 @@ class TextClassifier:
                                             model_tag=self.tag, latency_ms=latency_ms))
             out.append(result)
         return out
+
+    @bentoml.api
+    def feedback(self, request_id: str, label: str) -> dict[str, str]:
+        """Record the true label of an earlier prediction (joins on request_id in the log)."""
+        from bentoml.exceptions import InvalidArgument, NotFound
+
+        from tuneloop.serve.predlog import UnknownRequest
+
+        if label not in self.clf.labels:
+            raise InvalidArgument(f"label {label!r} is not one of this model's labels: {', '.join(self.clf.labels)}")
+        try:
+            self.predictions.record_feedback(request_id, label)
+        except UnknownRequest as exc:
+            raise NotFound(f"{exc}; send the request_id that /classify returned") from None
+        return {"request_id": request_id, "label": label, "status": "recorded"}
+
+    @bentoml.api(route="/metadata")
+    def metadata(self) -> dict[str, Any]:
+        """Model tag, label set, metrics and data version of the served model."""
+        meta = self.clf.meta
+        return {"model": self.tag, "labels": self.clf.labels, "val_metrics": meta.get("val_metrics", {}),
+                "data_version": meta.get("data", {}).get("id"), "base_model": meta.get("base_model"),
+                "trained_at": meta.get("created_at"), "git_revision": meta.get("git_revision")}
