@@ -48,7 +48,7 @@ demo: install
 	@echo "Gate verdict:       reports/gate/gate.md"
 	@echo "Registry:           tuneloop models list"
 	@echo "Prefect dashboard:  tuneloop dashboard   (then open http://127.0.0.1:4200: the run and its artifacts)"
-	@echo "Serve the champion: bentoml serve tuneloop.serve.service:TextClassifier --port 3000"
+	@echo "Serve the champion: tuneloop serve --port 3000   (same as: bentoml serve tuneloop.serve.service:TextClassifier)"
 	@echo "   and try:         curl -s -X POST http://127.0.0.1:3000/classify -H 'content-type: application/json' -d '{\"texts\": [\"I lost my card\"]}'"
 	@tuneloop models list
 

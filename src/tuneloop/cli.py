@@ -390,6 +390,33 @@ def deploy_cmd(params: ParamsOpt = Path("params.yaml"), set_: SetOpt = None) -> 
               f"Start a worker: prefect worker start --pool {cfg.deploy.work_pool}")
 
 
+@app.command("serve")
+@user_errors
+def serve_cmd(
+    port: Annotated[int, typer.Option(help="HTTP port.")] = 3000,
+    host: Annotated[str, typer.Option(help="interface to listen on.")] = "127.0.0.1",
+    model: Annotated[str | None, typer.Option("--model", help="model tag (default: the champion).")] = None,
+    workers: Annotated[int, typer.Option(min=1, help="worker processes, each loading the model once.")] = 1,
+) -> None:
+    """Serve the classifier over HTTP with `bentoml serve` (/classify, /feedback, /metadata, /readyz)."""
+    import os
+    import subprocess
+
+    from tuneloop import registry
+    from tuneloop.errors import TuneloopError
+
+    chosen = registry.get(model) if model else registry.champion()
+    if chosen is None:
+        raise TuneloopError("no champion to serve yet: run `tuneloop pipeline run` or pass --model TAG.")
+    env = {**os.environ, "TUNELOOP_MODEL_TAG": chosen.tag, "BENTOML_DO_NOT_TRACK": "true",
+           "BENTOML_CONFIG_OPTIONS": f"services.tuneloop_classifier.workers={workers}"}
+    out.print(f"serving {chosen.tag} on http://{host}:{port} ({workers} worker(s)); try:\n"
+              f"  curl -s -X POST http://{host}:{port}/classify -H 'content-type: application/json' "
+              "-d '{\"texts\": [\"I lost my card\"]}'")
+    raise typer.Exit(subprocess.call([sys.executable, "-m", "bentoml", "serve", "tuneloop.serve.service:TextClassifier",
+                                      "--host", host, "--port", str(port)], env=env))
+
+
 @app.command("dashboard")
 @user_errors
 def dashboard(

@@ -56,6 +56,10 @@ def test_served_predictions_are_logged_and_survive_sigterm(project, tiny_model, 
         assert unknown.status_code == 404 and "nope" in unknown.text
         bad_label = httpx.post(f"{base}/feedback", json={"request_id": first, "label": "zzz"}, timeout=30)
         assert bad_label.status_code == 400 and "neg, neu, pos" in bad_label.text
+        for body, words in ((b"{nope", "not valid JSON"), (b'{"texts": []}', "'texts' is empty"),
+                            (b'{"texts": [1]}', "texts[0] is a int")):
+            refused = httpx.post(f"{base}/classify", content=body, headers={"content-type": "application/json"})
+            assert refused.status_code == 400 and words in refused.json()["error"]  # the guard, never a 5xx
         meta = httpx.post(f"{base}/metadata", json={}, timeout=30).json()
         assert meta["model"] == tag and meta["labels"] == ["neg", "neu", "pos"] and meta["data_version"]
     finally:

@@ -96,3 +96,8 @@ class TextClassifier:
         return {"model": self.tag, "labels": self.clf.labels, "val_metrics": meta.get("val_metrics", {}),
                 "data_version": meta.get("data", {}).get("id"), "base_model": meta.get("base_model"),
                 "trained_at": meta.get("created_at"), "git_revision": meta.get("git_revision")}
+
+
+from tuneloop.serve.guard import Guard  # noqa: E402  (after the class: the middleware wraps its app)
+
+TextClassifier.add_asgi_middleware(Guard)

@@ -1,0 +1,159 @@
+"""Request guard for the service: API key, body size and input shape, checked before BentoML.
+
+A pure ASGI middleware. Bad input gets a 4xx JSON `{"error": ...}` naming the problem, never a
+5xx, and never reaches BentoML's own validation (which answers 400 too, but logs a traceback per
+request). Health and readiness probes and the docs stay open without a key.
+
+Settings (environment, read when the service starts):
+- TUNELOOP_API_KEY: when set, every other route needs `Authorization: Bearer <key>` (else 401);
+- TUNELOOP_MAX_BODY_BYTES (default 1 MiB): larger bodies get 413;
+- TUNELOOP_MAX_TEXTS (default 64): more texts in one /classify request get 400;
+- TUNELOOP_MAX_CHARS (default 2000) with TUNELOOP_OVERLONG=truncate|reject (default truncate):
+  longer texts are cut to the limit, or refused with 400.
+"""
+
+from __future__ import annotations
+
+import hmac
+import json
+import os
+from dataclasses import dataclass
+from typing import Any, Awaitable, Callable
+
+Scope = dict[str, Any]
+Receive = Callable[[], Awaitable[dict[str, Any]]]
+Send = Callable[[dict[str, Any]], Awaitable[None]]
+
+OPEN_PATHS = ("/livez", "/readyz", "/healthz", "/metrics", "/docs", "/docs.json", "/schema.json", "/")
+
+
+@dataclass(frozen=True)
+class Limits:
+    """What the guard enforces."""
+
+    api_key: str | None = None
+    max_body_bytes: int = 1 << 20
+    max_texts: int = 64
+    max_chars: int = 2000
+    overlong: str = "truncate"
+
+    @classmethod
+    def from_env(cls) -> Limits:
+        overlong = os.environ.get("TUNELOOP_OVERLONG", "truncate")
+        if overlong not in ("truncate", "reject"):
+            raise ValueError(f"TUNELOOP_OVERLONG={overlong!r}: use truncate or reject")
+        return cls(api_key=os.environ.get("TUNELOOP_API_KEY") or None,
+                   max_body_bytes=int(os.environ.get("TUNELOOP_MAX_BODY_BYTES", 1 << 20)),
+                   max_texts=int(os.environ.get("TUNELOOP_MAX_TEXTS", 64)),
+                   max_chars=int(os.environ.get("TUNELOOP_MAX_CHARS", 2000)), overlong=overlong)
+
+
+class Rejected(Exception):
+    def __init__(self, status: int, message: str):
+        super().__init__(message)
+        self.status, self.message = status, message
+
+
+def check_classify(payload: Any, limits: Limits) -> dict[str, Any]:
+    """Validate a /classify body; returns it with overlong texts truncated (when so configured)."""
+    if not isinstance(payload, dict) or "texts" not in payload:
+        raise Rejected(400, 'expected a JSON object {"texts": ["...", ...]}')
+    texts = payload["texts"]
+    if not isinstance(texts, list):
+        raise Rejected(400, f"'texts' must be a list of strings, got {type(texts).__name__}")
+    if not texts:
+        raise Rejected(400, "'texts' is empty: send at least one text")
+    if len(texts) > limits.max_texts:
+        raise Rejected(400, f"'texts' has {len(texts)} items; at most {limits.max_texts} per request "
+                            "(split the batch)")
+    cleaned = []
+    for i, text in enumerate(texts):
+        if not isinstance(text, str):
+            raise Rejected(400, f"texts[{i}] is a {type(text).__name__}, not a string")
+        if not text.strip():
+            raise Rejected(400, f"texts[{i}] is empty")
+        if len(text) > limits.max_chars:
+            if limits.overlong == "reject":
+                raise Rejected(400, f"texts[{i}] has {len(text)} characters; the limit is {limits.max_chars}")
+            text = text[: limits.max_chars]
+        cleaned.append(text)
+    return {**payload, "texts": cleaned}
+
+
+class Guard:
+    """ASGI middleware enforcing `Limits` (BentoML: `Service.add_asgi_middleware(Guard)`)."""
+
+    def __init__(self, app: Callable[..., Awaitable[None]], limits: Limits | None = None):
+        self.app = app
+        self.limits = limits or Limits.from_env()
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http" or scope["path"] in OPEN_PATHS:
+            await self.app(scope, receive, send)
+            return
+        try:
+            self._authorise(scope)
+            if scope["method"] != "POST":
+                await self.app(scope, receive, send)
+                return
+            body = await self._read(receive)
+            if scope["path"] == "/classify":
+                body = json.dumps(check_classify(self._parse(body), self.limits)).encode()
+            elif body:
+                self._parse(body)  # every API takes JSON: refuse garbage before BentoML does
+        except Rejected as exc:
+            await _respond(send, exc.status, exc.message)
+            return
+        await self.app(_with_length(scope, len(body)), _replay(body), send)
+
+    def _authorise(self, scope: Scope) -> None:
+        if not self.limits.api_key:
+            return
+        headers = dict(scope.get("headers") or [])
+        given = headers.get(b"authorization", b"").decode("latin-1")
+        if not hmac.compare_digest(given, f"Bearer {self.limits.api_key}"):
+            raise Rejected(401, "missing or wrong API key: send 'Authorization: Bearer <TUNELOOP_API_KEY>'")
+
+    async def _read(self, receive: Receive) -> bytes:
+        chunks, size = [], 0
+        while True:
+            message = await receive()
+            chunk = message.get("body", b"")
+            size += len(chunk)
+            if size > self.limits.max_body_bytes:
+                raise Rejected(413, f"request body over {self.limits.max_body_bytes} bytes")
+            chunks.append(chunk)
+            if not message.get("more_body"):
+                return b"".join(chunks)
+
+    @staticmethod
+    def _parse(body: bytes) -> Any:
+        try:
+            return json.loads(body)
+        except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+            raise Rejected(400, f"body is not valid JSON ({exc})") from None
+
+
+def _with_length(scope: Scope, length: int) -> Scope:
+    headers = [(k, v) for k, v in scope.get("headers") or [] if k != b"content-length"]
+    return {**scope, "headers": [*headers, (b"content-length", str(length).encode())]}
+
+
+def _replay(body: bytes) -> Receive:
+    sent = False
+
+    async def receive() -> dict[str, Any]:
+        nonlocal sent
+        if sent:
+            return {"type": "http.disconnect"}
+        sent = True
+        return {"type": "http.request", "body": body, "more_body": False}
+
+    return receive
+
+
+async def _respond(send: Send, status: int, message: str) -> None:
+    payload = json.dumps({"error": message}).encode()
+    await send({"type": "http.response.start", "status": status,
+                "headers": [(b"content-type", b"application/json"), (b"content-length", str(len(payload)).encode())]})
+    await send({"type": "http.response.body", "body": payload})
