@@ -130,6 +130,19 @@ class DeployParams(_Section):
     timezone: str = Field(min_length=1)
 
 
+class ServeParams(_Section):
+    batching: bool
+    max_batch_size: int = Field(ge=2, le=1024)
+    max_latency_ms: int = Field(ge=1, le=60000)
+    max_texts_per_request: int = Field(ge=1)
+    max_chars_per_text: int = Field(ge=1)
+    overlong: Literal["truncate", "reject"]
+    max_body_bytes: int = Field(ge=1024)
+    top_k: int = Field(ge=1)
+    store_text: bool
+    log_flush_s: float = Field(gt=0)
+
+
 class Params(_Section):
     """Every section of params.yaml."""
 
@@ -141,6 +154,7 @@ class Params(_Section):
     evaluate: EvaluateParams
     gate: GateParams
     deploy: DeployParams
+    serve: ServeParams
 
     model_config = ConfigDict(extra="forbid", frozen=True, populate_by_name=True)
 

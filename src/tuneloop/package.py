@@ -11,12 +11,20 @@ from tuneloop.errors import TuneloopError
 log = logging.getLogger(__name__)
 
 
-def build_bento(model_tag: str, bentofile: str | Path = "bentofile.yaml", build_ctx: str | Path = "src") -> str:
+def build_bento(model_tag: str, serve: dict | None = None, bentofile: str | Path = "bentofile.yaml",
+                build_ctx: str | Path = "src") -> str:
     """`bentoml build` with the service pinned to `model_tag`; returns the Bento tag.
 
-    An existing Bento already built for this model is reused (labels record the model tag).
+    `serve` (params.yaml's `serve:` section) is baked in as Bento arguments, so the Bento serves
+    with the settings it was built with. An existing Bento already built for this model is
+    reused (labels record the model tag).
     """
     import bentoml
+
+    if serve is None:
+        from tuneloop.config import load_params
+
+        serve = load_params().serve.model_dump()
 
     for bento in bentoml.bentos.list():
         if bento.tag.name == "tuneloop_classifier" and bento.info.labels.get("model") == model_tag.replace(":", "_"):
@@ -28,7 +36,7 @@ def build_bento(model_tag: str, bentofile: str | Path = "bentofile.yaml", build_
     os.environ["TUNELOOP_MODEL_TAG"] = model_tag  # the service module resolves its model reference from it
     try:
         bento = bentoml.bentos.build_bentofile(
-            str(bentofile), build_ctx=str(build_ctx), reload=True, labels={"owner": "tuneloop", "model": model_tag.replace(":", "_")})
+            str(bentofile), build_ctx=str(build_ctx), reload=True, args=serve, labels={"owner": "tuneloop", "model": model_tag.replace(":", "_")})
     finally:
         if previous is None:
             os.environ.pop("TUNELOOP_MODEL_TAG", None)

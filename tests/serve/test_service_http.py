@@ -9,6 +9,7 @@ import sys
 import time
 
 import httpx
+import yaml
 
 from tests.conftest import REPO, TINY_TRAIN
 from tuneloop import registry
@@ -27,8 +28,10 @@ def test_served_predictions_are_logged_and_survive_sigterm(project, tiny_model, 
     train(load_params(REPO / "params.yaml", TINY_TRAIN), *tiny_splits, project / "m", base=str(tiny_model), live_dir=None)
     tag = registry.register(project / "m").tag
     port, db = _free_port(), f"sqlite:///{tmp_path / 'served.db'}"
-    env = {**os.environ, "TUNELOOP_MODEL_TAG": tag, "TUNELOOP_DB_URL": db, "BENTOML_DO_NOT_TRACK": "true",
-           "TUNELOOP_LOG_FLUSH_S": "3600"}  # no timer flush: only the SIGTERM shutdown hook can write the rows
+    params = yaml.safe_load((project / "params.yaml").read_text())
+    params["serve"]["log_flush_s"] = 3600  # no timer flush: only the SIGTERM shutdown hook can write the rows
+    (project / "params.yaml").write_text(yaml.safe_dump(params))
+    env = {**os.environ, "TUNELOOP_MODEL_TAG": tag, "TUNELOOP_DB_URL": db, "BENTOML_DO_NOT_TRACK": "true"}
     server = subprocess.Popen([sys.executable, "-m", "bentoml", "serve", "tuneloop.serve.service:TextClassifier",
                                "--port", str(port)], cwd=project, env=env, stdout=subprocess.PIPE,
                               stderr=subprocess.STDOUT, text=True, start_new_session=True)

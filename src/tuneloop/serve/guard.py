@@ -4,19 +4,15 @@ A pure ASGI middleware. Bad input gets a 4xx JSON `{"error": ...}` naming the pr
 5xx, and never reaches BentoML's own validation (which answers 400 too, but logs a traceback per
 request). Health and readiness probes and the docs stay open without a key.
 
-Settings (environment, read when the service starts):
-- TUNELOOP_API_KEY: when set, every other route needs `Authorization: Bearer <key>` (else 401);
-- TUNELOOP_MAX_BODY_BYTES (default 1 MiB): larger bodies get 413;
-- TUNELOOP_MAX_TEXTS (default 64): more texts in one /classify request get 400;
-- TUNELOOP_MAX_CHARS (default 2000) with TUNELOOP_OVERLONG=truncate|reject (default truncate):
-  longer texts are cut to the limit, or refused with 400.
+Limits come from params.yaml's `serve:` section (see service.py); the API key from the
+`TUNELOOP_API_KEY` environment variable: when set, every route but the probes needs
+`Authorization: Bearer <key>` (else 401).
 """
 
 from __future__ import annotations
 
 import hmac
 import json
-import os
 from dataclasses import dataclass
 from typing import Any, Awaitable, Callable
 
@@ -36,16 +32,6 @@ class Limits:
     max_texts: int = 64
     max_chars: int = 2000
     overlong: str = "truncate"
-
-    @classmethod
-    def from_env(cls) -> Limits:
-        overlong = os.environ.get("TUNELOOP_OVERLONG", "truncate")
-        if overlong not in ("truncate", "reject"):
-            raise ValueError(f"TUNELOOP_OVERLONG={overlong!r}: use truncate or reject")
-        return cls(api_key=os.environ.get("TUNELOOP_API_KEY") or None,
-                   max_body_bytes=int(os.environ.get("TUNELOOP_MAX_BODY_BYTES", 1 << 20)),
-                   max_texts=int(os.environ.get("TUNELOOP_MAX_TEXTS", 64)),
-                   max_chars=int(os.environ.get("TUNELOOP_MAX_CHARS", 2000)), overlong=overlong)
 
 
 class Rejected(Exception):
@@ -85,7 +71,7 @@ class Guard:
 
     def __init__(self, app: Callable[..., Awaitable[None]], limits: Limits | None = None):
         self.app = app
-        self.limits = limits or Limits.from_env()
+        self.limits = limits or Limits()
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http" or scope["path"] in OPEN_PATHS:

@@ -2,11 +2,14 @@
 
 Which model: `TUNELOOP_MODEL_TAG` when set, else the registry's champion, else the newest
 `tuneloop-classifier` in the store (inside a built Bento that is the one model packed with it).
-`bentoml serve tuneloop.serve.service:TextClassifier` or `tuneloop package` + `bentoml serve TAG`.
+Settings come from the `serve:` section of params.yaml (`TUNELOOP_PARAMS` names another file);
+in a Bento they are baked in as Bento arguments by `tuneloop package`. The API key is a secret
+and stays an environment variable (`TUNELOOP_API_KEY`).
 
 Every prediction goes to the prediction log (tuneloop.serve.predlog: SQLite `predictions.db` by
-default, `TUNELOOP_DB_URL` for PostgreSQL), written off the request path and flushed on shutdown;
-`TUNELOOP_LOG_STORE_TEXT=false` keeps only a hash of each text.
+default, `TUNELOOP_DB_URL` for PostgreSQL), written off the request path and flushed on shutdown.
+Run with `tuneloop serve`, `bentoml serve tuneloop.serve.service:TextClassifier`, or
+`bentoml serve BENTO_TAG` after `tuneloop package`.
 """
 
 from __future__ import annotations
@@ -17,7 +20,9 @@ from typing import Any
 
 import bentoml
 
+from tuneloop.config import ServeParams
 from tuneloop.registry import MODEL_NAME
+from tuneloop.serve.guard import Guard, Limits
 
 
 def model_tag() -> str:
@@ -29,6 +34,17 @@ def model_tag() -> str:
     return _read_state().get("champion") or f"{MODEL_NAME}:latest"
 
 
+def serve_settings() -> ServeParams:
+    """Bento arguments when given (a built Bento, or `--arg`), else params.yaml's `serve:` section."""
+    arguments = vars(bentoml.use_arguments())
+    if arguments:
+        return ServeParams.model_validate(arguments)
+    from tuneloop.config import load_params
+
+    return load_params(os.environ.get("TUNELOOP_PARAMS", "params.yaml")).serve
+
+
+SETTINGS = serve_settings()
 EXAMPLE = ["I lost my card yesterday", "where is my parcel?"]
 
 
@@ -44,27 +60,26 @@ class TextClassifier:
 
         self.clf = load_classifier(self.model.path)
         self.tag = str(self.model.tag)
-        store_text = os.environ.get("TUNELOOP_LOG_STORE_TEXT", "true").lower() not in ("0", "false", "no")
-        flush_s = float(os.environ.get("TUNELOOP_LOG_FLUSH_S", "1.0"))
-        self.predictions = PredictionLog(store_text=store_text, flush_interval_s=flush_s)
+        self.predictions = PredictionLog(store_text=SETTINGS.store_text, flush_interval_s=SETTINGS.log_flush_s)
 
     @bentoml.on_shutdown
     def _close_log(self) -> None:
         """Graceful stop (SIGTERM): write every buffered prediction before the worker exits."""
         self.predictions.close()
 
-    @bentoml.api(batchable=True, max_batch_size=32, max_latency_ms=25)
+    @bentoml.api(batchable=SETTINGS.batching, max_batch_size=SETTINGS.max_batch_size,
+                 max_latency_ms=SETTINGS.max_latency_ms)
     def classify(self, texts: list[str] = EXAMPLE) -> list[dict[str, Any]]:  # noqa: B006 (example input)
-        """Label, confidence and the top 3 labels for each text."""
+        """Label, confidence and the top-k labels for each text, with a request id for feedback."""
         from tuneloop.model import predict_proba
         from tuneloop.serve.predlog import Prediction, new_request_id
 
         started = time.perf_counter()
-        probs = predict_proba(self.clf, list(texts), batch_size=32)
+        probs = predict_proba(self.clf, list(texts), batch_size=SETTINGS.max_batch_size)
         latency_ms = (time.perf_counter() - started) * 1000
         out = []
         for text, row in zip(texts, probs):
-            top = row.argsort()[::-1][:3]
+            top = row.argsort()[::-1][: SETTINGS.top_k]
             result = {"label": self.clf.labels[top[0]], "confidence": float(row[top[0]]),
                       "top_k": [{"label": self.clf.labels[k], "score": float(row[k])} for k in top],
                       "model": self.tag, "request_id": new_request_id()}
@@ -98,6 +113,6 @@ class TextClassifier:
                 "trained_at": meta.get("created_at"), "git_revision": meta.get("git_revision")}
 
 
-from tuneloop.serve.guard import Guard  # noqa: E402  (after the class: the middleware wraps its app)
-
-TextClassifier.add_asgi_middleware(Guard)
+TextClassifier.add_asgi_middleware(Guard, limits=Limits(
+    api_key=os.environ.get("TUNELOOP_API_KEY") or None, max_body_bytes=SETTINGS.max_body_bytes,
+    max_texts=SETTINGS.max_texts_per_request, max_chars=SETTINGS.max_chars_per_text, overlong=SETTINGS.overlong))
