@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import hashlib
+import json
 import logging
 import os
 from pathlib import Path
@@ -26,9 +28,11 @@ def build_bento(model_tag: str, serve: dict | None = None, bentofile: str | Path
 
         serve = load_params().serve.model_dump()
 
+    labels = {"owner": "tuneloop", "model": model_tag.replace(":", "_"),
+              "serve": hashlib.md5(json.dumps(serve, sort_keys=True).encode()).hexdigest()[:12]}
     for bento in bentoml.bentos.list():
-        if bento.tag.name == "tuneloop_classifier" and bento.info.labels.get("model") == model_tag.replace(":", "_"):
-            log.info("Bento %s already packs %s", bento.tag, model_tag)
+        if bento.tag.name == "tuneloop_classifier" and all(bento.info.labels.get(k) == v for k, v in labels.items()):
+            log.info("Bento %s already packs %s with these serve settings", bento.tag, model_tag)
             return str(bento.tag)
     if not Path(bentofile).is_file():
         raise TuneloopError(f"{bentofile}: not found. Run from the project root (where bentofile.yaml is).")
@@ -36,7 +40,7 @@ def build_bento(model_tag: str, serve: dict | None = None, bentofile: str | Path
     os.environ["TUNELOOP_MODEL_TAG"] = model_tag  # the service module resolves its model reference from it
     try:
         bento = bentoml.bentos.build_bentofile(
-            str(bentofile), build_ctx=str(build_ctx), reload=True, args=serve, labels={"owner": "tuneloop", "model": model_tag.replace(":", "_")})
+            str(bentofile), build_ctx=str(build_ctx), reload=True, args=serve, labels=labels)
     finally:
         if previous is None:
             os.environ.pop("TUNELOOP_MODEL_TAG", None)
