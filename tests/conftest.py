@@ -149,3 +149,29 @@ def store() -> Path:
     for sub in ("models/tuneloop-classifier", "bentos/tuneloop_classifier", "tuneloop"):
         shutil.rmtree(home / sub, ignore_errors=True)
     return home
+
+
+def free_port() -> int:
+    """A TCP port on 127.0.0.1 that nothing listens on right now."""
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def wait_http_ok(url: str, seconds: float) -> None:
+    """Poll `url` until it answers 200, or fail the test after `seconds`."""
+    import time
+
+    import httpx
+
+    deadline = time.time() + seconds
+    while time.time() < deadline:
+        try:
+            if httpx.get(url, timeout=2).status_code == 200:
+                return
+        except httpx.HTTPError:
+            pass
+        time.sleep(0.5)
+    pytest.fail(f"{url} did not answer 200 within {seconds:.0f} s")

@@ -2,15 +2,13 @@
 flow run and the scheduled training deployment created by `tuneloop deploy` land in it."""
 
 import os
-import socket
 import subprocess
 import sys
-import time
 
 import httpx
 import pytest
 
-from tests.conftest import REPO
+from tests.conftest import free_port, wait_http_ok
 
 DB = "tuneloop_prefect_test"
 
@@ -29,15 +27,9 @@ def _postgres_url() -> str:
     return f"postgresql+asyncpg://postgres@127.0.0.1:5432/{DB}"
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 @pytest.mark.postgres
 def test_dashboard_on_postgres_records_runs_and_the_scheduled_deployment(project, tmp_path):
-    url, port = _postgres_url(), _free_port()
+    url, port = _postgres_url(), free_port()
     env = {**os.environ, "PREFECT_API_DATABASE_CONNECTION_URL": url, "PREFECT_HOME": str(tmp_path / "prefect"),
            "PREFECT_SERVER_ANALYTICS_ENABLED": "false"}
     env.pop("PREFECT_API_URL", None)
@@ -45,15 +37,7 @@ def test_dashboard_on_postgres_records_runs_and_the_scheduled_deployment(project
                               stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, start_new_session=True)
     api = f"http://127.0.0.1:{port}/api"
     try:
-        deadline = time.time() + 120
-        while time.time() < deadline:
-            try:
-                if httpx.get(f"{api}/health", timeout=2).status_code == 200:
-                    break
-            except httpx.HTTPError:
-                time.sleep(1)
-        else:
-            pytest.fail("Prefect server did not become healthy in 120 s")
+        wait_http_ok(f"{api}/health", 120)
         client_env = {**env, "PREFECT_API_URL": api}
         client_env.pop("PREFECT_API_DATABASE_CONNECTION_URL")
         code = "from prefect import flow\n@flow(name='pg-smoke')\ndef f():\n    return 42\nprint(f())"

@@ -3,31 +3,23 @@ SIGTERM flushes the log before exit."""
 
 import os
 import signal
-import socket
 import subprocess
 import sys
-import time
 
 import httpx
 import yaml
 
-from tests.conftest import REPO, TINY_TRAIN
+from tests.conftest import REPO, TINY_TRAIN, free_port, wait_http_ok
 from tuneloop import registry
 from tuneloop.config import load_params
 from tuneloop.serve.predlog import PredictionLog
 from tuneloop.train import train
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 def test_served_predictions_are_logged_and_survive_sigterm(project, tiny_model, tiny_splits, store, tmp_path):
     train(load_params(REPO / "params.yaml", TINY_TRAIN), *tiny_splits, project / "m", base=str(tiny_model), live_dir=None)
     tag = registry.register(project / "m").tag
-    port, db = _free_port(), f"sqlite:///{tmp_path / 'served.db'}"
+    port, db = free_port(), f"sqlite:///{tmp_path / 'served.db'}"
     params = yaml.safe_load((project / "params.yaml").read_text())
     params["serve"]["log_flush_s"] = 3600  # no timer flush: only the SIGTERM shutdown hook can write the rows
     (project / "params.yaml").write_text(yaml.safe_dump(params))
@@ -37,16 +29,7 @@ def test_served_predictions_are_logged_and_survive_sigterm(project, tiny_model, 
                               stderr=subprocess.STDOUT, text=True, start_new_session=True)
     base = f"http://127.0.0.1:{port}"
     try:
-        deadline = time.time() + 90
-        while time.time() < deadline:
-            try:
-                if httpx.get(f"{base}/readyz", timeout=2).status_code == 200:
-                    break
-            except httpx.HTTPError:
-                pass
-            time.sleep(0.5)
-        else:
-            raise AssertionError("service never became ready")
+        wait_http_ok(f"{base}/readyz", 90)
         first = None
         answers = [httpx.post(f"{base}/classify", json={"texts": [f"great! the film was great {i}", "awful"]},
                               timeout=30).json() for i in range(10)]
