@@ -107,8 +107,12 @@ def length_bucket(text: str, edges: list[int]) -> str:
     return f"{low}+ words"
 
 
-def slice_metrics(frame: pd.DataFrame, y_true: np.ndarray, y_pred: np.ndarray, params: EvaluateParams) -> dict[str, Any]:
-    """Accuracy and macro-F1 per text-length bucket and per value of each slice column."""
+def slice_keys(frame: pd.DataFrame, params: EvaluateParams) -> dict[str, pd.Series]:
+    """The slicing of a labeled frame: text-length bucket plus each slice column, as string keys.
+
+    Slice columns are `evaluate.slice_columns`, or every extra column with at most
+    `evaluate.max_slice_values` distinct values. Evaluate reports these slices; the gate judges them.
+    """
     extra = [c for c in frame.columns if c not in (TEXT, LABEL)]
     columns = params.slice_columns or [c for c in extra if frame[c].nunique(dropna=True) <= params.max_slice_values]
     missing = [c for c in columns if c not in frame.columns]
@@ -116,11 +120,13 @@ def slice_metrics(frame: pd.DataFrame, y_true: np.ndarray, y_pred: np.ndarray, p
         raise DataError(f"evaluate.slice_columns names {missing}, which the data does not have (columns: {extra}).")
     keys = {"length": frame[TEXT].map(lambda t: length_bucket(t, params.length_buckets))}
     keys.update({c: frame[c].fillna("(missing)").astype(str) for c in columns})
-    out: dict[str, Any] = {}
-    for name, key in keys.items():
-        out[name] = {str(value): _headline(y_true[idx], y_pred[idx])
-                     for value, idx in key.groupby(key).indices.items()}
-    return out
+    return keys
+
+
+def slice_metrics(frame: pd.DataFrame, y_true: np.ndarray, y_pred: np.ndarray, params: EvaluateParams) -> dict[str, Any]:
+    """Accuracy and macro-F1 per text-length bucket and per value of each slice column."""
+    return {name: {str(value): _headline(y_true[idx], y_pred[idx]) for value, idx in key.groupby(key).indices.items()}
+            for name, key in slice_keys(frame, params).items()}
 
 
 # ---------------------------------------------------------------- behavioural tests

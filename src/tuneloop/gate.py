@@ -25,7 +25,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from tuneloop.config import GateParams, Params
+from tuneloop.config import EvaluateParams, GateParams, Params
 from tuneloop.errors import TuneloopError
 from tuneloop.tabular import LABEL, TEXT, read_table, write_text_atomic
 
@@ -150,14 +150,11 @@ def comparison_check(result: dict[str, Any], alpha: float) -> Check:
 
 
 def slice_checks(frame: pd.DataFrame, champion_correct: np.ndarray, challenger_correct: np.ndarray,
-                 gate: GateParams, length_buckets: list[int]) -> list[Check]:
-    """Per-slice accuracy drop (challenger vs champion) within `max_slice_drop`."""
-    from tuneloop.evaluate import length_bucket
+                 gate: GateParams, evaluate: EvaluateParams) -> list[Check]:
+    """Per-slice accuracy drop (challenger vs champion) within `max_slice_drop`, on evaluate's slices."""
+    from tuneloop.evaluate import slice_keys
 
-    keys = {"length": frame[TEXT].map(lambda t: length_bucket(t, length_buckets))}
-    for column in frame.columns:
-        if column not in (TEXT, LABEL) and frame[column].nunique(dropna=True) <= 20:
-            keys[column] = frame[column].fillna("(missing)").astype(str)
+    keys = slice_keys(frame, evaluate)
     worst: tuple[float, str] | None = None
     judged = 0
     for name, key in keys.items():
@@ -252,7 +249,7 @@ def run_gate(params: Params, challenger_dir: str | Path, eval_dir: str | Path, d
                    "labels_unknown_to_champion": sorted(unknown)})
     report.comparison = result
     report.checks.append(comparison_check(result, gate.alpha))
-    report.checks += slice_checks(frame, champion_correct, challenger_correct, gate, params.evaluate.length_buckets)
+    report.checks += slice_checks(frame, champion_correct, challenger_correct, gate, params.evaluate)
     return report
 
 

@@ -37,6 +37,10 @@ class RegistryError(TuneloopError):
     """A registry operation cannot be done as asked (unknown tag, nothing to roll back to, ...)."""
 
 
+def _utc_now() -> str:
+    return time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
+
+
 def bentoml_home() -> Path:
     """BentoML's home folder (BENTOML_HOME, default ~/bentoml), where the model store lives."""
     return Path(os.environ.get("BENTOML_HOME", Path.home() / "bentoml"))
@@ -119,9 +123,14 @@ def get(tag: str) -> Entry:
                             "`tuneloop models list` shows what is.") from None
 
 
+def champion_tag() -> str | None:
+    """The champion's tag from the pointer alone (no store lookup), or None before the first promotion."""
+    return _read_state()["champion"]
+
+
 def champion() -> Entry | None:
     """The current champion, or None before the first promotion."""
-    tag = _read_state()["champion"]
+    tag = champion_tag()
     return get(tag) if tag else None
 
 
@@ -150,7 +159,7 @@ def register(model_dir: str | Path, *, metrics: dict[str, Any] | None = None,
         "base_model": meta.get("base_model"),
         "labels": meta.get("labels", []),
         "trained_at": meta.get("created_at"),
-        "registered_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+        "registered_at": _utc_now(),
         "weights_sha256": digest,
     }
     metadata = _no_nulls(metadata)
@@ -182,7 +191,7 @@ def promote(tag: str, *, reason: str, forced: bool = False) -> Entry:
             return entry
         state["history"].append({"action": "promote", "tag": entry.tag, "previous": state["champion"],
                                  "reason": reason, "forced": forced,
-                                 "at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())})
+                                 "at": _utc_now()})
         state["champion"] = entry.tag
         _write_state(state)
         _reconcile(state)
@@ -200,7 +209,7 @@ def rollback(*, reason: str) -> Entry:
             raise RegistryError("nothing to roll back to: there is no previous champion. "
                                 "`tuneloop models list` shows the history of stages.")
         state["history"].append({"action": "rollback", "tag": previous, "previous": current, "reason": reason,
-                                 "forced": False, "at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())})
+                                 "forced": False, "at": _utc_now()})
         state["champion"] = previous
         _write_state(state)
         _reconcile(state)

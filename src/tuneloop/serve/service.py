@@ -29,9 +29,9 @@ def model_tag() -> str:
     """The model this service loads (resolved once, when BentoML imports the service)."""
     if os.environ.get("TUNELOOP_MODEL_TAG"):
         return os.environ["TUNELOOP_MODEL_TAG"]
-    from tuneloop.registry import _read_state
+    from tuneloop.registry import champion_tag
 
-    return _read_state().get("champion") or f"{MODEL_NAME}:latest"
+    return champion_tag() or f"{MODEL_NAME}:latest"
 
 
 def serve_settings() -> ServeParams:
