@@ -175,3 +175,19 @@ def wait_http_ok(url: str, seconds: float) -> None:
             pass
         time.sleep(0.5)
     pytest.fail(f"{url} did not answer 200 within {seconds:.0f} s")
+
+
+def fresh_postgres_db(name: str, driver: str = "psycopg") -> str:
+    """Drop and create database `name` on 127.0.0.1:5432 and return its SQLAlchemy URL, or skip the
+    test with the reason when PostgreSQL (or its driver) is not there."""
+    try:
+        import psycopg
+
+        with psycopg.connect("host=127.0.0.1 port=5432 user=postgres dbname=postgres", connect_timeout=3,
+                             autocommit=True) as conn:
+            conn.execute(f"DROP DATABASE IF EXISTS {name} WITH (FORCE)")
+            conn.execute(f"CREATE DATABASE {name}")
+    except Exception as exc:  # no server, no driver, no permission: all mean "cannot test here"
+        pytest.skip(f"PostgreSQL on 127.0.0.1:5432 unreachable ({str(exc).splitlines()[0]}); "
+                    "start it to run this test")
+    return f"postgresql+{driver}://postgres@127.0.0.1:5432/{name}"

@@ -94,12 +94,13 @@ def load_classifier(model_dir: str | Path) -> Classifier:
                          "tool; fine-tune it with `tuneloop train --base "
                          f"{path}` to get one tuneloop can evaluate and serve.")
     meta = json.loads(meta_path.read_text(encoding="utf-8"))
+    from safetensors import SafetensorError
     from transformers import AutoModelForSequenceClassification, AutoTokenizer
 
     try:
         model = AutoModelForSequenceClassification.from_pretrained(path)
         tokenizer = AutoTokenizer.from_pretrained(path)
-    except (OSError, ValueError) as exc:
+    except (OSError, ValueError, SafetensorError) as exc:  # SafetensorError: truncated or damaged weights
         raise ModelError(f"{path}: cannot load the model ({exc}). Re-train or restore the folder.") from None
     id2label = {int(k): v for k, v in model.config.id2label.items()}
     labels = [id2label[i] for i in range(len(id2label))]

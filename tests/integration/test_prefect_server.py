@@ -8,28 +8,14 @@ import sys
 import httpx
 import pytest
 
-from tests.conftest import free_port, wait_http_ok
+from tests.conftest import free_port, fresh_postgres_db, wait_http_ok
 
 DB = "tuneloop_prefect_test"
 
 
-def _postgres_url() -> str:
-    try:
-        import psycopg
-
-        with psycopg.connect("host=127.0.0.1 port=5432 user=postgres dbname=postgres", connect_timeout=3,
-                             autocommit=True) as conn:
-            conn.execute(f"DROP DATABASE IF EXISTS {DB} WITH (FORCE)")
-            conn.execute(f"CREATE DATABASE {DB}")
-    except Exception as exc:  # no server, no driver, no permission: all mean "cannot test here"
-        pytest.skip(f"PostgreSQL on 127.0.0.1:5432 unreachable ({str(exc).splitlines()[0]}); "
-                    "start it to run this test")
-    return f"postgresql+asyncpg://postgres@127.0.0.1:5432/{DB}"
-
-
 @pytest.mark.postgres
 def test_dashboard_on_postgres_records_runs_and_the_scheduled_deployment(project, tmp_path):
-    url, port = _postgres_url(), free_port()
+    url, port = fresh_postgres_db(DB, driver="asyncpg"), free_port()
     env = {**os.environ, "PREFECT_API_DATABASE_CONNECTION_URL": url, "PREFECT_HOME": str(tmp_path / "prefect"),
            "PREFECT_SERVER_ANALYTICS_ENABLED": "false"}
     env.pop("PREFECT_API_URL", None)

@@ -4,6 +4,7 @@ import threading
 
 import pytest
 
+from tests.conftest import fresh_postgres_db
 from tuneloop.serve.predlog import Prediction, PredictionLog, PredictionLogError, UnknownRequest, new_request_id
 
 
@@ -78,16 +79,7 @@ def test_incompatible_schema_version_is_refused(tmp_path):
 
 @pytest.mark.postgres
 def test_postgresql_backend(tmp_path):
-    try:
-        import psycopg
-
-        with psycopg.connect("host=127.0.0.1 port=5432 user=postgres dbname=postgres", connect_timeout=3,
-                             autocommit=True) as conn:
-            conn.execute("DROP DATABASE IF EXISTS tuneloop_predlog_test WITH (FORCE)")
-            conn.execute("CREATE DATABASE tuneloop_predlog_test")
-    except Exception as exc:
-        pytest.skip(f"PostgreSQL on 127.0.0.1:5432 unreachable ({str(exc).splitlines()[0]})")
-    url = "postgresql+psycopg://postgres@127.0.0.1:5432/tuneloop_predlog_test"
+    url = fresh_postgres_db("tuneloop_predlog_test")
     plog = PredictionLog(url)
     item = _prediction(1)
     plog.log(item)

@@ -1,59 +1,201 @@
-"""A real `bentoml serve` process: /classify answers, every answer is in the prediction log, and a
-SIGTERM flushes the log before exit."""
+"""A real `bentoml serve` process: answers, the prediction log (SIGTERM flush, restart, PostgreSQL),
+feedback, GET /metadata, every bad input and the API key through real HTTP, and a damaged or
+missing model that never reports ready."""
+
+from __future__ import annotations
 
 import os
+import shutil
 import signal
 import subprocess
 import sys
+import time
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Iterator
 
 import httpx
+import pytest
 import yaml
 
-from tests.conftest import REPO, TINY_TRAIN, free_port, wait_http_ok
+from tests.conftest import REPO, TINY_TRAIN, free_port, fresh_postgres_db, sentiment_rows, wait_http_ok, write
+from tests.serve.test_guard import CASES
 from tuneloop import registry
 from tuneloop.config import load_params
 from tuneloop.serve.predlog import PredictionLog
-from tuneloop.train import train
+
+SERVE = [sys.executable, "-m", "bentoml", "serve", "tuneloop.serve.service:TextClassifier"]
+TEXTS = {"texts": ["great! the film was great", "awful"]}
 
 
-def test_served_predictions_are_logged_and_survive_sigterm(project, tiny_model, tiny_splits, store, tmp_path):
-    train(load_params(REPO / "params.yaml", TINY_TRAIN), *tiny_splits, project / "m", base=str(tiny_model), live_dir=None)
-    tag = registry.register(project / "m").tag
-    port, db = free_port(), f"sqlite:///{tmp_path / 'served.db'}"
-    params = yaml.safe_load((project / "params.yaml").read_text())
-    params["serve"]["log_flush_s"] = 3600  # no timer flush: only the SIGTERM shutdown hook can write the rows
-    (project / "params.yaml").write_text(yaml.safe_dump(params))
-    env = {**os.environ, "TUNELOOP_MODEL_TAG": tag, "TUNELOOP_DB_URL": db, "BENTOML_DO_NOT_TRACK": "true"}
-    server = subprocess.Popen([sys.executable, "-m", "bentoml", "serve", "tuneloop.serve.service:TextClassifier",
-                               "--port", str(port)], cwd=project, env=env, stdout=subprocess.PIPE,
-                              stderr=subprocess.STDOUT, text=True, start_new_session=True)
-    base = f"http://127.0.0.1:{port}"
+@pytest.fixture(scope="module")
+def served(tiny_model: Path, tmp_path_factory: pytest.TempPathFactory) -> tuple[str, Path]:
+    """(champion tag, working folder): a tiny trained model promoted in an empty store, and a
+    params.yaml whose serve limits match the guard's unit tests (4 texts, 2048 bytes)."""
+    from tuneloop.train import train
+
+    home = Path(os.environ["BENTOML_HOME"])
+    for sub in ("models/tuneloop-classifier", "tuneloop"):
+        shutil.rmtree(home / sub, ignore_errors=True)
+    work = tmp_path_factory.mktemp("served")
+    train_csv = write(work / "train.csv", sentiment_rows(24, seed=0))
+    val_csv = write(work / "val.csv", sentiment_rows(6, seed=1))
+    train(load_params(REPO / "params.yaml", TINY_TRAIN), train_csv, val_csv, work / "m", base=str(tiny_model),
+          live_dir=None)
+    tag = registry.register(work / "m").tag
+    registry.promote(tag, reason="test champion")
+    params = yaml.safe_load((REPO / "params.yaml").read_text())
+    params["serve"].update(log_flush_s=3600,  # no timer flush: only the shutdown hook writes rows
+                           max_texts_per_request=4, max_body_bytes=2048)
+    (work / "params.yaml").write_text(yaml.safe_dump(params))
+    return tag, work
+
+
+@contextmanager
+def serving(work: Path, db: str, **env: str) -> Iterator[str]:
+    """Run `bentoml serve` in `work` until ready; yields its base URL; SIGTERM (graceful) after."""
+    port, log = free_port(), work / f"server-{time.time_ns()}.log"
+    with log.open("w") as out:
+        server = subprocess.Popen([*SERVE, "--port", str(port)], cwd=work, stdout=out, stderr=subprocess.STDOUT,
+                                  env={**os.environ, "TUNELOOP_DB_URL": db, **env}, start_new_session=True)
     try:
-        wait_http_ok(f"{base}/readyz", 90)
-        first = None
-        answers = [httpx.post(f"{base}/classify", json={"texts": [f"great! the film was great {i}", "awful"]},
-                              timeout=30).json() for i in range(10)]
-        assert all(len(a) == 2 and a[0]["model"] == tag and a[0]["request_id"] for a in answers)
-        assert {a[0]["label"] for a in answers} <= {"pos", "neg", "neu"}
-        first = answers[0][0]["request_id"]
-        ok = httpx.post(f"{base}/feedback", json={"request_id": first, "label": "pos"}, timeout=30)
-        assert ok.status_code == 200 and ok.json()["status"] == "recorded"
-        unknown = httpx.post(f"{base}/feedback", json={"request_id": "nope", "label": "pos"}, timeout=30)
-        assert unknown.status_code == 404 and "nope" in unknown.text
-        bad_label = httpx.post(f"{base}/feedback", json={"request_id": first, "label": "zzz"}, timeout=30)
-        assert bad_label.status_code == 400 and "neg, neu, pos" in bad_label.text
-        for body, words in ((b"{nope", "not valid JSON"), (b'{"texts": []}', "'texts' is empty"),
-                            (b'{"texts": [1]}', "texts[0] is a int")):
-            refused = httpx.post(f"{base}/classify", content=body, headers={"content-type": "application/json"})
-            assert refused.status_code == 400 and words in refused.json()["error"]  # the guard, never a 5xx
-        meta = httpx.post(f"{base}/metadata", json={}, timeout=30).json()
-        assert meta["model"] == tag and meta["labels"] == ["neg", "neu", "pos"] and meta["data_version"]
+        wait_http_ok(f"http://127.0.0.1:{port}/readyz", 90)
+        yield f"http://127.0.0.1:{port}"
     finally:
-        os.killpg(server.pid, signal.SIGTERM)  # graceful stop: the log must be flushed
-        server.wait(60)
+        os.killpg(server.pid, signal.SIGTERM)
+        assert server.wait(60) == 0, log.read_text()[-3000:]
+
+
+def classify(base: str, n: int, **headers: str) -> list[dict]:
+    answers = []
+    for _ in range(n):
+        response = httpx.post(f"{base}/classify", json=TEXTS, headers=headers, timeout=30)
+        assert response.status_code == 200, response.text
+        answers.extend(response.json())
+    return answers
+
+
+def test_predictions_feedback_and_metadata_are_logged_through_sigterm_and_restart(served, tmp_path):
+    tag, work = served
+    db = f"sqlite:///{tmp_path / 'served.db'}"
+    with serving(work, db) as base:  # no TUNELOOP_MODEL_TAG: the champion
+        answers = classify(base, 10)
+        assert all(a["model"] == tag and a["request_id"] and a["label"] in {"pos", "neg", "neu"} for a in answers)
+        assert all(len(a["top_k"]) == 3 and a["confidence"] == a["top_k"][0]["score"] for a in answers)
+        ids = [a["request_id"] for a in answers]
+
+        one = httpx.post(f"{base}/feedback", json={"request_id": ids[0], "label": "pos"})
+        assert one.status_code == 200 and one.json()["recorded"] == 1
+        batch = httpx.post(f"{base}/feedback", json={"items": [{"request_id": ids[1], "label": "neg"},
+                                                               {"request_id": ids[2], "label": "neu"}]})
+        assert batch.status_code == 200 and batch.json()["recorded"] == 2
+        unknown = httpx.post(f"{base}/feedback", json={"items": [{"request_id": ids[3], "label": "pos"},
+                                                                 {"request_id": "nope", "label": "pos"}]})
+        assert unknown.status_code == 404 and "'nope'" in unknown.json()["error"]  # and ids[3] not recorded
+        bad_label = httpx.post(f"{base}/feedback", json={"request_id": ids[3], "label": "zzz"})
+        assert bad_label.status_code == 400 and "neg, neu, pos" in bad_label.json()["error"]
+        shapeless = httpx.post(f"{base}/feedback", json={"id": ids[3]})
+        assert shapeless.status_code == 400 and '"items"' in shapeless.json()["error"]
+
+        meta = httpx.get(f"{base}/metadata").json()
+        assert meta["model"] == tag and meta["labels"] == ["neg", "neu", "pos"] and meta["stage"] == "champion"
+        assert meta["promoted_at"] == registry.history()[-1]["at"] and meta["data_version"]
+        assert set(meta["val_metrics"]) >= {"accuracy", "macro_f1"}
+
     plog = PredictionLog(db)
     rows = plog.joined()
     plog.close()
-    assert len(rows) == 20
-    assert {r["request_id"] for r in rows} == {item["request_id"] for a in answers for item in a}
-    assert [r["true_label"] for r in rows if r["request_id"] == first] == ["pos"]  # feedback joined
+    assert sorted(r["request_id"] for r in rows) == sorted(ids)  # every answer, flushed by SIGTERM alone
+    labelled = {r["request_id"]: r["true_label"] for r in rows if r["true_label"]}
+    assert labelled == {ids[0]: "pos", ids[1]: "neg", ids[2]: "neu"}  # the refused batch left nothing
+
+    with serving(work, db) as base:  # restart on the same database: the log is kept and extended
+        more = classify(base, 2)
+        late = httpx.post(f"{base}/feedback", json={"request_id": ids[4], "label": "pos"})  # from the 1st run
+        assert late.status_code == 200
+    plog = PredictionLog(db)
+    rows = plog.joined()
+    plog.close()
+    assert len(rows) == 24 and {a["request_id"] for a in more} <= {r["request_id"] for r in rows}
+    assert sum(r["true_label"] is not None for r in rows) == 4
+
+
+def test_every_bad_input_and_the_api_key_over_real_http(served, tmp_path):
+    _, work = served
+    key = {"authorization": "Bearer s3cret"}
+    with serving(work, f"sqlite:///{tmp_path / 'auth.db'}", TUNELOOP_API_KEY="s3cret") as base:
+        for path in ("/livez", "/readyz"):
+            assert httpx.get(base + path).status_code == 200  # probes stay open
+        refused = httpx.post(f"{base}/classify", json=TEXTS)
+        assert refused.status_code == 401 and "TUNELOOP_API_KEY" in refused.json()["error"]
+        assert httpx.get(f"{base}/metadata").status_code == 401
+        assert httpx.post(f"{base}/feedback", json={"request_id": "x", "label": "pos"}).status_code == 401
+        wrong = httpx.post(f"{base}/classify", json=TEXTS, headers={"authorization": "Bearer nope"})
+        assert wrong.status_code == 401
+        assert len(classify(base, 1, **key)) == 2
+        for case, (body, status, words) in CASES.items():
+            response = httpx.post(f"{base}/classify", content=body, timeout=30,
+                                  headers={**key, "content-type": "application/json"})
+            assert response.status_code == status and words in response.json()["error"], case
+    with serving(work, f"sqlite:///{tmp_path / 'open.db'}") as base:  # no key configured: open
+        assert len(classify(base, 1)) == 2
+
+
+@pytest.mark.postgres
+def test_prediction_log_in_postgresql_through_the_service(served):
+    _, work = served
+    url = fresh_postgres_db("tuneloop_service_test")
+    with serving(work, url) as base:
+        ids = [a["request_id"] for a in classify(base, 3)]
+        assert httpx.post(f"{base}/feedback", json={"request_id": ids[0], "label": "pos"}).status_code == 200
+    plog = PredictionLog(url)
+    rows = plog.joined()
+    plog.close()
+    assert sorted(r["request_id"] for r in rows) == sorted(ids)
+    assert [r["true_label"] for r in rows if r["request_id"] == ids[0]] == ["pos"]
+
+
+def _never_ready(work: Path, env: dict[str, str], seconds: float) -> str:
+    """Run the server for up to `seconds` polling /readyz (must never be 200); returns its output."""
+    port, log = free_port(), work / f"broken-{time.time_ns()}.log"
+    with log.open("w") as out:
+        server = subprocess.Popen([*SERVE, "--port", str(port)], cwd=work, stdout=out, stderr=subprocess.STDOUT,
+                                  env={**os.environ, **env}, start_new_session=True)
+    try:
+        deadline = time.time() + seconds
+        while time.time() < deadline and server.poll() is None:
+            try:
+                assert httpx.get(f"http://127.0.0.1:{port}/readyz", timeout=2).status_code != 200, "reported ready"
+            except httpx.HTTPError:
+                pass
+            if "startup failed" in log.read_text():
+                break
+            time.sleep(0.3)
+    finally:
+        if server.poll() is None:
+            os.killpg(server.pid, signal.SIGKILL)
+        server.wait(30)
+    return log.read_text()
+
+
+def test_a_damaged_or_missing_model_never_reports_ready(served, tmp_path):
+    from safetensors.torch import load_file, save_file
+
+    _, work = served
+    copy = shutil.copytree(work / "m", tmp_path / "m2")
+    weights = load_file(copy / "model.safetensors")
+    first = next(iter(weights))
+    weights[first] = weights[first] + 0.01  # another model (registry entries are keyed by weights)
+    save_file(weights, copy / "model.safetensors", metadata={"format": "pt"})
+    entry = registry.register(copy)
+    stored = entry.path / "model.safetensors"
+    data = bytearray(stored.read_bytes())
+    data[-100] ^= 0xFF  # one flipped byte: still loads, but is not the registered model
+    stored.write_bytes(bytes(data))
+
+    env = {"TUNELOOP_DB_URL": f"sqlite:///{tmp_path / 'x.db'}"}
+    output = _never_ready(work, {**env, "TUNELOOP_MODEL_TAG": entry.tag}, 60)
+    assert "SHA-256 differs" in output and "startup failed" in output
+
+    output = _never_ready(work, {**env, "TUNELOOP_MODEL_TAG": "tuneloop-classifier:doesnotexist"}, 60)
+    assert "tuneloop-classifier:doesnotexist is not in the BentoML model store" in output

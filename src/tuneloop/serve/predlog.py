@@ -183,20 +183,28 @@ class PredictionLog:
     # ------------------------------------------------------------ feedback and reads
 
     def record_feedback(self, request_id: str, label: str) -> None:
-        """Attach a true label to a logged request.
+        """Attach a true label to a logged request (see `record_feedback_many`)."""
+        self.record_feedback_many([(request_id, label)])
+
+    def record_feedback_many(self, items: list[tuple[str, str]]) -> None:
+        """Attach true labels to logged requests, all or none, in one transaction.
 
         Raises:
-            UnknownRequest: no prediction with that id was logged.
+            UnknownRequest: some ids were never logged (named in the message); nothing is recorded.
         """
-        self.flush()  # the request may still sit in the buffer
+        self.flush()  # the requests may still sit in the buffer
         predictions, feedback = self.tables["predictions"], self.tables["feedback"]
+        wanted = list(dict.fromkeys(request_id for request_id, _ in items))
         with self.engine.begin() as conn:
-            found = conn.execute(self._select(predictions.c.request_id)
-                                 .where(predictions.c.request_id == request_id)).first()
-            if found is None:
-                raise UnknownRequest(f"request_id {request_id!r} is not in the prediction log")
-            conn.execute(self._insert(feedback).values(request_id=request_id, label=label,
-                                                       created_at=datetime.now(timezone.utc)))
+            found = {row[0] for row in conn.execute(self._select(predictions.c.request_id)
+                                                     .where(predictions.c.request_id.in_(wanted)))}
+            missing = [request_id for request_id in wanted if request_id not in found]
+            if missing:
+                shown = ", ".join(repr(m) for m in missing[:5]) + (f" and {len(missing) - 5} more" if len(missing) > 5 else "")
+                raise UnknownRequest(f"request_id {shown} {'is' if len(missing) == 1 else 'are'} not in the prediction log")
+            now = datetime.now(timezone.utc)
+            conn.execute(self._insert(feedback), [{"request_id": request_id, "label": label, "created_at": now}
+                                                  for request_id, label in items])
 
     def count(self) -> int:
         """Rows written so far (after a flush)."""

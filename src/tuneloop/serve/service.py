@@ -16,22 +16,43 @@ from __future__ import annotations
 
 import os
 import time
+from pathlib import Path
 from typing import Any
 
 import bentoml
+import numpy as np
+
+from fastapi import Body, FastAPI
+from fastapi.responses import JSONResponse
 
 from tuneloop.config import ServeParams
+from tuneloop.errors import TuneloopError
 from tuneloop.registry import MODEL_NAME
 from tuneloop.serve.guard import Guard, Limits
 
 
+class ServiceError(TuneloopError):
+    """The service cannot start: no model to serve, or the model does not load."""
+
+
 def model_tag() -> str:
-    """The model this service loads (resolved once, when BentoML imports the service)."""
-    if os.environ.get("TUNELOOP_MODEL_TAG"):
-        return os.environ["TUNELOOP_MODEL_TAG"]
+    """The model this service loads (resolved once, when BentoML imports the service).
+
+    Raises:
+        ServiceError: the tag is not in the model store (the server then never starts, so it
+            never reports ready).
+    """
+    from bentoml.exceptions import NotFound
+
     from tuneloop.registry import champion_tag
 
-    return champion_tag() or f"{MODEL_NAME}:latest"
+    tag = os.environ.get("TUNELOOP_MODEL_TAG") or champion_tag() or f"{MODEL_NAME}:latest"
+    tag = tag if ":" in tag else f"{MODEL_NAME}:{tag}"
+    try:
+        return str(bentoml.models.get(tag).tag)
+    except NotFound:
+        raise ServiceError(f"model {tag} is not in the BentoML model store: set TUNELOOP_MODEL_TAG to a tag from "
+                           "`tuneloop models list`, or promote one (`tuneloop models promote TAG`).") from None
 
 
 def serve_settings() -> ServeParams:
@@ -46,8 +67,40 @@ def serve_settings() -> ServeParams:
 
 SETTINGS = serve_settings()
 EXAMPLE = ["I lost my card yesterday", "where is my parcel?"]
+# GET routes: BentoML APIs are POST only, so read-only endpoints live in a FastAPI app mounted beside them.
+http = FastAPI(title="tuneloop", docs_url=None, redoc_url=None, openapi_url=None)
 
 
+FEEDBACK_SHAPE = '{"request_id": "...", "label": "..."} or {"items": [{"request_id": "...", "label": "..."}, ...]}'
+
+
+def feedback_pairs(body: Any, labels: list[str]) -> list[tuple[str, str]]:
+    """(request_id, label) pairs from a /feedback body, checked against the model's labels.
+
+    Raises:
+        ValueError: the body has another shape, or a label is not one of `labels` (both named).
+    """
+    keys = set(body) if isinstance(body, dict) else None
+    if keys == {"items"} and isinstance(body["items"], list) and body["items"]:
+        items, where = body["items"], "items[{}]: "
+    elif keys == {"request_id", "label"}:
+        items, where = [body], ""
+    else:
+        raise ValueError(f"expected {FEEDBACK_SHAPE}")
+    pairs = []
+    for i, item in enumerate(items):
+        if not (isinstance(item, dict) and set(item) == {"request_id", "label"}
+                and all(isinstance(v, str) and v for v in item.values())):
+            raise ValueError(f"{where.format(i)}expected {{\"request_id\": \"...\", \"label\": \"...\"}} "
+                             "with non-empty strings")
+        if item["label"] not in labels:
+            raise ValueError(f"{where.format(i)}label {item['label']!r} is not one of this model's labels: "
+                             f"{', '.join(labels)}")
+        pairs.append((item["request_id"], item["label"]))
+    return pairs
+
+
+@bentoml.asgi_app(http, path="/")
 @bentoml.service(name="tuneloop_classifier", traffic={"timeout": 30})
 class TextClassifier:
     """Loads the model once per worker; `classify` batches concurrent requests adaptively."""
@@ -55,12 +108,32 @@ class TextClassifier:
     model = bentoml.models.BentoModel(model_tag())
 
     def __init__(self) -> None:
-        from tuneloop.model import load_classifier
+        """Load the model and prove it predicts; any failure stops the worker, so it never reports ready."""
+        from tuneloop.model import ModelError, load_classifier, predict_proba
         from tuneloop.serve.predlog import PredictionLog
 
-        self.clf = load_classifier(self.model.path)
+        from tuneloop.registry import weights_digest
+
         self.tag = str(self.model.tag)
+        expected = self.model.info.metadata.get("weights_sha256")
+        if expected and weights_digest(Path(self.model.path)) != expected:
+            raise ServiceError(f"model {self.tag}: the weights' SHA-256 differs from the one recorded at registration; "
+                               "the files were damaged or edited. Serve another tag or re-register the model.")
+        try:
+            self.clf = load_classifier(self.model.path)
+            probs = predict_proba(self.clf, EXAMPLE)
+        except (ModelError, OSError, RuntimeError, ValueError) as exc:
+            raise ServiceError(f"model {self.tag} does not load or predict ({exc}); "
+                               "serve another tag or re-register the model") from None
+        if not (np.isfinite(probs).all() and np.allclose(probs.sum(axis=1), 1, atol=1e-3)):
+            raise ServiceError(f"model {self.tag} predicts non-finite or unnormalised scores on a smoke test; "
+                               "its weights are damaged: serve another tag or re-register the model")
         self.predictions = PredictionLog(store_text=SETTINGS.store_text, flush_interval_s=SETTINGS.log_flush_s)
+        self.ready = True
+
+    def __is_ready__(self) -> bool:
+        """`/readyz`: only once the model has loaded and passed the smoke prediction."""
+        return getattr(self, "ready", False)
 
     @bentoml.on_shutdown
     def _close_log(self) -> None:
@@ -89,28 +162,39 @@ class TextClassifier:
             out.append(result)
         return out
 
-    @bentoml.api
-    def feedback(self, request_id: str, label: str) -> dict[str, str]:
-        """Record the true label of an earlier prediction (joins on request_id in the log)."""
-        from bentoml.exceptions import InvalidArgument, NotFound
+    @http.post("/feedback")
+    def feedback(self, body: Any = Body(...)) -> JSONResponse:  # noqa: B008 (FastAPI idiom)
+        """Record true labels of earlier predictions: `{"request_id", "label"}` or `{"items": [...]}`.
 
+        All or nothing: a malformed body or unknown label (400) or request id (404) records none.
+        A FastAPI route rather than a BentoML API so refusals are plain 4xx, not logged tracebacks.
+        """
         from tuneloop.serve.predlog import UnknownRequest
 
-        if label not in self.clf.labels:
-            raise InvalidArgument(f"label {label!r} is not one of this model's labels: {', '.join(self.clf.labels)}")
         try:
-            self.predictions.record_feedback(request_id, label)
+            pairs = feedback_pairs(body, self.clf.labels)
+            self.predictions.record_feedback_many(pairs)
+        except ValueError as exc:
+            return JSONResponse({"error": str(exc)}, status_code=400)
         except UnknownRequest as exc:
-            raise NotFound(f"{exc}; send the request_id that /classify returned") from None
-        return {"request_id": request_id, "label": label, "status": "recorded"}
+            return JSONResponse({"error": f"{exc}; send the request_id that /classify returned "
+                                          "(nothing was recorded)"}, status_code=404)
+        return JSONResponse({"recorded": len(pairs), "status": "recorded"})
 
-    @bentoml.api(route="/metadata")
+    @http.get("/metadata")
     def metadata(self) -> dict[str, Any]:
-        """Model tag, label set, metrics and data version of the served model."""
-        meta = self.clf.meta
-        return {"model": self.tag, "labels": self.clf.labels, "val_metrics": meta.get("val_metrics", {}),
-                "data_version": meta.get("data", {}).get("id"), "base_model": meta.get("base_model"),
-                "trained_at": meta.get("created_at"), "git_revision": meta.get("git_revision")}
+        """GET /metadata: model tag, label set, metrics, data version and when it was promoted."""
+        from tuneloop.registry import champion_tag, history
+
+        stored = dict(self.model.info.metadata)
+        promotions = [h for h in history() if h["tag"] == self.tag]
+        return {"model": self.tag, "labels": self.clf.labels,
+                "stage": "champion" if champion_tag() == self.tag else self.model.info.labels.get("stage"),
+                "promoted_at": promotions[-1]["at"] if promotions else None,
+                "metrics": stored.get("metrics", {}), "val_metrics": stored.get("val_metrics", {}),
+                "gate": stored.get("gate", {}), "data_version": stored.get("data_version"),
+                "base_model": stored.get("base_model"), "trained_at": stored.get("trained_at"),
+                "git_revision": stored.get("git_revision")}
 
 
 TextClassifier.add_asgi_middleware(Guard, limits=Limits(
