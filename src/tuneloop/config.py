@@ -134,6 +134,7 @@ class ServeParams(_Section):
     batching: bool
     max_batch_size: int = Field(ge=2, le=1024)
     max_latency_ms: int = Field(ge=1, le=60000)
+    forward_batch_size: int = Field(ge=1, le=1024)
     max_texts_per_request: int = Field(ge=1)
     max_chars_per_text: int = Field(ge=1)
     overlong: Literal["truncate", "reject"]

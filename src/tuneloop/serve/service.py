@@ -148,7 +148,9 @@ class TextClassifier:
         from tuneloop.serve.predlog import Prediction, new_request_id
 
         started = time.perf_counter()
-        probs = predict_proba(self.clf, list(texts), batch_size=SETTINGS.max_batch_size)
+        # predict_proba sorts the batch by length and runs sub-batches of forward_batch_size, each padded
+        # only to its own longest text (bench/serve_load.py: 193 vs 151 req/s for one forward of 32).
+        probs = predict_proba(self.clf, list(texts), batch_size=SETTINGS.forward_batch_size)
         latency_ms = (time.perf_counter() - started) * 1000
         out = []
         for text, row in zip(texts, probs):
