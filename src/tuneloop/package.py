@@ -17,8 +17,9 @@ def build_bento(model_tag: str, serve: dict | None = None, bentofile: str | Path
                 build_ctx: str | Path = "src") -> str:
     """`bentoml build` with the service pinned to `model_tag`; returns the Bento tag.
 
-    `serve` (params.yaml's `serve:` section) is baked in as Bento arguments, so the Bento serves
-    with the settings it was built with. An existing Bento already built for this model is
+    `serve` (params.yaml's `serve:` section) and the model tag are baked in as Bento arguments,
+    so the Bento serves that model with the settings it was built with, whatever the champion
+    is later. An existing Bento already built for this model is
     reused (labels record the model tag).
     """
     import bentoml
@@ -28,23 +29,21 @@ def build_bento(model_tag: str, serve: dict | None = None, bentofile: str | Path
 
         serve = load_params().serve.model_dump()
 
+    arguments = {**serve, "model_tag": model_tag}  # hashed whole: Bentos built before the tag was an argument are not reused
     labels = {"owner": "tuneloop", "model": model_tag.replace(":", "_"),
-              "serve": hashlib.md5(json.dumps(serve, sort_keys=True).encode()).hexdigest()[:12]}
+              "serve": hashlib.md5(json.dumps(arguments, sort_keys=True).encode()).hexdigest()[:12]}
     for bento in bentoml.bentos.list():
         if bento.tag.name == "tuneloop_classifier" and all(bento.info.labels.get(k) == v for k, v in labels.items()):
             log.info("Bento %s already packs %s with these serve settings", bento.tag, model_tag)
             return str(bento.tag)
     if not Path(bentofile).is_file():
         raise TuneloopError(f"{bentofile}: not found. Run from the project root (where bentofile.yaml is).")
-    previous = os.environ.get("TUNELOOP_MODEL_TAG")
-    os.environ["TUNELOOP_MODEL_TAG"] = model_tag  # the service module resolves its model reference from it
+    previous = os.environ.pop("TUNELOOP_MODEL_TAG", None)  # the Bento argument must decide, here and when served
     try:
-        bento = bentoml.bentos.build_bentofile(
-            str(bentofile), build_ctx=str(build_ctx), reload=True, args=serve, labels=labels)
+        bento = bentoml.bentos.build_bentofile(str(bentofile), build_ctx=str(build_ctx), reload=True,
+                                               args=arguments, labels=labels)
     finally:
-        if previous is None:
-            os.environ.pop("TUNELOOP_MODEL_TAG", None)
-        else:
+        if previous is not None:
             os.environ["TUNELOOP_MODEL_TAG"] = previous
     log.info("built Bento %s with %s", bento.tag, model_tag)
     return str(bento.tag)

@@ -178,16 +178,21 @@ def _never_ready(work: Path, env: dict[str, str], seconds: float) -> str:
     return log.read_text()
 
 
-def test_a_damaged_or_missing_model_never_reports_ready(served, tmp_path):
+def another_model(work: Path, tmp_path: Path) -> registry.Entry:
+    """Register a copy of the served model with slightly changed weights (entries are keyed by weights)."""
     from safetensors.torch import load_file, save_file
 
-    _, work = served
     copy = shutil.copytree(work / "m", tmp_path / "m2")
     weights = load_file(copy / "model.safetensors")
     first = next(iter(weights))
-    weights[first] = weights[first] + 0.01  # another model (registry entries are keyed by weights)
+    weights[first] = weights[first] + 0.01
     save_file(weights, copy / "model.safetensors", metadata={"format": "pt"})
-    entry = registry.register(copy)
+    return registry.register(copy)
+
+
+def test_a_damaged_or_missing_model_never_reports_ready(served, tmp_path):
+    _, work = served
+    entry = another_model(work, tmp_path)
     stored = entry.path / "model.safetensors"
     data = bytearray(stored.read_bytes())
     data[-100] ^= 0xFF  # one flipped byte: still loads, but is not the registered model
@@ -199,3 +204,52 @@ def test_a_damaged_or_missing_model_never_reports_ready(served, tmp_path):
 
     output = _never_ready(work, {**env, "TUNELOOP_MODEL_TAG": "tuneloop-classifier:doesnotexist"}, 60)
     assert "tuneloop-classifier:doesnotexist is not in the BentoML model store" in output
+
+
+def test_tuneloop_serve_with_two_workers(served, tmp_path):
+    tag, work = served
+    port = free_port()
+    env = {**os.environ, "TUNELOOP_DB_URL": f"sqlite:///{tmp_path / 'w.db'}"}
+    server = subprocess.Popen([sys.executable, "-m", "tuneloop", "serve", "--port", str(port), "--workers", "2"],
+                              cwd=work, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.STDOUT,
+                              start_new_session=True)
+    try:
+        wait_http_ok(f"http://127.0.0.1:{port}/readyz", 90)
+        answers = classify(f"http://127.0.0.1:{port}", 4)
+        assert {a["model"] for a in answers} == {tag}
+        import psutil
+
+        workers = [p for p in psutil.Process(server.pid).children(recursive=True) if "worker-id" in " ".join(p.cmdline())]
+        assert len(workers) == 2
+    finally:
+        os.killpg(server.pid, signal.SIGTERM)
+        server.wait(60)
+
+
+def test_a_packaged_bento_serves_its_own_model_after_another_is_promoted(served, tmp_path):
+    from tuneloop.package import build_bento
+
+    tag, work = served
+    bento = build_bento(tag, load_params(work / "params.yaml").serve.model_dump(), REPO / "bentofile.yaml",
+                        REPO / "src")
+    newer = another_model(work, tmp_path)
+    registry.promote(newer.tag, reason="a newer champion than the one packed")
+    try:
+        elsewhere = tmp_path / "elsewhere"  # no params.yaml: settings come from the Bento arguments
+        elsewhere.mkdir()
+        port = free_port()
+        env = {**os.environ, "TUNELOOP_DB_URL": f"sqlite:///{tmp_path / 'b.db'}"}
+        env.pop("TUNELOOP_MODEL_TAG", None)
+        server = subprocess.Popen([sys.executable, "-m", "bentoml", "serve", bento, "--port", str(port)],
+                                  cwd=elsewhere, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.STDOUT,
+                                  start_new_session=True)
+        try:
+            wait_http_ok(f"http://127.0.0.1:{port}/readyz", 90)
+            assert {a["model"] for a in classify(f"http://127.0.0.1:{port}", 1)} == {tag}
+            too_many = httpx.post(f"http://127.0.0.1:{port}/classify", json={"texts": ["a"] * 5})
+            assert too_many.status_code == 400  # max_texts_per_request 4, baked into the Bento
+        finally:
+            os.killpg(server.pid, signal.SIGTERM)
+            server.wait(60)
+    finally:
+        registry.promote(tag, reason="restore the test champion")

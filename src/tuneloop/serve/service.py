@@ -1,7 +1,7 @@
 """The BentoML service: classify texts with the champion model from the store.
 
-Which model: `TUNELOOP_MODEL_TAG` when set, else the registry's champion, else the newest
-`tuneloop-classifier` in the store (inside a built Bento that is the one model packed with it).
+Which model: `TUNELOOP_MODEL_TAG` when set, else (in a built Bento) the model it was packed with,
+else the registry's champion, else the newest `tuneloop-classifier` in the store.
 Settings come from the `serve:` section of params.yaml (`TUNELOOP_PARAMS` names another file);
 in a Bento they are baked in as Bento arguments by `tuneloop package`. The API key is a secret
 and stays an environment variable (`TUNELOOP_API_KEY`).
@@ -35,8 +35,14 @@ class ServiceError(TuneloopError):
     """The service cannot start: no model to serve, or the model does not load."""
 
 
+# Bento arguments: `tuneloop package` bakes in the serve settings and the packed model's tag.
+ARGUMENTS = dict(vars(bentoml.use_arguments()))
+
+
 def model_tag() -> str:
-    """The model this service loads (resolved once, when BentoML imports the service).
+    """The model this service loads (resolved once, when BentoML imports the service):
+    `TUNELOOP_MODEL_TAG`, else the model a built Bento was packed with, else the registry's
+    champion, else the newest `tuneloop-classifier` in the store.
 
     Raises:
         ServiceError: the tag is not in the model store (the server then never starts, so it
@@ -46,7 +52,8 @@ def model_tag() -> str:
 
     from tuneloop.registry import champion_tag
 
-    tag = os.environ.get("TUNELOOP_MODEL_TAG") or champion_tag() or f"{MODEL_NAME}:latest"
+    tag = (os.environ.get("TUNELOOP_MODEL_TAG") or ARGUMENTS.get("model_tag") or champion_tag()
+           or f"{MODEL_NAME}:latest")
     tag = tag if ":" in tag else f"{MODEL_NAME}:{tag}"
     try:
         return str(bentoml.models.get(tag).tag)
@@ -57,9 +64,9 @@ def model_tag() -> str:
 
 def serve_settings() -> ServeParams:
     """Bento arguments when given (a built Bento, or `--arg`), else params.yaml's `serve:` section."""
-    arguments = vars(bentoml.use_arguments())
-    if arguments:
-        return ServeParams.model_validate(arguments)
+    settings = {k: v for k, v in ARGUMENTS.items() if k != "model_tag"}
+    if settings:
+        return ServeParams.model_validate(settings)
     from tuneloop.config import load_params
 
     return load_params(os.environ.get("TUNELOOP_PARAMS", "params.yaml")).serve
