@@ -16,9 +16,8 @@ from typing import Iterator
 
 import httpx
 import pytest
-import yaml
 
-from tests.conftest import REPO, TINY_TRAIN, free_port, fresh_postgres_db, sentiment_rows, wait_http_ok, write
+from tests.conftest import REPO, free_port, fresh_postgres_db, wait_http_ok
 from tests.serve.test_guard import CASES
 from tuneloop import registry
 from tuneloop.config import load_params
@@ -26,29 +25,6 @@ from tuneloop.serve.predlog import PredictionLog
 
 SERVE = [sys.executable, "-m", "bentoml", "serve", "tuneloop.serve.service:TextClassifier"]
 TEXTS = {"texts": ["great! the film was great", "awful"]}
-
-
-@pytest.fixture(scope="module")
-def served(tiny_model: Path, tmp_path_factory: pytest.TempPathFactory) -> tuple[str, Path]:
-    """(champion tag, working folder): a tiny trained model promoted in an empty store, and a
-    params.yaml whose serve limits match the guard's unit tests (4 texts, 2048 bytes)."""
-    from tuneloop.train import train
-
-    home = Path(os.environ["BENTOML_HOME"])
-    for sub in ("models/tuneloop-classifier", "tuneloop"):
-        shutil.rmtree(home / sub, ignore_errors=True)
-    work = tmp_path_factory.mktemp("served")
-    train_csv = write(work / "train.csv", sentiment_rows(24, seed=0))
-    val_csv = write(work / "val.csv", sentiment_rows(6, seed=1))
-    train(load_params(REPO / "params.yaml", TINY_TRAIN), train_csv, val_csv, work / "m", base=str(tiny_model),
-          live_dir=None)
-    tag = registry.register(work / "m").tag
-    registry.promote(tag, reason="test champion")
-    params = yaml.safe_load((REPO / "params.yaml").read_text())
-    params["serve"].update(log_flush_s=3600,  # no timer flush: only the shutdown hook writes rows
-                           max_texts_per_request=4, max_body_bytes=2048)
-    (work / "params.yaml").write_text(yaml.safe_dump(params))
-    return tag, work
 
 
 @contextmanager

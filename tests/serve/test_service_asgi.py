@@ -1,0 +1,62 @@
+"""The real service in-process through BentoML's `to_asgi()` (fast, no server process): the
+guard, the batchable classify API, feedback shapes and GET /metadata on one loaded model."""
+
+from __future__ import annotations
+
+import importlib
+import os
+
+import pytest
+
+from tests.serve.test_guard import CASES
+
+
+@pytest.fixture(scope="module")
+def client(served, tmp_path_factory):
+    """A Starlette TestClient on the service's ASGI app (its lifespan loads the model)."""
+    from starlette.testclient import TestClient
+
+    tag, work = served
+    env = {"TUNELOOP_MODEL_TAG": tag, "TUNELOOP_PARAMS": str(work / "params.yaml"),
+           "TUNELOOP_DB_URL": f"sqlite:///{tmp_path_factory.mktemp('asgi') / 'log.db'}"}
+    saved = {key: os.environ.get(key) for key in env}
+    os.environ.update(env)
+    try:
+        import tuneloop.serve.service as service
+
+        service = importlib.reload(service)  # the module resolves model and settings at import
+        with TestClient(service.TextClassifier.to_asgi()) as test_client:
+            yield test_client
+    finally:
+        for key, value in saved.items():
+            os.environ.pop(key) if value is None else os.environ.__setitem__(key, value)
+
+
+@pytest.mark.parametrize("case", list(CASES))
+def test_bad_classify_input_never_reaches_the_model(client, case):
+    body, status, words = CASES[case]
+    response = client.post("/classify", content=body, headers={"content-type": "application/json"})
+    assert response.status_code == status and words in response.json()["error"]
+
+
+def test_classify_feedback_and_metadata_in_process(client, served):
+    tag, _ = served
+    answers = client.post("/classify", json={"texts": ["great! the food was great", "awful, awful"]}).json()
+    assert [a["model"] for a in answers] == [tag, tag] and all(a["request_id"] for a in answers)
+    assert abs(sum(k["score"] for k in answers[0]["top_k"]) - 1) < 1e-6  # 3 labels: top-3 is all of them
+    ids = [a["request_id"] for a in answers]
+    both = client.post("/feedback", json={"items": [{"request_id": i, "label": "neg"} for i in ids]})
+    assert both.status_code == 200 and both.json()["recorded"] == 2
+    for body, status, words in (
+        ({"request_id": ids[0]}, 400, "expected"),
+        ({"items": []}, 400, "expected"),
+        ({"items": [{"request_id": ids[0], "label": "pos", "extra": 1}]}, 400, "items[0]: expected"),
+        ({"items": [{"request_id": ids[0], "label": ""}]}, 400, "non-empty strings"),
+        ({"request_id": ids[0], "label": "maybe"}, 400, "label 'maybe' is not one of"),
+        ({"request_id": "no-such-id", "label": "pos"}, 404, "'no-such-id' is not in the prediction log"),
+    ):
+        response = client.post("/feedback", json=body)
+        assert response.status_code == status and words in response.json()["error"], body
+    meta = client.get("/metadata").json()
+    assert meta["model"] == tag and meta["labels"] == ["neg", "neu", "pos"]
+    assert client.get("/readyz").status_code == 200
