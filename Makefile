@@ -50,6 +50,7 @@ demo: install
 	@echo "Prefect dashboard:  tuneloop dashboard   (then open http://127.0.0.1:4200: the run and its artifacts)"
 	@echo "Serve the champion: tuneloop serve --port 3000   (same as: bentoml serve tuneloop.serve.service:TextClassifier)"
 	@echo "   and try:         curl -s -X POST http://127.0.0.1:3000/classify -H 'content-type: application/json' -d '{\"texts\": [\"I lost my card\"]}'"
+	@echo "                    curl -s http://127.0.0.1:3000/metadata   (load test: .venv/bin/python bench/serve_load.py)"
 	@tuneloop models list
 
 test: install

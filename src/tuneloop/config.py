@@ -122,6 +122,8 @@ class GateParams(_Section):
     max_slice_drop: float = Field(ge=0, le=1)
     min_slice_rows: int = Field(ge=1)
     latency_requests: int = Field(ge=10)
+    min_served_agreement: float = Field(ge=0, le=1)
+    max_served_f1_drop: float = Field(ge=0, le=1)
 
 
 class DeployParams(_Section):
@@ -135,6 +137,7 @@ class ServeParams(_Section):
     max_batch_size: int = Field(ge=2, le=1024)
     max_latency_ms: int = Field(ge=1, le=60000)
     forward_batch_size: int = Field(ge=1, le=1024)
+    quantize: Literal["none", "int8"]
     max_texts_per_request: int = Field(ge=1)
     max_chars_per_text: int = Field(ge=1)
     overlong: Literal["truncate", "reject"]

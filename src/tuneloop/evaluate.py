@@ -19,7 +19,7 @@ import json
 import logging
 import random
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import pandas as pd
@@ -27,6 +27,9 @@ import pandas as pd
 from tuneloop.config import EvaluateParams, Params
 from tuneloop.errors import DataError
 from tuneloop.tabular import LABEL, TEXT, read_table, write_csv_atomic, write_text_atomic
+
+if TYPE_CHECKING:
+    from tuneloop.model import Classifier
 
 log = logging.getLogger(__name__)
 
@@ -253,6 +256,20 @@ def _save_reliability_png(table: list[dict], ece: float, path: Path) -> None:
 
 # ---------------------------------------------------------------- entry point
 
+def served_variant_metrics(clf: Classifier, texts: list[str], y_true: np.ndarray, probs: np.ndarray,
+                           params: Params) -> dict[str, Any]:
+    """Score the variant the service runs (`serve.quantize`) on the same rows: its headline metrics,
+    the share of rows where it predicts what the evaluated model does, and how far confidences move."""
+    from tuneloop.model import for_serving, predict_proba
+
+    served = predict_proba(for_serving(clf, params.serve.quantize), texts, params.evaluate.batch_size)
+    headline = classification_metrics(y_true, served, clf.labels, params.evaluate.ece_bins)
+    return {"quantize": params.serve.quantize,
+            **{k: headline[k] for k in ("accuracy", "macro_f1", "ece")},
+            "agreement": float((served.argmax(axis=1) == probs.argmax(axis=1)).mean()),
+            "mean_confidence_shift": float(np.abs(served.max(axis=1) - probs.max(axis=1)).mean())}
+
+
 def evaluate(params: Params, model_dir: str | Path, data_path: str | Path, out_dir: str | Path,
              behaviour_file: str | Path | None = None) -> dict[str, Any]:
     """Score `model_dir` on `data_path` and write every report into `out_dir`; returns metrics."""
@@ -286,6 +303,8 @@ def evaluate(params: Params, model_dir: str | Path, data_path: str | Path, out_d
         behaviour = run_behaviour(lambda ts: predict_proba(clf, ts, p.batch_size).argmax(axis=1), texts,
                                   clf.labels, spec, params.base.seed)
     metrics["behaviour"] = {name: r["pass_rate"] for name, r in behaviour.items()}
+    if params.serve.quantize != "none":
+        metrics["served"] = served_variant_metrics(clf, texts, y_true, probs, params)
     metrics["model"] = str(model_dir)
     metrics["data"] = str(data_path)
 

@@ -94,6 +94,11 @@ def floor_checks(metrics: dict[str, Any], gate: GateParams) -> list[Check]:
     else:
         checks.append(Check("behaviour_pass_rate", None, gate.min_behaviour_pass_rate, True,
                             "no behavioural tests ran (evaluate.behaviour_file is null)"))
+    served = metrics.get("served")
+    if served:  # serve.quantize: judge the variant the service will run, not only the fp32 weights
+        checks.append(_at_least("served_agreement", served["agreement"], gate.min_served_agreement))
+        checks.append(_at_most("served_f1_drop", max(metrics["macro_f1"] - served["macro_f1"], 0.0),
+                               gate.max_served_f1_drop))
     return checks
 
 

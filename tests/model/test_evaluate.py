@@ -91,6 +91,21 @@ def test_evaluate_writes_every_report(project, cli, trained):
     assert set(slices) == {"length", "channel"} and slices["channel"]["chat"]["n"] == 2
     confusion = json.loads((out / "confusion.json").read_text())
     assert confusion[0]["actual"] == "pos" and len(confusion) == 3
+    served = metrics["served"]  # params.yaml serves int8: evaluate scores that variant too
+    assert served["quantize"] == "int8" and 0 <= served["agreement"] <= 1 and 0 <= served["macro_f1"] <= 1
+    assert served["mean_confidence_shift"] >= 0
+
+
+def test_served_variant_is_scored_only_when_it_differs(project, trained):
+    from tuneloop.evaluate import evaluate
+
+    test_csv = write(project / "test.csv", "text,label\nthe film was great,pos\nawful awful,neg\nit was okay,neu\n")
+    fp32 = evaluate(load_params(REPO / "params.yaml", ["serve.quantize=none"]), trained, test_csv, project / "e1",
+                    behaviour_file="")
+    assert "served" not in fp32
+    int8 = evaluate(load_params(REPO / "params.yaml"), trained, test_csv, project / "e2", behaviour_file="")
+    probs = pd.read_csv(project / "e2" / "predictions.csv")
+    assert int8["served"]["agreement"] in (0.0, 1 / 3, 2 / 3, 1.0) and len(probs) == 3
 
 
 def test_evaluate_refuses_foreign_model_dirs_and_unknown_labels(project, cli, trained, tiny_model):

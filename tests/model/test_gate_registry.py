@@ -12,12 +12,22 @@ from tests.conftest import REPO, TINY_TRAIN, sentiment_rows, write
 from tuneloop import registry
 from tuneloop.config import load_params
 from tuneloop.evaluate import evaluate
-from tuneloop.gate import comparison_check, mcnemar, run_gate
+from tuneloop.gate import comparison_check, floor_checks, mcnemar, run_gate
 from tuneloop.train import train
 
 GATE = TINY_TRAIN + ["gate.min_macro_f1=0.7", "gate.min_accuracy=0.7", "gate.max_ece=0.9",
                      "gate.min_class_recall=0.3", "gate.min_slice_rows=5", "gate.latency_requests=10",
                      "evaluate.behaviour_file=null"]
+
+
+def test_served_variant_must_agree_and_keep_macro_f1():
+    gate = load_params(REPO / "params.yaml").gate  # min_served_agreement 0.98, max_served_f1_drop 0.01
+    metrics = {"macro_f1": 0.9, "accuracy": 0.9, "ece": 0.05, "per_class": {"a": {"recall": 0.9, "support": 5}}}
+    checks = {c.name: c for c in floor_checks({**metrics, "served": {"agreement": 0.99, "macro_f1": 0.895}}, gate)}
+    assert checks["served_agreement"].passed and checks["served_f1_drop"].passed
+    checks = {c.name: c for c in floor_checks({**metrics, "served": {"agreement": 0.95, "macro_f1": 0.85}}, gate)}
+    assert not checks["served_agreement"].passed and not checks["served_f1_drop"].passed
+    assert "served_agreement" not in {c.name for c in floor_checks(metrics, gate)}  # serve.quantize: none
 
 
 def test_mcnemar_counts_and_direction():

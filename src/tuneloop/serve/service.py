@@ -116,7 +116,7 @@ class TextClassifier:
 
     def __init__(self) -> None:
         """Load the model and prove it predicts; any failure stops the worker, so it never reports ready."""
-        from tuneloop.model import ModelError, load_classifier, predict_proba
+        from tuneloop.model import ModelError, for_serving, load_classifier, predict_proba
         from tuneloop.serve.predlog import PredictionLog
 
         from tuneloop.registry import weights_digest
@@ -127,7 +127,7 @@ class TextClassifier:
             raise ServiceError(f"model {self.tag}: the weights' SHA-256 differs from the one recorded at registration; "
                                "the files were damaged or edited. Serve another tag or re-register the model.")
         try:
-            self.clf = load_classifier(self.model.path)
+            self.clf = for_serving(load_classifier(self.model.path), SETTINGS.quantize)
             probs = predict_proba(self.clf, EXAMPLE)
         except (ModelError, OSError, RuntimeError, ValueError) as exc:
             raise ServiceError(f"model {self.tag} does not load or predict ({exc}); "
@@ -197,7 +197,7 @@ class TextClassifier:
 
         stored = dict(self.model.info.metadata)
         promotions = [h for h in history() if h["tag"] == self.tag]
-        return {"model": self.tag, "labels": self.clf.labels,
+        return {"model": self.tag, "labels": self.clf.labels, "quantize": SETTINGS.quantize,
                 "stage": "champion" if champion_tag() == self.tag else self.model.info.labels.get("stage"),
                 "promoted_at": promotions[-1]["at"] if promotions else None,
                 "metrics": stored.get("metrics", {}), "val_metrics": stored.get("val_metrics", {}),
