@@ -22,9 +22,14 @@ def client(served, tmp_path_factory):
     saved = {key: os.environ.get(key) for key in env}
     os.environ.update(env)
     try:
+        from bentoml._internal.utils.args import set_arguments
+
         import tuneloop.serve.service as service
 
-        service = importlib.reload(service)  # the module resolves model and settings at import
+        # An in-process `bentoml build` earlier in the session leaves its Bento arguments set, and the
+        # service would take those settings: clear them, then re-import (settings are read at import).
+        set_arguments({})
+        service = importlib.reload(service)
         with TestClient(service.TextClassifier.to_asgi()) as test_client:
             yield test_client
     finally:

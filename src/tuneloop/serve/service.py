@@ -117,9 +117,8 @@ class TextClassifier:
     def __init__(self) -> None:
         """Load the model and prove it predicts; any failure stops the worker, so it never reports ready."""
         from tuneloop.model import ModelError, for_serving, load_classifier, predict_proba
-        from tuneloop.serve.predlog import PredictionLog
-
         from tuneloop.registry import weights_digest
+        from tuneloop.serve.predlog import PredictionLog
 
         self.tag = str(self.model.tag)
         expected = self.model.info.metadata.get("weights_sha256")
@@ -156,7 +155,7 @@ class TextClassifier:
 
         started = time.perf_counter()
         # predict_proba sorts the batch by length and runs sub-batches of forward_batch_size, each padded
-        # only to its own longest text (bench/serve_load.py: 193 vs 151 req/s for one forward of 32).
+        # only to its own longest text (bench/serve_load.py, fp32: 193 vs 151 req/s for one pass of 32).
         probs = predict_proba(self.clf, list(texts), batch_size=SETTINGS.forward_batch_size)
         latency_ms = (time.perf_counter() - started) * 1000
         out = []
