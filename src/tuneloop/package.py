@@ -19,8 +19,8 @@ def build_bento(model_tag: str, serve: dict | None = None, bentofile: str | Path
 
     `serve` (params.yaml's `serve:` section) and the model tag are baked in as Bento arguments,
     so the Bento serves that model with the settings it was built with, whatever the champion
-    is later. An existing Bento already built for this model is
-    reused (labels record the model tag).
+    is later. An existing Bento already built for this model and settings is reused (labels
+    record both).
     """
     import bentoml
 
@@ -29,7 +29,8 @@ def build_bento(model_tag: str, serve: dict | None = None, bentofile: str | Path
 
         serve = load_params().serve.model_dump()
 
-    arguments = {**serve, "model_tag": model_tag}  # hashed whole: Bentos built before the tag was an argument are not reused
+    # Hashed whole, so Bentos built before the model tag was an argument are not reused.
+    arguments = {**serve, "model_tag": model_tag}
     labels = {"owner": "tuneloop", "model": model_tag.replace(":", "_"),
               "serve": hashlib.md5(json.dumps(arguments, sort_keys=True).encode()).hexdigest()[:12]}
     for bento in bentoml.bentos.list():

@@ -6,7 +6,8 @@ request). Health and readiness probes and the docs stay open without a key.
 
 Limits come from params.yaml's `serve:` section (see service.py); the API key from the
 `TUNELOOP_API_KEY` environment variable: when set, every route but the probes needs
-`Authorization: Bearer <key>` (else 401).
+`Authorization: Bearer <key>` (else 401). `feedback_pairs` checks /feedback bodies the same way
+(the service calls it: it needs the model's labels).
 """
 
 from __future__ import annotations
@@ -64,6 +65,39 @@ def check_classify(payload: Any, limits: Limits) -> dict[str, Any]:
             text = text[: limits.max_chars]
         cleaned.append(text)
     return {**payload, "texts": cleaned}
+
+
+MAX_FEEDBACK_ITEMS = 1000  # one transaction, one IN (...) query: well under SQLite's and PostgreSQL's limits
+FEEDBACK_SHAPE = '{"request_id": "...", "label": "..."} or {"items": [{"request_id": "...", "label": "..."}, ...]}'
+
+
+def feedback_pairs(body: Any, labels: list[str]) -> list[tuple[str, str]]:
+    """(request_id, label) pairs from a /feedback body, checked against the model's labels.
+
+    Raises:
+        ValueError: the body has another shape, or a label is not one of `labels` (both named).
+    """
+    keys = set(body) if isinstance(body, dict) else None
+    if keys == {"items"} and isinstance(body["items"], list) and len(body["items"]) > MAX_FEEDBACK_ITEMS:
+        raise ValueError(f"'items' has {len(body['items'])} entries; at most {MAX_FEEDBACK_ITEMS} per request "
+                         "(split the batch)")
+    if keys == {"items"} and isinstance(body["items"], list) and body["items"]:
+        items, where = body["items"], "items[{}]: "
+    elif keys == {"request_id", "label"}:
+        items, where = [body], ""
+    else:
+        raise ValueError(f"expected {FEEDBACK_SHAPE}")
+    pairs = []
+    for i, item in enumerate(items):
+        if not (isinstance(item, dict) and set(item) == {"request_id", "label"}
+                and all(isinstance(v, str) and v for v in item.values())):
+            raise ValueError(f"{where.format(i)}expected {{\"request_id\": \"...\", \"label\": \"...\"}} "
+                             "with non-empty strings")
+        if item["label"] not in labels:
+            raise ValueError(f"{where.format(i)}label {item['label']!r} is not one of this model's labels: "
+                             f"{', '.join(labels)}")
+        pairs.append((item["request_id"], item["label"]))
+    return pairs
 
 
 class Guard:

@@ -200,8 +200,10 @@ class PredictionLog:
                                                      .where(predictions.c.request_id.in_(wanted)))}
             missing = [request_id for request_id in wanted if request_id not in found]
             if missing:
-                shown = ", ".join(repr(m) for m in missing[:5]) + (f" and {len(missing) - 5} more" if len(missing) > 5 else "")
-                raise UnknownRequest(f"request_id {shown} {'is' if len(missing) == 1 else 'are'} not in the prediction log")
+                shown = ", ".join(repr(m) for m in missing[:5])
+                shown += f" and {len(missing) - 5} more" if len(missing) > 5 else ""
+                verb = "is" if len(missing) == 1 else "are"
+                raise UnknownRequest(f"request_id {shown} {verb} not in the prediction log")
             now = datetime.now(timezone.utc)
             conn.execute(self._insert(feedback), [{"request_id": request_id, "label": label, "created_at": now}
                                                   for request_id, label in items])

@@ -28,7 +28,7 @@ from fastapi.responses import JSONResponse
 from tuneloop.config import ServeParams
 from tuneloop.errors import TuneloopError
 from tuneloop.registry import MODEL_NAME
-from tuneloop.serve.guard import Guard, Limits
+from tuneloop.serve.guard import Guard, Limits, feedback_pairs
 
 
 class ServiceError(TuneloopError):
@@ -76,35 +76,6 @@ SETTINGS = serve_settings()
 EXAMPLE = ["I lost my card yesterday", "where is my parcel?"]
 # GET routes: BentoML APIs are POST only, so read-only endpoints live in a FastAPI app mounted beside them.
 http = FastAPI(title="tuneloop", docs_url=None, redoc_url=None, openapi_url=None)
-
-
-FEEDBACK_SHAPE = '{"request_id": "...", "label": "..."} or {"items": [{"request_id": "...", "label": "..."}, ...]}'
-
-
-def feedback_pairs(body: Any, labels: list[str]) -> list[tuple[str, str]]:
-    """(request_id, label) pairs from a /feedback body, checked against the model's labels.
-
-    Raises:
-        ValueError: the body has another shape, or a label is not one of `labels` (both named).
-    """
-    keys = set(body) if isinstance(body, dict) else None
-    if keys == {"items"} and isinstance(body["items"], list) and body["items"]:
-        items, where = body["items"], "items[{}]: "
-    elif keys == {"request_id", "label"}:
-        items, where = [body], ""
-    else:
-        raise ValueError(f"expected {FEEDBACK_SHAPE}")
-    pairs = []
-    for i, item in enumerate(items):
-        if not (isinstance(item, dict) and set(item) == {"request_id", "label"}
-                and all(isinstance(v, str) and v for v in item.values())):
-            raise ValueError(f"{where.format(i)}expected {{\"request_id\": \"...\", \"label\": \"...\"}} "
-                             "with non-empty strings")
-        if item["label"] not in labels:
-            raise ValueError(f"{where.format(i)}label {item['label']!r} is not one of this model's labels: "
-                             f"{', '.join(labels)}")
-        pairs.append((item["request_id"], item["label"]))
-    return pairs
 
 
 @bentoml.asgi_app(http, path="/")
