@@ -229,3 +229,17 @@ def test_a_packaged_bento_serves_its_own_model_after_another_is_promoted(served,
             server.wait(60)
     finally:
         registry.promote(tag, reason="restore the test champion")
+
+
+def test_package_reuses_a_bento_only_for_the_same_model_settings_and_code(served, tmp_path):
+    from tuneloop.package import build_bento
+
+    tag, work = served
+    ctx = shutil.copytree(REPO / "src", tmp_path / "src", ignore=shutil.ignore_patterns("__pycache__", "*.egg-info"))
+    serve = load_params(work / "params.yaml").serve.model_dump()
+    first = build_bento(tag, serve, REPO / "bentofile.yaml", ctx)
+    assert build_bento(tag, serve, REPO / "bentofile.yaml", ctx) == first  # nothing changed: reused
+    assert build_bento(tag, {**serve, "top_k": 2}, REPO / "bentofile.yaml", ctx) != first  # settings changed
+    with (ctx / "tuneloop" / "serve" / "service.py").open("a") as source:
+        source.write("\n# a code change\n")
+    assert build_bento(tag, serve, REPO / "bentofile.yaml", ctx) != first  # service code changed
