@@ -6,7 +6,8 @@ concurrent clients sending one text per request, in alternating rounds, stops th
 and counts the prediction-log rows. Prints JSON per mode: req/s (median of rounds), texts/s,
 p50/p95/p99 latency over all requests, errors, CPU per request of client and server, mean model
 batch size, logged rows vs requests sent; the batched/unbatched ratio; then a SIGTERM sent
-mid-load to a third server: every answered request must be in its log.
+mid-load to a third server: every request sent before it must be answered, every answered
+request must be in its log (requests sent after it are refused, as a stopping server should).
 
     .venv/bin/python bench/serve_load.py --requests 600 --rounds 3 --concurrency 32
 """
@@ -78,7 +79,7 @@ async def _exchange(reader: asyncio.StreamReader, writer: asyncio.StreamWriter, 
 
 
 async def drive(base: str, texts: list[str], requests: int, concurrency: int,
-                answered: list[str] | None = None) -> dict:
+                answered: list[str] | None = None, outcomes: list[tuple[float, str]] | None = None) -> dict:
     """`concurrency` kept-alive connections send `requests` one-text /classify requests in all.
 
     The client is raw asyncio HTTP/1.1 on pre-encoded requests (not httpx): on a 2-core machine
@@ -110,6 +111,8 @@ async def drive(base: str, texts: list[str], requests: int, concurrency: int,
                 key, writer = type(exc).__name__, None  # reconnect for the next request
             latencies.append((time.perf_counter() - start) * 1000)
             statuses[key] = statuses.get(key, 0) + 1
+            if outcomes is not None:
+                outcomes.append((start, key))
         if writer is not None:
             writer.close()
 
@@ -198,20 +201,32 @@ def compare(params: dict, args: argparse.Namespace, texts: list[str], workdir: P
 
 
 def sigterm_under_load(params: dict, args: argparse.Namespace, texts: list[str], workdir: Path) -> dict:
+    """SIGTERM 1.5 s into the load: requests sent before it must be answered (in flight when the
+    server was told to stop), and every answered request must be in the log."""
     proc, base, db = start(params, workdir, args.model)
     answered: list[str] = []
+    outcomes: list[tuple[float, str]] = []
+    killed = 0.0
 
     async def load_then_stop() -> None:
-        task = asyncio.create_task(drive(base, texts, args.requests, args.concurrency, answered))
+        nonlocal killed
+        task = asyncio.create_task(drive(base, texts, args.requests, args.concurrency, answered, outcomes))
         await asyncio.sleep(1.5)
+        killed = time.perf_counter()
         os.killpg(proc.pid, signal.SIGTERM)  # mid-load
         await task
 
     asyncio.run(load_then_stop())
     proc.wait(120)
     ids, _ = logged(db)
-    return {"answered": len(answered), "answered_and_logged": len(set(answered) & ids),
-            "answered_missing_from_log": len(set(answered) - ids)}
+    before = [key for started, key in outcomes if started < killed]
+    after: dict[str, int] = {}
+    for started, key in outcomes:
+        if started >= killed:
+            after[key] = after.get(key, 0) + 1
+    return {"sent_before_sigterm": len(before), "sent_before_sigterm_not_answered": sum(k != "200" for k in before),
+            "sent_after_sigterm": after, "answered": len(answered),
+            "answered_and_logged": len(set(answered) & ids), "answered_missing_from_log": len(set(answered) - ids)}
 
 
 def main() -> None:
