@@ -55,6 +55,9 @@ def test_feedback_joins_on_request_id_and_unknown_ids_are_refused(tmp_path):
     rows = {r["request_id"]: r for r in plog.joined()}
     assert rows[first.request_id]["true_label"] == "card_not_arrived"
     assert rows[second.request_id]["true_label"] is None
+    plog.record_feedback(first.request_id, "card_lost")  # a correction: the latest label wins, one row each
+    joined = plog.joined()
+    assert len(joined) == 2 and {r["request_id"]: r["true_label"] for r in joined}[first.request_id] == "card_lost"
     plog.close()
 
 

@@ -11,7 +11,6 @@ guessed at. With `store_text=False` only a SHA-256 of each text is kept (privacy
 from __future__ import annotations
 
 import hashlib
-import json
 import logging
 import os
 import threading
@@ -152,7 +151,7 @@ class PredictionLog:
             "text": p.text if self.store_text else None,
             "text_sha256": hashlib.sha256(p.text.encode("utf-8")).hexdigest(), "text_chars": len(p.text),
             "predicted": p.predicted, "confidence": float(p.confidence),
-            "top_k": json.loads(json.dumps(p.top_k)), "model_tag": p.model_tag, "latency_ms": float(p.latency_ms),
+            "top_k": p.top_k, "model_tag": p.model_tag, "latency_ms": float(p.latency_ms),
         } for p in batch]
         try:
             with self.engine.begin() as conn:
@@ -218,10 +217,15 @@ class PredictionLog:
 
     def joined(self) -> list[dict[str, Any]]:
         """Predictions with their latest feedback label (None when unlabelled), oldest first."""
+        from sqlalchemy import func
+
         predictions, feedback = self.tables["predictions"], self.tables["feedback"]
         self.flush()
-        query = (self._select(predictions, feedback.c.label.label("true_label"))
-                 .join(feedback, feedback.c.request_id == predictions.c.request_id, isouter=True)
+        latest = (self._select(func.max(feedback.c.id).label("id")).group_by(feedback.c.request_id).subquery())
+        labels = (self._select(feedback.c.request_id, feedback.c.label)
+                  .join(latest, latest.c.id == feedback.c.id).subquery())
+        query = (self._select(predictions, labels.c.label.label("true_label"))
+                 .join(labels, labels.c.request_id == predictions.c.request_id, isouter=True)
                  .order_by(predictions.c.created_at))
         with self.engine.connect() as conn:
             return [dict(row._mapping) for row in conn.execute(query)]
