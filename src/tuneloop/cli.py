@@ -305,11 +305,14 @@ def models_promote(
         registry.promote(entry.tag, reason=reason, forced=True)
         out.print(f"[yellow]promoted without gate[/] {entry.tag}: {reason}")
         return
-    cfg = _params(params, set_)
     current = registry.champion()
+    if current and current.tag == entry.tag:
+        out.print(f"{entry.tag} is already the champion")
+        return
+    cfg = _params(params, set_)
     with tempfile.TemporaryDirectory() as tmp:
         evaluate(cfg, entry.path, data, tmp)
-        report = run_gate(cfg, entry.path, tmp, data, current.path if current and current.tag != entry.tag else None,
+        report = run_gate(cfg, entry.path, tmp, data, current.path if current else None,
                           current.tag if current else None)
     if not report.passed:
         raise GateFailed(failure_message(report))

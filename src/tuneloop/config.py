@@ -183,14 +183,15 @@ def load_params(path: str | Path = DEFAULT_PARAMS, overrides: Iterable[str] = ()
     if not isinstance(raw, dict):
         raise ConfigError(f"{path}: the top level must be a mapping of sections (base:, data:, ...).")
     for item in overrides:
-        _apply_override(raw, item)
+        apply_override(raw, item)
     try:
         return Params.model_validate(raw)
     except ValidationError as exc:
         raise ConfigError(_describe(path, exc, raw)) from None
 
 
-def _apply_override(raw: dict[str, Any], item: str) -> None:
+def apply_override(raw: dict[str, Any], item: str) -> None:
+    """Set `section.key=value` in a raw params mapping (the value parsed as YAML)."""
     key, sep, value = item.partition("=")
     parts = key.strip().split(".")
     if not sep or len(parts) < 2 or not all(parts):

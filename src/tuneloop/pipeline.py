@@ -6,7 +6,6 @@ them, adds retries, logs and artifacts.
 
 from __future__ import annotations
 
-import logging
 import os
 import sys
 import time
@@ -14,8 +13,6 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from tuneloop.errors import TuneloopError
-
-log = logging.getLogger(__name__)
 
 
 class StageFailed(TuneloopError):
@@ -43,7 +40,9 @@ def repro(stage: str, root: str | Path = ".", force: bool = False) -> StageRun:
 
     from tuneloop.ingest import quiet_dvc
 
-    os.environ["PATH"] = f"{Path(sys.executable).parent}{os.pathsep}{os.environ.get('PATH', '')}"
+    here = str(Path(sys.executable).parent)
+    if os.environ.get("PATH", "").split(os.pathsep)[0] != here:  # once, not once per stage
+        os.environ["PATH"] = f"{here}{os.pathsep}{os.environ.get('PATH', '')}"
     started = time.perf_counter()
     try:
         with quiet_dvc(), Repo(str(root)) as repo:
@@ -61,19 +60,13 @@ def apply_overrides(overrides: list[str], params_path: str | Path = "params.yaml
     DVC stages read params.yaml, so an override must live there to reach them and to be
     recorded in dvc.lock. The result is validated first; an invalid override changes nothing.
     """
-    import yaml
-    from dvc.utils.serialize import modify_yaml
-
-    from tuneloop.config import load_params
-
     if not overrides:
         return
+    from dvc.utils.serialize import modify_yaml
+
+    from tuneloop.config import apply_override, load_params
+
     load_params(params_path, overrides)  # raises ConfigError naming the key before anything is written
     with modify_yaml(str(params_path)) as data:
         for item in overrides:
-            key, _, value = item.partition("=")
-            *parents, leaf = key.strip().split(".")
-            node = data
-            for part in parents:
-                node = node.setdefault(part, {})
-            node[leaf] = yaml.safe_load(value) if value.strip() else None
+            apply_override(data, item)

@@ -30,7 +30,6 @@ from tuneloop.model import META_FILE
 log = logging.getLogger(__name__)
 
 MODEL_NAME = "tuneloop-classifier"
-STAGES = ("challenger", "champion", "archived")
 
 
 class RegistryError(TuneloopError):
@@ -203,17 +202,19 @@ def rollback(*, reason: str) -> Entry:
     with _locked():
         state = _read_state()
         current = state["champion"]
+        # The champion the current one was promoted over (a rollback entry would point forward again).
         previous = next((h["previous"] for h in reversed(state["history"])
-                         if h["tag"] == current and h["previous"]), None)
+                         if h["action"] == "promote" and h["tag"] == current and h["previous"]), None)
         if current is None or previous is None:
             raise RegistryError("nothing to roll back to: there is no previous champion. "
                                 "`tuneloop models list` shows the history of stages.")
-        state["history"].append({"action": "rollback", "tag": previous, "previous": current, "reason": reason,
+        entry = get(previous)  # still in the store, before the pointer names it
+        state["history"].append({"action": "rollback", "tag": entry.tag, "previous": current, "reason": reason,
                                  "forced": False, "at": _utc_now()})
-        state["champion"] = previous
+        state["champion"] = entry.tag
         _write_state(state)
         _reconcile(state)
-    return get(previous)
+    return get(entry.tag)
 
 
 def history() -> list[dict[str, Any]]:

@@ -106,6 +106,8 @@ def test_registry_metadata_promotion_and_rollback(project, models):
     assert stages == {first.tag: "champion", second.tag: "archived"}
     assert [h["action"] for h in registry.history()] == ["promote", "promote", "rollback"]
     assert registry.history()[1]["forced"] is True
+    with pytest.raises(registry.RegistryError, match="nothing to roll back to"):
+        registry.rollback(reason="again")  # first was promoted over nothing: no way back to second
 
 
 def _promote(tag, barrier):
