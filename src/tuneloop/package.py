@@ -5,7 +5,6 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
-import os
 from pathlib import Path
 
 from tuneloop.errors import TuneloopError
@@ -53,12 +52,8 @@ def build_bento(model_tag: str, serve: dict | None = None, bentofile: str | Path
             return str(bento.tag)
     if not Path(bentofile).is_file():
         raise TuneloopError(f"{bentofile}: not found. Run from the project root (where bentofile.yaml is).")
-    previous = os.environ.pop("TUNELOOP_MODEL_TAG", None)  # the Bento argument must decide, here and when served
-    try:
-        bento = bentoml.bentos.build_bentofile(str(bentofile), build_ctx=str(build_ctx), reload=True,
-                                               args=arguments, labels=labels)
-    finally:
-        if previous is not None:
-            os.environ["TUNELOOP_MODEL_TAG"] = previous
+    # The service module takes its model from the `model_tag` argument, at build and when served.
+    bento = bentoml.bentos.build_bentofile(str(bentofile), build_ctx=str(build_ctx), reload=True,
+                                           args=arguments, labels=labels)
     log.info("built Bento %s with %s", bento.tag, model_tag)
     return str(bento.tag)

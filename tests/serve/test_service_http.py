@@ -215,7 +215,7 @@ def test_a_packaged_bento_serves_its_own_model_after_another_is_promoted(served,
         elsewhere.mkdir()
         port = free_port()
         env = {**os.environ, "TUNELOOP_DB_URL": f"sqlite:///{tmp_path / 'b.db'}"}
-        env.pop("TUNELOOP_MODEL_TAG", None)
+        env["TUNELOOP_MODEL_TAG"] = newer.tag  # ignored: a Bento serves the model packed in it
         server = subprocess.Popen([sys.executable, "-m", "bentoml", "serve", bento, "--port", str(port)],
                                   cwd=elsewhere, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.STDOUT,
                                   start_new_session=True)

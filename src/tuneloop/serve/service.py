@@ -1,7 +1,7 @@
 """The BentoML service: classify texts with the champion model from the store.
 
-Which model: `TUNELOOP_MODEL_TAG` when set, else (in a built Bento) the model it was packed with,
-else the registry's champion, else the newest `tuneloop-classifier` in the store.
+Which model: in a built Bento the model it was packed with; otherwise `TUNELOOP_MODEL_TAG` when
+set, else the registry's champion, else the newest `tuneloop-classifier` in the store.
 Settings come from the `serve:` section of params.yaml (`TUNELOOP_PARAMS` names another file);
 in a Bento they are baked in as Bento arguments by `tuneloop package`. The API key is a secret
 and stays an environment variable (`TUNELOOP_API_KEY`).
@@ -41,9 +41,9 @@ ARGUMENTS = dict(vars(bentoml.use_arguments()))
 
 
 def model_tag() -> str:
-    """The model this service loads (resolved once, when BentoML imports the service):
-    `TUNELOOP_MODEL_TAG`, else the model a built Bento was packed with, else the registry's
-    champion, else the newest `tuneloop-classifier` in the store.
+    """The model this service loads (resolved once, when BentoML imports the service): the model
+    a built Bento was packed with (a Bento serves nothing else), else `TUNELOOP_MODEL_TAG`, else
+    the registry's champion, else the newest `tuneloop-classifier` in the store.
 
     Raises:
         ServiceError: the tag is not in the model store (the server then never starts, so it
@@ -53,7 +53,7 @@ def model_tag() -> str:
 
     from tuneloop.registry import champion_tag
 
-    tag = (os.environ.get("TUNELOOP_MODEL_TAG") or ARGUMENTS.get("model_tag") or champion_tag()
+    tag = (ARGUMENTS.get("model_tag") or os.environ.get("TUNELOOP_MODEL_TAG") or champion_tag()
            or f"{MODEL_NAME}:latest")
     tag = tag if ":" in tag else f"{MODEL_NAME}:{tag}"
     try:
