@@ -2,7 +2,7 @@
 
 Fast defaults rather than textbook ones (see params.yaml `train:` for the why of each value):
 texts are tokenised once, without padding, and reused every epoch; batches are grouped by length
-and padded only to their own longest text (dynamic padding); CUDA gets bf16, TF32, fused AdamW
+and padded only to their own longest text (dynamic padding); CUDA gets bf16 + TF32 (fp16 before Ampere), fused AdamW
 and a large batch; CPU gets every core. Early stopping on validation macro-F1 restores the best
 checkpoint; checkpoints are written every evaluation so `--resume` continues after a crash with
 optimizer, scheduler, RNG and data order restored (all Trainer's own resume logic).
@@ -156,8 +156,12 @@ def training_arguments(params: Params, checkpoint_dir: Path, steps_per_epoch: in
     """TrainingArguments from the `train:` section, with the fast settings per device."""
     from transformers import TrainingArguments
 
+    import torch
+
     p = params.train
     eval_steps = p.eval_steps or steps_per_epoch
+    # bf16 and TF32 need Ampere or newer; older GPUs (T4, V100) get fp16 mixed precision instead.
+    ampere = cuda and torch.cuda.get_device_capability()[0] >= 8
     return TrainingArguments(
         output_dir=str(checkpoint_dir),
         num_train_epochs=p.epochs,
@@ -178,8 +182,9 @@ def training_arguments(params: Params, checkpoint_dir: Path, steps_per_epoch: in
         greater_is_better=True,
         logging_steps=max(1, min(50, eval_steps // 4)),
         train_sampling_strategy="group_by_length",
-        bf16=cuda,
-        tf32=cuda,
+        bf16=ampere,
+        fp16=cuda and not ampere,
+        tf32=ampere,
         optim="adamw_torch_fused" if cuda else "adamw_torch",
         dataloader_pin_memory=cuda,
         dataloader_num_workers=0,  # data is pre-tokenised; workers would only steal CPU cores
@@ -294,14 +299,17 @@ def build_trainer(params: Params, train_path: Path, val_path: Path, base: str, c
     p = params.train
     torch.set_num_threads(p.num_threads or os.cpu_count() or 1)
     cuda = torch.cuda.is_available()
-    if cuda:
-        torch.backends.cuda.matmul.allow_tf32 = True
-        torch.backends.cudnn.allow_tf32 = True
 
     limit = max_samples or p.max_samples
     train_df = load_split(train_path, limit, params.base.seed)
     val_df = load_split(val_path, limit, params.base.seed)
-    if limit:  # a small sample may miss a class in train: score only what it could learn
+    if limit:  # a small sample may hold a class once or not at all: learn and score only those it holds twice
+        counts = train_df[LABEL].value_counts()
+        thin = sorted(counts[counts < MIN_TRAIN_ROWS_PER_CLASS].index)
+        if thin:
+            log.info("the %d-row sample holds classes %s fewer than %d times; they sit this run out",
+                     limit, thin, MIN_TRAIN_ROWS_PER_CLASS)
+            train_df = train_df[~train_df[LABEL].isin(thin)]
         val_df = val_df[val_df[LABEL].isin(set(train_df[LABEL]))]
     labels = label_space(train_df, val_df, train_path, val_path)
     label2id = {label: i for i, label in enumerate(labels)}

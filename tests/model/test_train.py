@@ -117,6 +117,15 @@ def test_dry_run_is_a_two_step_smoke_run(project, cli, tiny_model, tiny_splits):
     assert json.loads(Path("m/tuneloop.json").read_text())["steps"] == 2
 
 
+def test_dry_run_on_many_classes_leaves_out_classes_its_sample_holds_once(project, cli, tiny_model):
+    rows = "".join(f"message {i} about topic {c},topic{c}\n" for c in range(20) for i in range(4))
+    train_csv, val_csv = write(project / "t.csv", "text,label\n" + rows), write(project / "v.csv", "text,label\n" + rows)
+    result = cli("train", "--train", train_csv, "--val", val_csv, "--out", "m", "--dry-run",
+                 "--base", str(tiny_model), "--live-dir", "")  # 32 of 80 rows over 20 classes: some appear once
+    assert result.exit_code == 0, result.output
+    assert json.loads(Path("m/tuneloop.json").read_text())["steps"] == 2
+
+
 def test_gpu_out_of_memory_names_the_setting_to_lower(project, cli, tiny_model, tiny_splits, monkeypatch):
     import torch
     from transformers import Trainer
