@@ -26,7 +26,7 @@ import pandas as pd
 
 from tuneloop.config import EvaluateParams, Params
 from tuneloop.errors import DataError
-from tuneloop.tabular import LABEL, TEXT, read_table, write_csv_atomic, write_text_atomic
+from tuneloop.tabular import LABEL, TEXT, read_labeled, write_csv_atomic, write_text_atomic
 
 if TYPE_CHECKING:
     from tuneloop.model import Classifier
@@ -260,8 +260,13 @@ def served_variant_metrics(clf: Classifier, texts: list[str], y_true: np.ndarray
                            params: Params) -> dict[str, Any]:
     """Score the variant the service runs (`serve.quantize`) on the same rows: its headline metrics,
     the share of rows where it predicts what the evaluated model does, and how far confidences move."""
+    import copy
+    import dataclasses
+
     from tuneloop.model import for_serving, predict_proba
 
+    if next(clf.model.parameters()).is_cuda:  # the service quantises on CPU: judge that, not the GPU weights
+        clf = dataclasses.replace(clf, model=copy.deepcopy(clf.model).cpu())
     served = predict_proba(for_serving(clf, params.serve.quantize), texts, params.evaluate.batch_size)
     headline = classification_metrics(y_true, served, clf.labels, params.evaluate.ece_bins)
     return {"quantize": params.serve.quantize,
@@ -277,11 +282,7 @@ def evaluate(params: Params, model_dir: str | Path, data_path: str | Path, out_d
 
     p = params.evaluate
     clf = load_classifier(model_dir)
-    frame = read_table(data_path).frame
-    incomplete = frame[frame[TEXT].isna() | frame[LABEL].isna()]
-    if len(incomplete):
-        raise DataError(f"{data_path}: rows {', '.join(str(i + 1) for i in incomplete.index[:5])} lack text or "
-                        "label. Validate the file first (`tuneloop data validate`).")
+    frame = read_labeled(data_path)
     unknown = sorted(set(frame[LABEL]) - set(clf.labels))
     if unknown:
         raise DataError(f"{data_path}: labels {unknown[:10]} are unknown to the model in {model_dir} "

@@ -87,6 +87,20 @@ def read_table(path: str | Path, text_col: str = TEXT, label_col: str = LABEL,
     return Table(frame=frame, path=path, bad_encoding_lines=bad_lines)
 
 
+def read_labeled(path: str | Path) -> pd.DataFrame:
+    """A prepared file for training or scoring: every row must have a text and a label.
+
+    Raises:
+        DataError: naming the first rows that lack one (validation quarantines such rows).
+    """
+    frame = read_table(path).frame
+    incomplete = frame[frame[TEXT].isna() | frame[LABEL].isna()]
+    if len(incomplete):
+        raise DataError(f"{path}: rows {', '.join(str(i + 1) for i in incomplete.index[:5])} have no text or "
+                        "no label. Run `tuneloop data validate` first, it quarantines such rows.")
+    return frame
+
+
 def _decode(path: Path, strict: bool) -> tuple[str, list[int]]:
     data = path.read_bytes()
     try:

@@ -26,7 +26,8 @@ import pandas as pd
 from tuneloop.config import Params
 from tuneloop.errors import DataError
 from tuneloop.model import META_FILE, ModelError, resolve_base_model
-from tuneloop.tabular import LABEL, TEXT, read_table, write_text_atomic
+from tuneloop.ingest import DATA_DVC
+from tuneloop.tabular import LABEL, TEXT, read_labeled, write_text_atomic
 
 from transformers import TrainerCallback  # this module is only imported to train
 
@@ -58,11 +59,7 @@ def load_split(path: str | Path, max_samples: int = 0, seed: int = 0) -> pd.Data
     With `max_samples`, a seeded random sample (files are often sorted by label, so the first N
     rows would hold one class).
     """
-    frame = read_table(path).frame
-    bad = frame[frame[TEXT].isna() | frame[LABEL].isna()]
-    if len(bad):
-        raise DataError(f"{path}: rows {', '.join(str(i + 1) for i in bad.index[:5])} have no text or no "
-                        "label. Run `tuneloop data validate` first, it quarantines such rows.")
+    frame = read_labeled(path)
     if max_samples and max_samples < len(frame):
         frame = frame.sample(n=max_samples, random_state=seed).sort_index()
     return frame
@@ -118,11 +115,8 @@ def encode(tokenizer: Any, frame: pd.DataFrame, label2id: dict[str, int], max_le
 
 def file_md5(path: str | Path) -> str:
     """The md5 DVC records for a single file (DVC 3: md5 of the bytes)."""
-    digest = hashlib.md5()
     with open(path, "rb") as handle:
-        for chunk in iter(lambda: handle.read(1 << 20), b""):
-            digest.update(chunk)
-    return digest.hexdigest()
+        return hashlib.file_digest(handle, "md5").hexdigest()
 
 
 def data_version(paths: dict[str, Path]) -> dict[str, Any]:
@@ -130,8 +124,8 @@ def data_version(paths: dict[str, Path]) -> dict[str, Any]:
     import yaml
 
     version: dict[str, Any] = {name: {"path": str(p), "md5": file_md5(p)} for name, p in paths.items()}
-    if Path("data.dvc").is_file():
-        outs = yaml.safe_load(Path("data.dvc").read_text()).get("outs") or [{}]
+    if Path(DATA_DVC).is_file():
+        outs = yaml.safe_load(Path(DATA_DVC).read_text()).get("outs") or [{}]
         version["raw_dvc_md5"] = outs[0].get("md5")
     combined = "".join(v["md5"] for v in version.values() if isinstance(v, dict))
     version["id"] = hashlib.md5(combined.encode()).hexdigest()[:12]
