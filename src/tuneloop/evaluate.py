@@ -63,7 +63,7 @@ def roc_auc_ovr(y_true: np.ndarray, probs: np.ndarray) -> float | None:
     from sklearn.metrics import roc_auc_score
 
     present = [k for k in np.unique(y_true) if 0 < (y_true == k).sum() < len(y_true)]
-    if len(present) < 2 and probs.shape[1] > 2 or not present:
+    if not present:  # one class only: nothing to rank against (else at least two are present)
         return None
     if probs.shape[1] == 2:
         return float(roc_auc_score(y_true == 1, probs[:, 1]))

@@ -17,6 +17,7 @@ import hashlib
 import json
 import logging
 import os
+import shutil
 import tempfile
 import time
 from contextlib import contextmanager
@@ -76,9 +77,14 @@ def _write_state(state: dict[str, Any]) -> None:
 
 def weights_digest(model_dir: Path) -> str:
     """sha256 of the weights: the same model registered twice is one entry."""
+    weights = sorted(Path(model_dir).glob("*.safetensors"))
+    if not weights:
+        raise RegistryError(f"{model_dir}: no *.safetensors weights. Register a folder written by `tuneloop train`.")
     digest = hashlib.sha256()
-    for path in sorted(Path(model_dir).glob("*.safetensors")):
-        digest.update(path.read_bytes())
+    for path in weights:  # streamed: the digest of the files' bytes in name order
+        with open(path, "rb") as handle:
+            while chunk := handle.read(1 << 20):
+                digest.update(chunk)
     return digest.hexdigest()
 
 
@@ -164,9 +170,7 @@ def register(model_dir: str | Path, *, metrics: dict[str, Any] | None = None,
     metadata = _no_nulls(metadata)
     labels = {"stage": "challenger", "data_version": str(meta.get("data", {}).get("id")), "weights": digest[:16]}
     with bentoml.models.create(MODEL_NAME, labels=labels, metadata=metadata) as model:
-        for path in model_dir.iterdir():
-            if path.is_file():
-                (Path(model.path) / path.name).write_bytes(path.read_bytes())
+        shutil.copytree(model_dir, model.path, dirs_exist_ok=True)
     log.info("registered %s", model.tag)
     return get(str(model.tag))
 

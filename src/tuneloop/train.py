@@ -146,7 +146,7 @@ def git_revision() -> str | None:
 # ---------------------------------------------------------------- trainer
 
 def training_arguments(params: Params, checkpoint_dir: Path, steps_per_epoch: int, cuda: bool,
-                       max_steps: int = -1, report_to: list[str] | None = None) -> Any:
+                       max_steps: int = -1) -> Any:
     """TrainingArguments from the `train:` section, with the fast settings per device."""
     from transformers import TrainingArguments
 
@@ -185,7 +185,7 @@ def training_arguments(params: Params, checkpoint_dir: Path, steps_per_epoch: in
         use_cpu=not cuda,
         seed=params.base.seed,
         data_seed=params.base.seed,
-        report_to=report_to or [],
+        report_to=[],  # dvclive is attached as a callback, nothing else reports
         disable_tqdm=not _interactive(),
         save_only_model=False,  # optimizer, scheduler and RNG state are what makes --resume exact
     )
@@ -280,12 +280,8 @@ def open_live(live_dir: Path, resume: bool = False) -> Any:
 
 def build_trainer(params: Params, train_path: Path, val_path: Path, base: str, checkpoint_dir: Path, *,
                   max_samples: int = 0, max_steps: int = -1, live_dir: Path | None = None,
-                  pad_to: int | None = None, resume: bool = False) -> tuple[Trainer, dict[str, Any]]:
-    """Load data and base model and assemble the Trainer; returns it with run info for metadata.
-
-    `pad_to` pads every batch to that length (the common recipe, used only by the benchmark's
-    baseline) instead of dynamic padding.
-    """
+                  resume: bool = False) -> tuple[Trainer, dict[str, Any]]:
+    """Load data and base model and assemble the Trainer; returns it with run info for metadata."""
     import torch
     from transformers import (AutoModelForSequenceClassification, AutoTokenizer, DataCollatorWithPadding,
                               EarlyStoppingCallback, PrinterCallback, Trainer, set_seed)
@@ -339,8 +335,7 @@ def build_trainer(params: Params, train_path: Path, val_path: Path, base: str, c
 
         callbacks.append(DVCLiveCallback(live=live))
     collator = DataCollatorWithPadding(
-        tokenizer, padding="max_length" if pad_to else "longest", max_length=pad_to,
-        pad_to_multiple_of=8 if cuda and not pad_to else None)  # multiples of 8 suit tensor cores
+        tokenizer, padding="longest", pad_to_multiple_of=8 if cuda else None)  # multiples of 8 suit tensor cores
     trainer = Trainer(
         model=model,
         args=training_arguments(params, checkpoint_dir, steps_per_epoch, cuda, max_steps),
