@@ -16,11 +16,13 @@ export DVC_NO_ANALYTICS := 1
 export BENTOML_DO_NOT_TRACK := true
 export PREFECT_SERVER_ANALYTICS_ENABLED := false
 
-.PHONY: install demo test lock clean help
+.PHONY: install demo test test-fast lint lock clean help
 
 help:
 	@echo "make demo   set up and run the pipeline on the demo data"
-	@echo "make test   set up and run the tests"
+	@echo "make test   set up and run the tests (what CI runs, after make lint)"
+	@echo "make test-fast  the inner loop: no DVC, Prefect or BentoML servers, no shared data (< 90 s)"
+	@echo "make lint   ruff (lint + format) and mypy on src/ and flows/"
 	@echo "make lock   re-resolve requirements.lock from pyproject.toml"
 
 $(VENV)/.installed: pyproject.toml requirements.lock
@@ -55,6 +57,16 @@ demo: install
 
 test: install
 	$(BIN)/python -m pytest -q
+
+# Unit, data and model tests with the tiny model; the tests marked `integration` (DVC repro, Prefect
+# servers and workers, `bentoml serve` processes) and `slow` (full weights, ../shared/data) are left out.
+test-fast: install
+	$(BIN)/python -m pytest -q -m "not integration and not slow"
+
+lint: install
+	$(BIN)/ruff check src flows
+	$(BIN)/ruff format --check src flows
+	$(BIN)/mypy src flows
 
 lock:
 	rm -rf /tmp/tuneloop-lock && $(PYTHON) -m venv /tmp/tuneloop-lock

@@ -40,8 +40,11 @@ def direct() -> dict[str, float]:
     write_report(report, Path("reports/gate"))
     times["gate"] = time.perf_counter() - start
     start = time.perf_counter()
-    entry = registry.register(Path("models/candidate"), metrics=json.loads(Path("reports/eval/metrics.json").read_text()),
-                              gate=report.to_dict())
+    entry = registry.register(
+        Path("models/candidate"),
+        metrics=json.loads(Path("reports/eval/metrics.json").read_text()),
+        gate=report.to_dict(),
+    )
     times["register"] = time.perf_counter() - start
     start = time.perf_counter()
     registry.promote(entry.tag, reason="bench")
@@ -65,8 +68,13 @@ def flow() -> dict[str, float]:
 
 def _child(mode: str) -> dict[str, float]:
     with tempfile.TemporaryDirectory() as home:
-        env = {**os.environ, "BENTOML_HOME": home, "PREFECT_SERVER_ANALYTICS_ENABLED": "false",
-               "BENTOML_DO_NOT_TRACK": "true", "HF_HUB_OFFLINE": "1"}
+        env = {
+            **os.environ,
+            "BENTOML_HOME": home,
+            "PREFECT_SERVER_ANALYTICS_ENABLED": "false",
+            "BENTOML_DO_NOT_TRACK": "true",
+            "HF_HUB_OFFLINE": "1",
+        }
         env["PATH"] = f"{Path(sys.executable).parent}{os.pathsep}{env['PATH']}"
         done = subprocess.run([sys.executable, __file__, "--mode", mode], env=env, capture_output=True, text=True)
         if done.returncode != 0:
@@ -86,10 +94,19 @@ def main() -> None:
     steps = _child("direct")
     wall = _child("flow")["flow_wall"]
     total = sum(steps.values())
-    print(json.dumps({"direct_steps_s": {k: round(v, 2) for k, v in steps.items()},
-                      "direct_total_s": round(total, 2), "flow_wall_s": round(wall, 2),
-                      "overhead_s": round(wall - total, 2), "overhead_share": round((wall - total) / wall, 4),
-                      "target_share": 0.10}, indent=2))
+    print(
+        json.dumps(
+            {
+                "direct_steps_s": {k: round(v, 2) for k, v in steps.items()},
+                "direct_total_s": round(total, 2),
+                "flow_wall_s": round(wall, 2),
+                "overhead_s": round(wall - total, 2),
+                "overhead_share": round((wall - total) / wall, 4),
+                "target_share": 0.10,
+            },
+            indent=2,
+        )
+    )
 
 
 if __name__ == "__main__":

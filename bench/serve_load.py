@@ -47,9 +47,13 @@ def start(params: dict, workdir: Path, tag: str | None) -> tuple[subprocess.Pope
     if tag:
         env["TUNELOOP_MODEL_TAG"] = tag
     port = _free_port()
-    proc = subprocess.Popen([sys.executable, "-m", "bentoml", "serve", "tuneloop.serve.service:TextClassifier",
-                             "--port", str(port)], env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
-                            start_new_session=True)
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "bentoml", "serve", "tuneloop.serve.service:TextClassifier", "--port", str(port)],
+        env=env,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+        start_new_session=True,
+    )
     base = f"http://127.0.0.1:{port}"
     deadline = time.time() + 120
     while time.time() < deadline:
@@ -73,13 +77,20 @@ async def _exchange(reader: asyncio.StreamReader, writer: asyncio.StreamWriter, 
     writer.write(request)
     head = await reader.readuntil(b"\r\n\r\n")
     status = int(head[9:12])
-    length = next(int(line.split(b":", 1)[1]) for line in head.split(b"\r\n")
-                  if line.lower().startswith(b"content-length:"))
+    length = next(
+        int(line.split(b":", 1)[1]) for line in head.split(b"\r\n") if line.lower().startswith(b"content-length:")
+    )
     return status, await reader.readexactly(length)
 
 
-async def drive(base: str, texts: list[str], requests: int, concurrency: int,
-                answered: list[str] | None = None, outcomes: list[tuple[float, str]] | None = None) -> dict:
+async def drive(
+    base: str,
+    texts: list[str],
+    requests: int,
+    concurrency: int,
+    answered: list[str] | None = None,
+    outcomes: list[tuple[float, str]] | None = None,
+) -> dict:
     """`concurrency` kept-alive connections send `requests` one-text /classify requests in all.
 
     The client is raw asyncio HTTP/1.1 on pre-encoded requests (not httpx): on a 2-core machine
@@ -97,8 +108,10 @@ async def drive(base: str, texts: list[str], requests: int, concurrency: int,
         reader = writer = None
         for i in sent:
             body = bodies[i % len(bodies)]
-            request = (b"POST /classify HTTP/1.1\r\nHost: %s\r\nContent-Type: application/json\r\n"
-                       b"Content-Length: %d\r\n\r\n%s" % (host.encode(), len(body), body))
+            request = (
+                b"POST /classify HTTP/1.1\r\nHost: %s\r\nContent-Type: application/json\r\n"
+                b"Content-Length: %d\r\n\r\n%s" % (host.encode(), len(body), body)
+            )
             start = time.perf_counter()
             try:
                 if writer is None:
@@ -107,7 +120,7 @@ async def drive(base: str, texts: list[str], requests: int, concurrency: int,
                 key = str(status)
                 if status == 200 and answered is not None:
                     answered.append(json.loads(payload)[0]["request_id"])
-            except (OSError, asyncio.IncompleteReadError, asyncio.TimeoutError) as exc:
+            except (TimeoutError, OSError, asyncio.IncompleteReadError) as exc:
                 key, writer = type(exc).__name__, None  # reconnect for the next request
             latencies.append((time.perf_counter() - start) * 1000)
             statuses[key] = statuses.get(key, 0) + 1
@@ -120,8 +133,12 @@ async def drive(base: str, texts: list[str], requests: int, concurrency: int,
     await asyncio.gather(*(connection() for _ in range(concurrency)))
     wall = time.perf_counter() - started
     cpu1 = resource.getrusage(resource.RUSAGE_SELF)
-    return {"latencies": latencies, "statuses": statuses, "wall_s": wall,
-            "client_cpu_s": (cpu1.ru_utime + cpu1.ru_stime) - (cpu0.ru_utime + cpu0.ru_stime)}
+    return {
+        "latencies": latencies,
+        "statuses": statuses,
+        "wall_s": wall,
+        "client_cpu_s": (cpu1.ru_utime + cpu1.ru_stime) - (cpu0.ru_utime + cpu0.ru_stime),
+    }
 
 
 def server_cpu_s(proc: subprocess.Popen) -> float:
@@ -142,7 +159,7 @@ def server_cpu_s(proc: subprocess.Popen) -> float:
 def logged(db: str) -> tuple[set[str], float]:
     """Request ids in the prediction log, and the mean model batch size (the texts of one batch
     share one logged latency)."""
-    from tuneloop.serve.predlog import PredictionLog
+    from tuneloop.predlog import PredictionLog
 
     plog = PredictionLog(db)
     rows = plog.joined()
@@ -160,29 +177,38 @@ def summarise(rounds: list[dict], requests: int, concurrency: int) -> dict:
             statuses[key] = statuses.get(key, 0) + n
     rates = [requests / r["wall_s"] for r in rounds]
     total = requests * len(rounds)
-    return {"requests_per_round": requests, "rounds": len(rounds), "concurrency": concurrency,
-            "req_per_s": round(float(np.median(rates)), 1), "req_per_s_rounds": [round(x, 1) for x in rates],
-            "texts_per_s": round(float(np.median(rates)), 1),  # one text per request
-            "p50_ms": round(float(np.percentile(lat, 50)), 1), "p95_ms": round(float(np.percentile(lat, 95)), 1),
-            "p99_ms": round(float(np.percentile(lat, 99)), 1),
-            "errors": sum(n for key, n in statuses.items() if key != "200"), "statuses": statuses,
-            "client_cpu_ms_per_request": round(sum(r["client_cpu_s"] for r in rounds) * 1000 / total, 2),
-            "server_cpu_ms_per_request": round(sum(r["server_cpu_s"] for r in rounds) * 1000 / total, 2)}
+    return {
+        "requests_per_round": requests,
+        "rounds": len(rounds),
+        "concurrency": concurrency,
+        "req_per_s": round(float(np.median(rates)), 1),
+        "req_per_s_rounds": [round(x, 1) for x in rates],
+        "texts_per_s": round(float(np.median(rates)), 1),  # one text per request
+        "p50_ms": round(float(np.percentile(lat, 50)), 1),
+        "p95_ms": round(float(np.percentile(lat, 95)), 1),
+        "p99_ms": round(float(np.percentile(lat, 99)), 1),
+        "errors": sum(n for key, n in statuses.items() if key != "200"),
+        "statuses": statuses,
+        "client_cpu_ms_per_request": round(sum(r["client_cpu_s"] for r in rounds) * 1000 / total, 2),
+        "server_cpu_ms_per_request": round(sum(r["server_cpu_s"] for r in rounds) * 1000 / total, 2),
+    }
 
 
 def compare(params: dict, args: argparse.Namespace, texts: list[str], workdir: Path) -> dict:
     """Batched and unbatched servers side by side: both started and warmed up, then `rounds`
     rounds of the same load, alternating which mode goes first, so drift of this noisy machine
     hits both alike. Every answered request must be in that server's prediction log."""
-    servers = {mode: start({**params, "serve": {**params["serve"], "batching": mode == "batched"}}, workdir, args.model)
-               for mode in ("batched", "unbatched")}
+    servers = {
+        mode: start({**params, "serve": {**params["serve"], "batching": mode == "batched"}}, workdir, args.model)
+        for mode in ("batched", "unbatched")
+    }
     rounds: dict[str, list[dict]] = {mode: [] for mode in servers}
     warmup = 32
     try:
         for proc, base, _ in servers.values():
             asyncio.run(drive(base, texts, warmup, min(8, args.concurrency)))  # not measured
         for i in range(args.rounds):
-            for mode in (("batched", "unbatched") if i % 2 == 0 else ("unbatched", "batched")):
+            for mode in ("batched", "unbatched") if i % 2 == 0 else ("unbatched", "batched"):
                 proc, base, _ = servers[mode]
                 cpu = server_cpu_s(proc)
                 result = asyncio.run(drive(base, texts, args.requests, args.concurrency))
@@ -195,8 +221,11 @@ def compare(params: dict, args: argparse.Namespace, texts: list[str], workdir: P
     for mode, (_, _, db) in servers.items():
         out[mode] = summarise(rounds[mode], args.requests, args.concurrency)
         ids, mean_batch = logged(db)
-        out[mode].update(requests_sent=warmup + args.requests * args.rounds, logged_rows=len(ids),
-                         mean_batch_size=round(mean_batch, 1))
+        out[mode].update(
+            requests_sent=warmup + args.requests * args.rounds,
+            logged_rows=len(ids),
+            mean_batch_size=round(mean_batch, 1),
+        )
     return out
 
 
@@ -224,9 +253,14 @@ def sigterm_under_load(params: dict, args: argparse.Namespace, texts: list[str],
     for started, key in outcomes:
         if started >= killed:
             after[key] = after.get(key, 0) + 1
-    return {"sent_before_sigterm": len(before), "sent_before_sigterm_not_answered": sum(k != "200" for k in before),
-            "sent_after_sigterm": after, "answered": len(answered),
-            "answered_and_logged": len(set(answered) & ids), "answered_missing_from_log": len(set(answered) - ids)}
+    return {
+        "sent_before_sigterm": len(before),
+        "sent_before_sigterm_not_answered": sum(k != "200" for k in before),
+        "sent_after_sigterm": after,
+        "answered": len(answered),
+        "answered_and_logged": len(set(answered) & ids),
+        "answered_missing_from_log": len(set(answered) - ids),
+    }
 
 
 def main() -> None:
@@ -248,12 +282,21 @@ def main() -> None:
         modes = compare(params, args, texts, workdir)
         sigterm = sigterm_under_load(params, args, texts, workdir)
     batched, unbatched = modes["batched"], modes["unbatched"]
-    print(json.dumps({**modes,
-                      "ratio_req_per_s": round(batched["req_per_s"] / max(unbatched["req_per_s"], 1e-9), 2),
-                      "ratio_rounds": [round(b / max(u, 1e-9), 2) for b, u in
-                                       zip(batched["req_per_s_rounds"], unbatched["req_per_s_rounds"])],
-                      "sigterm_under_load": sigterm,
-                      "targets": {"ratio": 2.5, "p95_ms": 250, "errors": 0}}, indent=2))
+    print(
+        json.dumps(
+            {
+                **modes,
+                "ratio_req_per_s": round(batched["req_per_s"] / max(unbatched["req_per_s"], 1e-9), 2),
+                "ratio_rounds": [
+                    round(b / max(u, 1e-9), 2)
+                    for b, u in zip(batched["req_per_s_rounds"], unbatched["req_per_s_rounds"])
+                ],
+                "sigterm_under_load": sigterm,
+                "targets": {"ratio": 2.5, "p95_ms": 250, "errors": 0},
+            },
+            indent=2,
+        )
+    )
 
 
 if __name__ == "__main__":

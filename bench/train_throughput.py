@@ -34,7 +34,7 @@ class PeakMemory:
     def __init__(self, cuda: bool):
         self.cuda, self.peak, self._stop = cuda, 0, threading.Event()
 
-    def __enter__(self) -> "PeakMemory":
+    def __enter__(self) -> PeakMemory:
         import torch
 
         if self.cuda:
@@ -89,24 +89,35 @@ def run_tuneloop(params, train_csv: Path, val_csv: Path, base: str, max_steps: i
     trainer.args.eval_strategy = "no"  # timing covers training only; evaluate once at the end
     trainer.args.save_strategy = "no"
     trainer.args.load_best_model_at_end = False
-    trainer.callback_handler.callbacks = [c for c in trainer.callback_handler.callbacks
-                                          if type(c).__name__ != "EarlyStoppingCallback"]
+    trainer.callback_handler.callbacks = [
+        c for c in trainer.callback_handler.callbacks if type(c).__name__ != "EarlyStoppingCallback"
+    ]
     with PeakMemory(torch.cuda.is_available()) as memory:
         trainer.train()
     throughput = info["throughput"]
     metrics = trainer.evaluate()
-    return {"samples_per_second": round(throughput.samples_per_second, 1),
-            "real_tokens_per_second": round(throughput.samples_per_second * info["real_tokens_per_sample"], 1),
-            "peak_memory_mib": memory.mib, "val_macro_f1": round(metrics["eval_macro_f1"], 4),
-            "batch_size": info["batch_size"], "steps": trainer.state.global_step}
+    return {
+        "samples_per_second": round(throughput.samples_per_second, 1),
+        "real_tokens_per_second": round(throughput.samples_per_second * info["real_tokens_per_sample"], 1),
+        "peak_memory_mib": memory.mib,
+        "val_macro_f1": round(metrics["eval_macro_f1"], 4),
+        "batch_size": info["batch_size"],
+        "steps": trainer.state.global_step,
+    }
 
 
 def run_baseline(train_csv: Path, val_csv: Path, base: str, max_steps: int, seed: int, workdir: Path) -> dict:
     """The common recipe, written as a tutorial would: nothing from tuneloop but the timer."""
     import pandas as pd
     import torch
-    from transformers import (AutoModelForSequenceClassification, AutoTokenizer, PrinterCallback, Trainer,
-                              TrainingArguments, set_seed)
+    from transformers import (
+        AutoModelForSequenceClassification,
+        AutoTokenizer,
+        PrinterCallback,
+        Trainer,
+        TrainingArguments,
+        set_seed,
+    )
 
     from tuneloop.train import ThroughputCallback, macro_f1_metrics
 
@@ -132,20 +143,39 @@ def run_baseline(train_csv: Path, val_csv: Path, base: str, max_steps: int, seed
     train_ds, val_ds = Padded(train_df), Padded(val_df[val_df["label"].astype(str).isin(label2id)])
     timer = ThroughputCallback(32)
     cuda = torch.cuda.is_available()
-    args = TrainingArguments(output_dir=str(workdir / "ckpt-baseline"), per_device_train_batch_size=32,
-                             per_device_eval_batch_size=32, max_steps=max_steps, save_strategy="no",
-                             eval_strategy="no", report_to=[], seed=seed, use_cpu=not cuda, disable_tqdm=True,
-                             logging_steps=max(1, max_steps // 5))
-    trainer = Trainer(model=model, args=args, train_dataset=train_ds, eval_dataset=val_ds,
-                      compute_metrics=macro_f1_metrics, callbacks=[timer])
+    args = TrainingArguments(
+        output_dir=str(workdir / "ckpt-baseline"),
+        per_device_train_batch_size=32,
+        per_device_eval_batch_size=32,
+        max_steps=max_steps,
+        save_strategy="no",
+        eval_strategy="no",
+        report_to=[],
+        seed=seed,
+        use_cpu=not cuda,
+        disable_tqdm=True,
+        logging_steps=max(1, max_steps // 5),
+    )
+    trainer = Trainer(
+        model=model,
+        args=args,
+        train_dataset=train_ds,
+        eval_dataset=val_ds,
+        compute_metrics=macro_f1_metrics,
+        callbacks=[timer],
+    )
     trainer.remove_callback(PrinterCallback)  # keep stdout for the JSON result
     with PeakMemory(cuda) as memory:
         trainer.train()
     metrics = trainer.evaluate()
-    return {"samples_per_second": round(timer.samples_per_second, 1),
-            "real_tokens_per_second": round(timer.samples_per_second * train_ds.real_tokens / len(train_ds), 1),
-            "peak_memory_mib": memory.mib, "val_macro_f1": round(metrics["eval_macro_f1"], 4),
-            "batch_size": 32, "steps": trainer.state.global_step}
+    return {
+        "samples_per_second": round(timer.samples_per_second, 1),
+        "real_tokens_per_second": round(timer.samples_per_second * train_ds.real_tokens / len(train_ds), 1),
+        "peak_memory_mib": memory.mib,
+        "val_macro_f1": round(metrics["eval_macro_f1"], 4),
+        "batch_size": 32,
+        "steps": trainer.state.global_step,
+    }
 
 
 def main() -> None:
@@ -176,14 +206,19 @@ def main() -> None:
     baseline = run_baseline(train_csv, val_csv, base, args.max_steps, params.base.seed, args.workdir)
     result = {
         "data": str(args.data),
-        "device": torch.cuda.get_device_name() if torch.cuda.is_available() else f"cpu ({torch.get_num_threads()} threads)",
+        "device": torch.cuda.get_device_name()
+        if torch.cuda.is_available()
+        else f"cpu ({torch.get_num_threads()} threads)",
         "torch": torch.__version__,
         "max_steps": args.max_steps,
         "tuneloop": tuneloop,
         "baseline_common_recipe": baseline,
-        "ratio_samples_per_second": round(tuneloop["samples_per_second"] / max(baseline["samples_per_second"], 1e-9), 2),
-        "ratio_real_tokens_per_second": round(tuneloop["real_tokens_per_second"]
-                                              / max(baseline["real_tokens_per_second"], 1e-9), 2),
+        "ratio_samples_per_second": round(
+            tuneloop["samples_per_second"] / max(baseline["samples_per_second"], 1e-9), 2
+        ),
+        "ratio_real_tokens_per_second": round(
+            tuneloop["real_tokens_per_second"] / max(baseline["real_tokens_per_second"], 1e-9), 2
+        ),
         "macro_f1_delta": round(tuneloop["val_macro_f1"] - baseline["val_macro_f1"], 4),
         "wall_s": round(time.time() - started, 1),
     }

@@ -41,12 +41,18 @@ def validate(force: bool = False) -> dict[str, Any]:
         result = _stage("validate", force)
     except StageFailed as exc:
         if summary_path.is_file():
-            create_markdown_artifact(Path("reports/validation/report.md").read_text(), key="validation-report",
-                                     description="Great Expectations validation (failed)")
+            create_markdown_artifact(
+                Path("reports/validation/report.md").read_text(),
+                key="validation-report",
+                description="Great Expectations validation (failed)",
+            )
         raise exc
     summary = json.loads(summary_path.read_text())
-    create_markdown_artifact(Path("reports/validation/report.md").read_text(), key="validation-report",
-                             description=f"{summary['rows_kept']} kept, {summary['rows_quarantined']} quarantined")
+    create_markdown_artifact(
+        Path("reports/validation/report.md").read_text(),
+        key="validation-report",
+        description=f"{summary['rows_kept']} kept, {summary['rows_quarantined']} quarantined",
+    )
     return result
 
 
@@ -81,11 +87,13 @@ def gate(params: Any) -> dict[str, Any]:
 
     started = time.perf_counter()
     champion = registry.champion()
-    report = run_gate(params, CANDIDATE, EVAL_DIR, TEST_DATA, champion.path if champion else None,
-                      champion.tag if champion else None)
+    report = run_gate(
+        params, CANDIDATE, EVAL_DIR, TEST_DATA, champion.path if champion else None, champion.tag if champion else None
+    )
     write_report(report, GATE_DIR)
-    create_markdown_artifact(render_markdown(report), key="gate-verdict",
-                             description="PASSED" if report.passed else "FAILED")
+    create_markdown_artifact(
+        render_markdown(report), key="gate-verdict", description="PASSED" if report.passed else "FAILED"
+    )
     get_run_logger().info("gate %s", "passed" if report.passed else "failed")
     if not report.passed:
         raise GateFailed(failure_message(report))
@@ -109,8 +117,11 @@ def promote(tag: str) -> str:
     from tuneloop import registry
 
     entry = registry.promote(tag, reason="passed the gate in the training pipeline")
-    create_markdown_artifact(f"# Champion\n\n`{entry.tag}`\n\nmacro-F1 {entry.metadata['metrics'].get('macro_f1')}",
-                             key="champion-model", description=entry.tag)
+    create_markdown_artifact(
+        f"# Champion\n\n`{entry.tag}`\n\nmacro-F1 {entry.metadata['metrics'].get('macro_f1')}",
+        key="champion-model",
+        description=entry.tag,
+    )
     return entry.tag
 
 

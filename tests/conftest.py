@@ -15,13 +15,22 @@ REPO = Path(__file__).resolve().parents[1]
 SHARED_DATA = Path(os.environ.get("TUNELOOP_SHARED_DATA", REPO.parent / "shared" / "data"))
 
 # Offline, quiet, no telemetry: set before any library under test is imported.
-for key, value in {"HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1", "GX_ANALYTICS_ENABLED": "False",
-                   "DVC_NO_ANALYTICS": "1", "BENTOML_DO_NOT_TRACK": "true",
-                   "PREFECT_SERVER_ANALYTICS_ENABLED": "false"}.items():
+for key, value in {
+    "HF_HUB_OFFLINE": "1",
+    "TRANSFORMERS_OFFLINE": "1",
+    "GX_ANALYTICS_ENABLED": "False",
+    "DVC_NO_ANALYTICS": "1",
+    "BENTOML_DO_NOT_TRACK": "true",
+    "PREFECT_SERVER_ANALYTICS_ENABLED": "false",
+}.items():
     os.environ.setdefault(key, value)
 # One BentoML home for the whole session (BentoML reads it once); tests clean what they use.
-os.environ.setdefault("BENTOML_HOME", str(Path(os.environ.get("TMPDIR", "/tmp")) / f"tuneloop-tests-bentoml-{os.getpid()}"))
-os.environ.setdefault("PREFECT_HOME", str(Path(os.environ.get("TMPDIR", "/tmp")) / f"tuneloop-tests-prefect-{os.getpid()}"))
+os.environ.setdefault(
+    "BENTOML_HOME", str(Path(os.environ.get("TMPDIR", "/tmp")) / f"tuneloop-tests-bentoml-{os.getpid()}")
+)
+os.environ.setdefault(
+    "PREFECT_HOME", str(Path(os.environ.get("TMPDIR", "/tmp")) / f"tuneloop-tests-prefect-{os.getpid()}")
+)
 # Stages run through `dvc repro` call `python -m tuneloop`: this interpreter must be first on PATH.
 os.environ["PATH"] = f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}"
 
@@ -74,8 +83,20 @@ def project(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
     shutil.copytree(REPO / "behaviour", root / "behaviour")
     # One commit, as in any real project: dvclive and `dvc exp` need a base revision.
     subprocess.run(["git", "add", "-A"], cwd=root, check=True)
-    subprocess.run(["git", "-c", "user.name=tuneloop-tests", "-c", "user.email=tests@tuneloop.invalid",
-                    "commit", "-qm", "project skeleton"], cwd=root, check=True)
+    subprocess.run(
+        [
+            "git",
+            "-c",
+            "user.name=tuneloop-tests",
+            "-c",
+            "user.email=tests@tuneloop.invalid",
+            "commit",
+            "-qm",
+            "project skeleton",
+        ],
+        cwd=root,
+        check=True,
+    )
     monkeypatch.chdir(root)
     return root
 
@@ -106,8 +127,14 @@ def tiny_model(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
     path = tmp_path_factory.mktemp("tiny-bert")
     tokenizer = AutoTokenizer.from_pretrained(get_model_path())
-    config = BertConfig(vocab_size=tokenizer.vocab_size, hidden_size=32, num_hidden_layers=2,
-                        num_attention_heads=2, intermediate_size=64, max_position_embeddings=128)
+    config = BertConfig(
+        vocab_size=tokenizer.vocab_size,
+        hidden_size=32,
+        num_hidden_layers=2,
+        num_attention_heads=2,
+        intermediate_size=64,
+        max_position_embeddings=128,
+    )
     torch.manual_seed(0)  # the same random weights in every run: no flaky learning
     BertForSequenceClassification(config).save_pretrained(path)
     tokenizer.save_pretrained(path)
@@ -119,8 +146,11 @@ def sentiment_rows(n_per_class: int = 24, seed: int = 0) -> str:
     import random
 
     rng = random.Random(seed)
-    words = {"pos": ["great", "lovely", "excellent", "good"], "neg": ["awful", "terrible", "bad", "broken"],
-             "neu": ["okay", "average", "fine", "plain"]}
+    words = {
+        "pos": ["great", "lovely", "excellent", "good"],
+        "neg": ["awful", "terrible", "bad", "broken"],
+        "neu": ["okay", "average", "fine", "plain"],
+    }
     lines = ["text,label"]
     for label, vocab in words.items():
         for i in range(n_per_class):
@@ -131,8 +161,14 @@ def sentiment_rows(n_per_class: int = 24, seed: int = 0) -> str:
 
 # Measured on this tiny model and data: small batches at lr 1e-3 learn the toy task from any init;
 # larger batches or rates sometimes stall with one class never predicted.
-TINY_TRAIN = ["train.lr=0.001", "train.epochs=30", "train.batch_size=4", "train.warmup_ratio=0.0",
-              "train.early_stopping_patience=5", "train.max_length=32"]
+TINY_TRAIN = [
+    "train.lr=0.001",
+    "train.epochs=30",
+    "train.batch_size=4",
+    "train.warmup_ratio=0.0",
+    "train.early_stopping_patience=5",
+    "train.max_length=32",
+]
 
 
 @pytest.fixture
@@ -183,11 +219,11 @@ def fresh_postgres_db(name: str, driver: str = "psycopg") -> str:
     try:
         import psycopg
 
-        with psycopg.connect("host=127.0.0.1 port=5432 user=postgres dbname=postgres", connect_timeout=3,
-                             autocommit=True) as conn:
+        with psycopg.connect(
+            "host=127.0.0.1 port=5432 user=postgres dbname=postgres", connect_timeout=3, autocommit=True
+        ) as conn:
             conn.execute(f"DROP DATABASE IF EXISTS {name} WITH (FORCE)")
             conn.execute(f"CREATE DATABASE {name}")
     except Exception as exc:  # no server, no driver, no permission: all mean "cannot test here"
-        pytest.skip(f"PostgreSQL on 127.0.0.1:5432 unreachable ({str(exc).splitlines()[0]}); "
-                    "start it to run this test")
+        pytest.skip(f"PostgreSQL on 127.0.0.1:5432 unreachable ({str(exc).splitlines()[0]}); start it to run this test")
     return f"postgresql+{driver}://postgres@127.0.0.1:5432/{name}"

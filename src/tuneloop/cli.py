@@ -17,8 +17,12 @@ from typing import Annotated, Any, TypeVar
 import typer
 from rich.console import Console
 
-app = typer.Typer(help="tuneloop: validate, version, fine-tune, gate, serve and monitor text classifiers.",
-                  no_args_is_help=True, pretty_exceptions_enable=False, add_completion=False)
+app = typer.Typer(
+    help="tuneloop: validate, version, fine-tune, gate, serve and monitor text classifiers.",
+    no_args_is_help=True,
+    pretty_exceptions_enable=False,
+    add_completion=False,
+)
 data_app = typer.Typer(help="Demo data, import and validation.", no_args_is_help=True)
 app.add_typer(data_app, name="data")
 models_app = typer.Typer(help="The model registry (BentoML's model store).", no_args_is_help=True)
@@ -65,8 +69,7 @@ def _params(path: Path, overrides: list[str] | None) -> Any:
 @app.callback()
 def root(verbose: Annotated[bool, typer.Option("--verbose", "-v", help="debug logging.")] = False) -> None:
     """Configure logging once, at the entry point."""
-    logging.basicConfig(level=logging.DEBUG if verbose else logging.INFO,
-                        format="%(levelname)s %(name)s: %(message)s")
+    logging.basicConfig(level=logging.DEBUG if verbose else logging.INFO, format="%(levelname)s %(name)s: %(message)s")
     # Libraries that chat at INFO (GX even pins its own loggers to INFO on import): warnings only.
     for handler in logging.getLogger().handlers:
         handler.addFilter(_only_warnings_from(NOISY_LOGGERS))
@@ -75,10 +78,17 @@ def root(verbose: Annotated[bool, typer.Option("--verbose", "-v", help="debug lo
 NOISY_LOGGERS = ("great_expectations", "dvc", "urllib3", "filelock", "httpx")
 
 
+class _OnlyWarningsFrom(logging.Filter):
+    def __init__(self, prefixes: tuple[str, ...]):
+        super().__init__()
+        self.prefixes = prefixes
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return record.levelno >= logging.WARNING or not record.name.startswith(self.prefixes)
+
+
 def _only_warnings_from(prefixes: tuple[str, ...]) -> logging.Filter:
-    quiet = logging.Filter()
-    quiet.filter = lambda r: r.levelno >= logging.WARNING or not r.name.startswith(prefixes)  # type: ignore[method-assign]
-    return quiet
+    return _OnlyWarningsFrom(prefixes)
 
 
 @data_app.command("demo")
@@ -114,8 +124,9 @@ def data_import(
     from tuneloop.ingest import import_file
 
     cfg = _params(params, set_)
-    written = import_file(path, raw or Path(cfg.data.raw_path), text_col=text_col,
-                          label_col=label_col, track=not no_dvc)
+    written = import_file(
+        path, raw or Path(cfg.data.raw_path), text_col=text_col, label_col=label_col, track=not no_dvc
+    )
     out.print(f"imported {path} -> {written}" + ("" if no_dvc else " (tracked by data.dvc; `dvc push` to share)"))
 
 
@@ -123,7 +134,9 @@ def data_import(
 @user_errors
 def data_validate(
     path: Annotated[Path, typer.Argument(help="the file to validate.")],
-    report: Annotated[Path | None, typer.Option("--report", help="folder for summary.json, report.md, metrics.json.")] = None,
+    report: Annotated[
+        Path | None, typer.Option("--report", help="folder for summary.json, report.md, metrics.json.")
+    ] = None,
     out_dir: Annotated[Path | None, typer.Option("--out", help="folder for valid.csv and quarantine.csv.")] = None,
     text_col: TextCol = "text",
     label_col: LabelCol = "label",
@@ -134,11 +147,14 @@ def data_validate(
     from tuneloop.validate import validate_file
 
     cfg = _params(params, set_)
-    result = validate_file(path, cfg.validate_, cfg.data.labels, text_col=text_col,
-                           label_col=label_col, out_dir=out_dir, report_dir=report)
+    result = validate_file(
+        path, cfg.validate_, cfg.data.labels, text_col=text_col, label_col=label_col, out_dir=out_dir, report_dir=report
+    )
     summary = result.summary()
-    out.print(f"[green]validation passed[/]: {summary['rows_in']} rows in, {summary['rows_kept']} kept, "
-              f"{summary['rows_quarantined']} quarantined" + (f"; report in {report}" if report else ""))
+    out.print(
+        f"[green]validation passed[/]: {summary['rows_in']} rows in, {summary['rows_kept']} kept, "
+        f"{summary['rows_quarantined']} quarantined" + (f"; report in {report}" if report else "")
+    )
 
 
 @app.command("prepare")
@@ -160,37 +176,74 @@ def prepare_cmd(
 @app.command("train")
 @user_errors
 def train_cmd(
-    train_path: Annotated[Path, typer.Option("--train", help="labeled CSV to learn from.")] = Path("data/prepared/train.csv"),
-    val_path: Annotated[Path, typer.Option("--val", help="labeled CSV for early stopping.")] = Path("data/prepared/val.csv"),
+    train_path: Annotated[Path, typer.Option("--train", help="labeled CSV to learn from.")] = Path(
+        "data/prepared/train.csv"
+    ),
+    val_path: Annotated[Path, typer.Option("--val", help="labeled CSV for early stopping.")] = Path(
+        "data/prepared/val.csv"
+    ),
     out_dir: Annotated[Path, typer.Option("--out", help="model dir to write.")] = Path("models/candidate"),
-    base: Annotated[str | None, typer.Option("--base", help="base model: 'minilm', a folder or a hub id (default: train.base_model).")] = None,
-    resume: Annotated[bool, typer.Option("--resume", help="continue from the newest checkpoint after a crash.")] = False,
-    checkpoints: Annotated[Path | None, typer.Option("--checkpoints", help="checkpoint folder (default: OUT.checkpoints).")] = None,
-    live_dir: Annotated[str, typer.Option("--live-dir", help="dvclive folder for metrics and plots ('' = off).")] = "dvclive",
-    max_samples: Annotated[int, typer.Option("--max-samples", min=0, help="train and validate on a seeded sample of N rows of each file.")] = 0,
-    dry_run: Annotated[bool, typer.Option("--dry-run", help="smoke run: 32 rows, 2 steps, everything written.")] = False,
+    base: Annotated[
+        str | None,
+        typer.Option("--base", help="base model: 'minilm', a folder or a hub id (default: train.base_model)."),
+    ] = None,
+    resume: Annotated[
+        bool, typer.Option("--resume", help="continue from the newest checkpoint after a crash.")
+    ] = False,
+    checkpoints: Annotated[
+        Path | None, typer.Option("--checkpoints", help="checkpoint folder (default: OUT.checkpoints).")
+    ] = None,
+    live_dir: Annotated[
+        str, typer.Option("--live-dir", help="dvclive folder for metrics and plots ('' = off).")
+    ] = "dvclive",
+    max_samples: Annotated[
+        int, typer.Option("--max-samples", min=0, help="train and validate on a seeded sample of N rows of each file.")
+    ] = 0,
+    dry_run: Annotated[
+        bool, typer.Option("--dry-run", help="smoke run: 32 rows, 2 steps, everything written.")
+    ] = False,
     params: ParamsOpt = Path("params.yaml"),
     set_: SetOpt = None,
 ) -> None:
     """Fine-tune a sequence classifier (the DVC `train` stage)."""
     from tuneloop.train import train
 
-    result = train(_params(params, set_), train_path, val_path, out_dir, base=base, resume=resume,
-                   checkpoint_dir=checkpoints, live_dir=live_dir or None,
-                   max_samples=32 if dry_run else max_samples, max_steps=2 if dry_run else -1)
+    result = train(
+        _params(params, set_),
+        train_path,
+        val_path,
+        out_dir,
+        base=base,
+        resume=resume,
+        checkpoint_dir=checkpoints,
+        live_dir=live_dir or None,
+        max_samples=32 if dry_run else max_samples,
+        max_steps=2 if dry_run else -1,
+    )
     m = result.val_metrics
-    out.print(f"[green]trained[/] {out_dir}: val macro-F1 {m.get('macro_f1', 0):.4f}, accuracy "
-              f"{m.get('accuracy', 0):.4f}, {result.steps} steps, {result.train_samples_per_second:.1f} samples/s, "
-              f"{result.wall_time_s:.0f} s")
+    out.print(
+        f"[green]trained[/] {out_dir}: val macro-F1 {m.get('macro_f1', 0):.4f}, accuracy "
+        f"{m.get('accuracy', 0):.4f}, {result.steps} steps, {result.train_samples_per_second:.1f} samples/s, "
+        f"{result.wall_time_s:.0f} s"
+    )
 
 
 @app.command("evaluate")
 @user_errors
 def evaluate_cmd(
-    model: Annotated[Path, typer.Option("--model", help="model dir written by `tuneloop train`.")] = Path("models/candidate"),
-    data: Annotated[Path, typer.Option("--data", help="any labeled file (text, label, optional slice columns).")] = Path("data/prepared/test.csv"),
-    out_dir: Annotated[Path, typer.Option("--out", help="folder for metrics, plots and predictions.")] = Path("reports/eval"),
-    behaviour: Annotated[str | None, typer.Option("--behaviour", help="behavioural tests YAML ('none' = skip; default: evaluate.behaviour_file).")] = None,
+    model: Annotated[Path, typer.Option("--model", help="model dir written by `tuneloop train`.")] = Path(
+        "models/candidate"
+    ),
+    data: Annotated[
+        Path, typer.Option("--data", help="any labeled file (text, label, optional slice columns).")
+    ] = Path("data/prepared/test.csv"),
+    out_dir: Annotated[Path, typer.Option("--out", help="folder for metrics, plots and predictions.")] = Path(
+        "reports/eval"
+    ),
+    behaviour: Annotated[
+        str | None,
+        typer.Option("--behaviour", help="behavioural tests YAML ('none' = skip; default: evaluate.behaviour_file)."),
+    ] = None,
     params: ParamsOpt = Path("params.yaml"),
     set_: SetOpt = None,
 ) -> None:
@@ -200,18 +253,26 @@ def evaluate_cmd(
     chosen = "" if behaviour == "none" else behaviour
     m = evaluate(_params(params, set_), model, data, out_dir, chosen)
     rates = ", ".join(f"{k} {v:.0%}" for k, v in m["behaviour"].items() if v is not None)
-    out.print(f"[green]evaluated[/] {model} on {data}: accuracy {m['accuracy']:.4f}, macro-F1 {m['macro_f1']:.4f}, "
-              f"ECE {m['ece']:.4f}" + (f"; behaviour: {rates}" if rates else "") + f"; reports in {out_dir}")
+    out.print(
+        f"[green]evaluated[/] {model} on {data}: accuracy {m['accuracy']:.4f}, macro-F1 {m['macro_f1']:.4f}, "
+        f"ECE {m['ece']:.4f}" + (f"; behaviour: {rates}" if rates else "") + f"; reports in {out_dir}"
+    )
 
 
 @app.command("gate")
 @user_errors
 def gate_cmd(
     model: Annotated[Path, typer.Option("--model", help="challenger model dir.")] = Path("models/candidate"),
-    eval_dir: Annotated[Path, typer.Option("--eval", help="the challenger's evaluation folder.")] = Path("reports/eval"),
-    data: Annotated[Path, typer.Option("--data", help="the test file it was evaluated on.")] = Path("data/prepared/test.csv"),
+    eval_dir: Annotated[Path, typer.Option("--eval", help="the challenger's evaluation folder.")] = Path(
+        "reports/eval"
+    ),
+    data: Annotated[Path, typer.Option("--data", help="the test file it was evaluated on.")] = Path(
+        "data/prepared/test.csv"
+    ),
     out_dir: Annotated[Path, typer.Option("--out", help="folder for gate.json and gate.md.")] = Path("reports/gate"),
-    champion: Annotated[str, typer.Option("--champion", help="'auto' (the registry's), 'none', or a model tag.")] = "auto",
+    champion: Annotated[
+        str, typer.Option("--champion", help="'auto' (the registry's), 'none', or a model tag.")
+    ] = "auto",
     params: ParamsOpt = Path("params.yaml"),
     set_: SetOpt = None,
 ) -> None:
@@ -220,13 +281,16 @@ def gate_cmd(
     from tuneloop.gate import GateFailed, failure_message, run_gate, write_report
 
     entry = None if champion == "none" else registry.champion() if champion == "auto" else registry.get(champion)
-    report = run_gate(_params(params, set_), model, eval_dir, data, entry.path if entry else None,
-                      entry.tag if entry else None)
+    report = run_gate(
+        _params(params, set_), model, eval_dir, data, entry.path if entry else None, entry.tag if entry else None
+    )
     write_report(report, out_dir)
     if not report.passed:
         raise GateFailed(failure_message(report) + f"\n  Report: {out_dir / 'gate.md'}")
-    out.print(f"[green]gate passed[/] ({len(report.checks)} checks; champion: {report.champion or 'none yet'}); "
-              f"report in {out_dir / 'gate.md'}")
+    out.print(
+        f"[green]gate passed[/] ({len(report.checks)} checks; champion: {report.champion or 'none yet'}); "
+        f"report in {out_dir / 'gate.md'}"
+    )
 
 
 @models_app.command("list")
@@ -241,8 +305,15 @@ def models_list() -> None:
     table.columns[0].no_wrap = True
     for e in registry.entries():
         m, g = e.metadata.get("metrics", {}), e.metadata.get("gate", {})
-        table.add_row(e.tag, e.stage, e.created, _fmt(m.get("macro_f1")), _fmt(m.get("accuracy")),
-                      str(e.metadata.get("data_version")), "-" if not g else "passed" if g.get("passed") else "failed")
+        table.add_row(
+            e.tag,
+            e.stage,
+            e.created,
+            _fmt(m.get("macro_f1")),
+            _fmt(m.get("accuracy")),
+            str(e.metadata.get("data_version")),
+            "-" if not g else "passed" if g.get("passed") else "failed",
+        )
     Console(width=max(out.width, 140)).print(table)  # tags are long; never truncate them
 
 
@@ -259,15 +330,21 @@ def models_show(tag: Annotated[str, typer.Argument(help="model tag (name:version
     from tuneloop import registry
 
     e = registry.get(tag)
-    out.print_json(json.dumps({"tag": e.tag, "stage": e.stage, "created": e.created, "path": str(e.path),
-                               "metadata": e.metadata}, default=str))
+    out.print_json(
+        json.dumps(
+            {"tag": e.tag, "stage": e.stage, "created": e.created, "path": str(e.path), "metadata": e.metadata},
+            default=str,
+        )
+    )
 
 
 @models_app.command("register")
 @user_errors
 def models_register(
     model: Annotated[Path, typer.Argument(help="model dir written by `tuneloop train`.")] = Path("models/candidate"),
-    eval_dir: Annotated[Path | None, typer.Option("--eval", help="its evaluation folder (metrics go into the metadata).")] = None,
+    eval_dir: Annotated[
+        Path | None, typer.Option("--eval", help="its evaluation folder (metrics go into the metadata).")
+    ] = None,
 ) -> None:
     """Save a model dir into the store as a challenger."""
     import json
@@ -301,7 +378,7 @@ def models_promote(
     entry = registry.get(tag)
     if force:
         if not reason:
-            raise TuneloopError("--force skips the gate, so it needs --reason \"why\" (recorded in the history).")
+            raise TuneloopError('--force skips the gate, so it needs --reason "why" (recorded in the history).')
         registry.promote(entry.tag, reason=reason, forced=True)
         out.print(f"[yellow]promoted without gate[/] {entry.tag}: {reason}")
         return
@@ -312,8 +389,9 @@ def models_promote(
     cfg = _params(params, set_)
     with tempfile.TemporaryDirectory() as tmp:
         evaluate(cfg, entry.path, data, tmp)
-        report = run_gate(cfg, entry.path, tmp, data, current.path if current else None,
-                          current.tag if current else None)
+        report = run_gate(
+            cfg, entry.path, tmp, data, current.path if current else None, current.tag if current else None
+        )
     if not report.passed:
         raise GateFailed(failure_message(report))
     registry.promote(entry.tag, reason=reason or "passed the gate (tuneloop models promote)")
@@ -322,7 +400,9 @@ def models_promote(
 
 @models_app.command("rollback")
 @user_errors
-def models_rollback(reason: Annotated[str, typer.Option("--reason", help="why; recorded.")] = "manual rollback") -> None:
+def models_rollback(
+    reason: Annotated[str, typer.Option("--reason", help="why; recorded.")] = "manual rollback",
+) -> None:
     """Put the previous champion back."""
     from tuneloop import registry
 
@@ -341,7 +421,9 @@ def package_cmd(
 
     chosen = registry.get(tag) if tag else registry.champion()
     if chosen is None:
-        raise TuneloopError("no champion to package yet: promote a model (`tuneloop models promote TAG`) or pass --model TAG.")
+        raise TuneloopError(
+            "no champion to package yet: promote a model (`tuneloop models promote TAG`) or pass --model TAG."
+        )
     out.print(build_bento(chosen.tag))
 
 
@@ -388,9 +470,11 @@ def deploy_cmd(params: ParamsOpt = Path("params.yaml"), set_: SetOpt = None) -> 
 
     cfg = _params(params, set_)
     deployment_id = deploy_training(cfg.deploy, Path.cwd())
-    out.print(f"deployment tuneloop-training/training ({deployment_id}): cron '{cfg.deploy.training_cron}' "
-              f"{cfg.deploy.timezone} on work pool {cfg.deploy.work_pool}.\n"
-              f"Start a worker: prefect worker start --pool {cfg.deploy.work_pool}")
+    out.print(
+        f"deployment tuneloop-training/training ({deployment_id}): cron '{cfg.deploy.training_cron}' "
+        f"{cfg.deploy.timezone} on work pool {cfg.deploy.work_pool}.\n"
+        f"Start a worker: prefect worker start --pool {cfg.deploy.work_pool}"
+    )
 
 
 @app.command("serve")
@@ -411,13 +495,33 @@ def serve_cmd(
     chosen = registry.get(model) if model else registry.champion()
     if chosen is None:
         raise TuneloopError("no champion to serve yet: run `tuneloop pipeline run` or pass --model TAG.")
-    env = {**os.environ, "TUNELOOP_MODEL_TAG": chosen.tag, "BENTOML_DO_NOT_TRACK": "true",
-           "BENTOML_CONFIG_OPTIONS": f"services.tuneloop_classifier.workers={workers}"}
-    out.print(f"serving {chosen.tag} on http://{host}:{port} ({workers} worker(s)); try:\n"
-              f"  curl -s -X POST http://{host}:{port}/classify -H 'content-type: application/json' "
-              "-d '{\"texts\": [\"I lost my card\"]}'")
-    raise typer.Exit(subprocess.call([sys.executable, "-m", "bentoml", "serve", "tuneloop.serve.service:TextClassifier",
-                                      "--host", host, "--port", str(port)], env=env))
+    env = {
+        **os.environ,
+        "TUNELOOP_MODEL_TAG": chosen.tag,
+        "BENTOML_DO_NOT_TRACK": "true",
+        "BENTOML_CONFIG_OPTIONS": f"services.tuneloop_classifier.workers={workers}",
+    }
+    out.print(
+        f"serving {chosen.tag} on http://{host}:{port} ({workers} worker(s)); try:\n"
+        f"  curl -s -X POST http://{host}:{port}/classify -H 'content-type: application/json' "
+        '-d \'{"texts": ["I lost my card"]}\''
+    )
+    raise typer.Exit(
+        subprocess.call(
+            [
+                sys.executable,
+                "-m",
+                "bentoml",
+                "serve",
+                "tuneloop.serve.service:TextClassifier",
+                "--host",
+                host,
+                "--port",
+                str(port),
+            ],
+            env=env,
+        )
+    )
 
 
 @app.command("dashboard")
@@ -432,11 +536,16 @@ def dashboard(
 
     url = f"http://{host}:{port}"
     db = os.environ.get("PREFECT_API_DATABASE_CONNECTION_URL", "SQLite (~/.prefect/prefect.db)")
-    out.print(f"Prefect dashboard: {url}  (database: {db.split('@')[-1]})\n"
-              f"Point flows at it with: export PREFECT_API_URL={url}/api")
+    out.print(
+        f"Prefect dashboard: {url}  (database: {db.split('@')[-1]})\n"
+        f"Point flows at it with: export PREFECT_API_URL={url}/api"
+    )
     env = {**os.environ, "PREFECT_SERVER_ANALYTICS_ENABLED": "false"}
-    raise typer.Exit(subprocess.call([sys.executable, "-m", "prefect", "server", "start", "--host", host,
-                                      "--port", str(port)], env=env))
+    raise typer.Exit(
+        subprocess.call(
+            [sys.executable, "-m", "prefect", "server", "start", "--host", host, "--port", str(port)], env=env
+        )
+    )
 
 
 def main(argv: list[str] | None = None) -> None:

@@ -173,8 +173,7 @@ def load_params(path: str | Path = DEFAULT_PARAMS, overrides: Iterable[str] = ()
     path = Path(path)
     if not path.is_file():
         raise ConfigError(
-            f"{path}: params file not found. Run from the project root (where params.yaml is) "
-            "or pass --params PATH."
+            f"{path}: params file not found. Run from the project root (where params.yaml is) or pass --params PATH."
         )
     try:
         raw = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
@@ -195,9 +194,7 @@ def apply_override(raw: dict[str, Any], item: str) -> None:
     key, sep, value = item.partition("=")
     parts = key.strip().split(".")
     if not sep or len(parts) < 2 or not all(parts):
-        raise ConfigError(
-            f"--set {item!r}: expected section.key=value, e.g. --set prepare.val_fraction=0.2"
-        )
+        raise ConfigError(f"--set {item!r}: expected section.key=value, e.g. --set prepare.val_fraction=0.2")
     node = raw
     for part in parts[:-1]:
         child = node.setdefault(part, {})
@@ -210,9 +207,7 @@ def apply_override(raw: dict[str, Any], item: str) -> None:
 def _allowed_keys(loc: tuple[Any, ...]) -> list[str]:
     model: type[BaseModel] = Params
     for part in loc:
-        field = next(
-            (f for n, f in model.model_fields.items() if part in (n, f.alias)), None
-        )
+        field = next((f for n, f in model.model_fields.items() if part in (n, f.alias)), None)
         if field is None or not (isinstance(field.annotation, type) and issubclass(field.annotation, BaseModel)):
             return []
         model = field.annotation

@@ -22,66 +22,107 @@ DRIFTS: tuple[str, ...] = ("none", "vocabulary", "label-mix", "length")
 
 INTENTS: dict[str, list[str]] = {
     "card_lost": [
-        "I lost my {card}", "my {card} was stolen", "I can't find my {card} anywhere",
-        "someone took my wallet with my {card} in it", "please block my {card}, I lost it",
-        "how do I freeze my {card}? it's missing", "my {card} is gone, what do I do",
+        "I lost my {card}",
+        "my {card} was stolen",
+        "I can't find my {card} anywhere",
+        "someone took my wallet with my {card} in it",
+        "please block my {card}, I lost it",
+        "how do I freeze my {card}? it's missing",
+        "my {card} is gone, what do I do",
         "I think I left my {card} at a restaurant",
     ],
     "card_not_arrived": [
-        "my new {card} hasn't arrived yet", "I ordered a {card} {days} ago and it's still not here",
-        "when will my {card} be delivered?", "still waiting on my {card}",
-        "the replacement {card} never came", "how long does it take for a {card} to arrive",
+        "my new {card} hasn't arrived yet",
+        "I ordered a {card} {days} ago and it's still not here",
+        "when will my {card} be delivered?",
+        "still waiting on my {card}",
+        "the replacement {card} never came",
+        "how long does it take for a {card} to arrive",
         "is my {card} in the post? it's been {days}",
     ],
     "refund_request": [
-        "I want a refund for {order}", "can I get my money back for {order}?",
-        "please refund the {amount} I paid", "how do I return {order} and get a refund",
-        "I'd like to be reimbursed for {order}", "the item was broken, I want a refund",
-        "refund my {amount} please", "I returned {order} {days} ago, where is my refund",
+        "I want a refund for {order}",
+        "can I get my money back for {order}?",
+        "please refund the {amount} I paid",
+        "how do I return {order} and get a refund",
+        "I'd like to be reimbursed for {order}",
+        "the item was broken, I want a refund",
+        "refund my {amount} please",
+        "I returned {order} {days} ago, where is my refund",
     ],
     "cancel_subscription": [
-        "cancel my subscription", "I want to stop my monthly plan", "how do I unsubscribe from the premium plan",
-        "please end my membership", "I don't want to be billed every month anymore",
-        "stop my plan from renewing", "close my subscription before the next billing date",
+        "cancel my subscription",
+        "I want to stop my monthly plan",
+        "how do I unsubscribe from the premium plan",
+        "please end my membership",
+        "I don't want to be billed every month anymore",
+        "stop my plan from renewing",
+        "close my subscription before the next billing date",
     ],
     "update_address": [
-        "I moved, how do I change my address", "update my delivery address please",
-        "my address is wrong on my account", "I need to change the shipping address for {order}",
-        "can I edit my home address", "please use my new address from now on",
+        "I moved, how do I change my address",
+        "update my delivery address please",
+        "my address is wrong on my account",
+        "I need to change the shipping address for {order}",
+        "can I edit my home address",
+        "please use my new address from now on",
     ],
     "payment_failed": [
-        "my payment didn't go through", "the payment of {amount} was declined",
-        "why was my {card} declined", "I tried to pay but it says transaction failed",
-        "checkout keeps failing when I pay", "my transfer of {amount} was rejected",
+        "my payment didn't go through",
+        "the payment of {amount} was declined",
+        "why was my {card} declined",
+        "I tried to pay but it says transaction failed",
+        "checkout keeps failing when I pay",
+        "my transfer of {amount} was rejected",
         "payment error when buying {order}",
     ],
     "double_charge": [
-        "I was charged twice for {order}", "there are two payments of {amount} on my statement",
-        "you took {amount} two times", "duplicate charge on my {card}",
-        "why did I get billed twice this month", "same transaction appears twice",
+        "I was charged twice for {order}",
+        "there are two payments of {amount} on my statement",
+        "you took {amount} two times",
+        "duplicate charge on my {card}",
+        "why did I get billed twice this month",
+        "same transaction appears twice",
     ],
     "login_problem": [
-        "I can't log in to my account", "reset my password please", "I forgot my password",
-        "the app says my login is invalid", "locked out of my account", "I'm not getting the verification code",
+        "I can't log in to my account",
+        "reset my password please",
+        "I forgot my password",
+        "the app says my login is invalid",
+        "locked out of my account",
+        "I'm not getting the verification code",
         "two factor code never arrives",
     ],
     "delivery_status": [
-        "where is {order}?", "track {order} please", "{order} hasn't shown up, it's been {days}",
-        "when will {order} be delivered", "the tracking for {order} hasn't updated in {days}",
-        "is {order} on its way?", "my parcel is late",
+        "where is {order}?",
+        "track {order} please",
+        "{order} hasn't shown up, it's been {days}",
+        "when will {order} be delivered",
+        "the tracking for {order} hasn't updated in {days}",
+        "is {order} on its way?",
+        "my parcel is late",
     ],
     "app_bug": [
-        "the app keeps crashing", "the app freezes when I open my statement",
-        "I get an error screen every time I log in to the app", "the app won't load on my phone",
-        "buttons in the app don't respond", "the app crashed while I was paying", "the page is blank after the update",
+        "the app keeps crashing",
+        "the app freezes when I open my statement",
+        "I get an error screen every time I log in to the app",
+        "the app won't load on my phone",
+        "buttons in the app don't respond",
+        "the app crashed while I was paying",
+        "the page is blank after the update",
     ],
 }
 # Realistic imbalance: the first intents are the most common (about 9:1 from top to bottom).
 WEIGHTS = [0.2, 0.15, 0.13, 0.11, 0.09, 0.08, 0.07, 0.065, 0.055, 0.05]
 # Pairs a real user mixes up in one message: the label is either, which keeps accuracy below 100%.
-CONFUSABLE = [("card_lost", "card_not_arrived"), ("refund_request", "double_charge"),
-              ("payment_failed", "double_charge"), ("cancel_subscription", "refund_request"),
-              ("delivery_status", "refund_request"), ("login_problem", "app_bug")]
+CONFUSABLE = [
+    ("card_lost", "card_not_arrived"),
+    ("refund_request", "double_charge"),
+    ("payment_failed", "double_charge"),
+    ("cancel_subscription", "refund_request"),
+    ("delivery_status", "refund_request"),
+    ("login_problem", "app_bug"),
+]
 
 SLOTS = {
     "card": ["card", "debit card", "credit card", "bank card", "visa card"],
@@ -89,23 +130,38 @@ SLOTS = {
     "amount": ["${d}.99", "£{d}", "{d} euros", "${d}"],
     "days": ["3 days", "a week", "two weeks", "10 days", "a month"],
 }
-OPENERS = {"chat": ["", "", "hi ", "hey, ", "hello! "],
-           "email": ["Hello, ", "Good morning, ", "Dear support, ", "Hi team, "],
-           "app": ["", "", "help: "]}
-CLOSERS = {"chat": ["", "", "?", " pls", " thanks", "!!"],
-           "email": [". Thank you.", ". Kind regards, Sam", ". Thanks in advance.", ". Best, Alex"],
-           "app": ["", "", " asap"]}
+OPENERS = {
+    "chat": ["", "", "hi ", "hey, ", "hello! "],
+    "email": ["Hello, ", "Good morning, ", "Dear support, ", "Hi team, "],
+    "app": ["", "", "help: "],
+}
+CLOSERS = {
+    "chat": ["", "", "?", " pls", " thanks", "!!"],
+    "email": [". Thank you.", ". Kind regards, Sam", ". Thanks in advance.", ". Best, Alex"],
+    "app": ["", "", " asap"],
+}
 CHANNELS, CHANNEL_WEIGHTS = ["chat", "email", "app"], [0.6, 0.25, 0.15]
 
 # Drift material: words the training data never used, and context that dilutes the request.
-NEW_WORDS = {"card": "crypto wallet", "app": "TurboPay widget", "order": "subscription box",
-             "payment": "tap-to-pay", "account": "TurboPay ID", "refund": "chargeback", "parcel": "drone drop"}
+NEW_WORDS = {
+    "card": "crypto wallet",
+    "app": "TurboPay widget",
+    "order": "subscription box",
+    "payment": "tap-to-pay",
+    "account": "TurboPay ID",
+    "refund": "chargeback",
+    "parcel": "drone drop",
+}
 SLANG = [" fr", " ngl", " 🙏", " 😡", " rn", " smh"]
-CONTEXT = ["I have been a customer for {d} years.", "This is the second time I'm writing about this.",
-           "My reference number is {n}.", "I already tried restarting my phone.",
-           "Honestly this is really frustrating and I need it sorted today.",
-           "I spoke to someone on the phone yesterday but nothing happened.",
-           "I'm travelling abroad at the moment so please email me."]
+CONTEXT = [
+    "I have been a customer for {d} years.",
+    "This is the second time I'm writing about this.",
+    "My reference number is {n}.",
+    "I already tried restarting my phone.",
+    "Honestly this is really frustrating and I need it sorted today.",
+    "I spoke to someone on the phone yesterday but nothing happened.",
+    "I'm travelling abroad at the moment so please email me.",
+]
 
 
 def generate(rows: int = 2000, seed: int = 42, drift: Drift = "none") -> pd.DataFrame:
@@ -164,8 +220,10 @@ def _drift(text: str, drift: str, rng: random.Random) -> str:
             text = text.replace(old, new)
         return text + rng.choice(SLANG)
     if drift == "length":
-        extra = [c.format(d=rng.randint(2, 15), n=rng.randint(100000, 999999))
-                 for c in rng.sample(CONTEXT, k=rng.randint(2, 4))]
+        extra = [
+            c.format(d=rng.randint(2, 15), n=rng.randint(100000, 999999))
+            for c in rng.sample(CONTEXT, k=rng.randint(2, 4))
+        ]
         return " ".join([*extra[:1], text.rstrip(".") + ".", *extra[1:]])
     return text
 

@@ -15,6 +15,7 @@ scikit-learn on hand-made examples.
 
 from __future__ import annotations
 
+import itertools
 import json
 import logging
 import random
@@ -36,21 +37,29 @@ log = logging.getLogger(__name__)
 
 # ---------------------------------------------------------------- metrics (pure)
 
+
 def expected_calibration_error(y_true: np.ndarray, probs: np.ndarray, bins: int = 15) -> tuple[float, list[dict]]:
     """ECE over equal-width confidence bins, and the per-bin table behind the reliability diagram."""
     confidence = probs.max(axis=1)
     correct = probs.argmax(axis=1) == y_true
     edges = np.linspace(0.0, 1.0, bins + 1)
     table, ece = [], 0.0
-    for lo, hi in zip(edges[:-1], edges[1:]):
+    for lo, hi in itertools.pairwise(edges):
         in_bin = (confidence > lo) & (confidence <= hi) if lo > 0 else (confidence >= lo) & (confidence <= hi)
         n = int(in_bin.sum())
         if n == 0:
             continue
         acc, conf = float(correct[in_bin].mean()), float(confidence[in_bin].mean())
         ece += n / len(y_true) * abs(acc - conf)
-        table.append({"bin_low": round(float(lo), 4), "bin_high": round(float(hi), 4), "count": n,
-                      "accuracy": acc, "confidence": conf})
+        table.append(
+            {
+                "bin_low": round(float(lo), 4),
+                "bin_high": round(float(hi), 4),
+                "count": n,
+                "accuracy": acc,
+                "confidence": conf,
+            }
+        )
     return float(ece), table
 
 
@@ -70,7 +79,9 @@ def roc_auc_ovr(y_true: np.ndarray, probs: np.ndarray) -> float | None:
     return float(np.mean([roc_auc_score(y_true == k, probs[:, k]) for k in present]))
 
 
-def classification_metrics(y_true: np.ndarray, probs: np.ndarray, labels: list[str], ece_bins: int = 15) -> dict[str, Any]:
+def classification_metrics(
+    y_true: np.ndarray, probs: np.ndarray, labels: list[str], ece_bins: int = 15
+) -> dict[str, Any]:
     """Headline and per-class metrics from true label ids and predicted probabilities."""
     from sklearn.metrics import accuracy_score, f1_score, log_loss, precision_recall_fscore_support
 
@@ -81,23 +92,33 @@ def classification_metrics(y_true: np.ndarray, probs: np.ndarray, labels: list[s
     ece, _ = expected_calibration_error(y_true, probs, ece_bins)
     clipped = np.clip(probs, 1e-12, 1.0)
     return {
-        "n": int(len(y_true)),
+        "n": len(y_true),
         "accuracy": float(accuracy_score(y_true, y_pred)),
         "macro_f1": float(f1_score(y_true, y_pred, labels=present, average="macro", zero_division=0)),
         "weighted_f1": float(f1_score(y_true, y_pred, labels=ids, average="weighted", zero_division=0)),
         "roc_auc_ovr": roc_auc_ovr(y_true, probs),
         "log_loss": float(log_loss(y_true, clipped / clipped.sum(axis=1, keepdims=True), labels=ids)),
         "ece": ece,
-        "per_class": {labels[k]: {"precision": float(precision[k]), "recall": float(recall[k]),
-                                  "f1": float(f1[k]), "support": int(support[k])} for k in ids},
+        "per_class": {
+            labels[k]: {
+                "precision": float(precision[k]),
+                "recall": float(recall[k]),
+                "f1": float(f1[k]),
+                "support": int(support[k]),
+            }
+            for k in ids
+        },
     }
 
 
 def _headline(y_true: np.ndarray, y_pred: np.ndarray) -> dict[str, Any]:
     from sklearn.metrics import accuracy_score, f1_score
 
-    return {"n": int(len(y_true)), "accuracy": float(accuracy_score(y_true, y_pred)),
-            "macro_f1": float(f1_score(y_true, y_pred, average="macro", zero_division=0))}
+    return {
+        "n": len(y_true),
+        "accuracy": float(accuracy_score(y_true, y_pred)),
+        "macro_f1": float(f1_score(y_true, y_pred, average="macro", zero_division=0)),
+    }
 
 
 def length_bucket(text: str, edges: list[int]) -> str:
@@ -126,20 +147,25 @@ def slice_keys(frame: pd.DataFrame, params: EvaluateParams) -> dict[str, pd.Seri
     return keys
 
 
-def slice_metrics(frame: pd.DataFrame, y_true: np.ndarray, y_pred: np.ndarray, params: EvaluateParams) -> dict[str, Any]:
+def slice_metrics(
+    frame: pd.DataFrame, y_true: np.ndarray, y_pred: np.ndarray, params: EvaluateParams
+) -> dict[str, Any]:
     """Accuracy and macro-F1 per text-length bucket and per value of each slice column."""
-    return {name: {str(value): _headline(y_true[idx], y_pred[idx]) for value, idx in key.groupby(key).indices.items()}
-            for name, key in slice_keys(frame, params).items()}
+    return {
+        name: {str(value): _headline(y_true[idx], y_pred[idx]) for value, idx in key.groupby(key).indices.items()}
+        for name, key in slice_keys(frame, params).items()
+    }
 
 
 # ---------------------------------------------------------------- behavioural tests
+
 
 def _typo(text: str, rng: random.Random) -> str:
     letters = [i for i, c in enumerate(text[:-1]) if c.isalpha() and text[i + 1].isalpha()]
     if not letters:
         return text
     i = rng.choice(letters)
-    return text[:i] + text[i + 1] + text[i] + text[i + 2:]
+    return text[:i] + text[i + 1] + text[i] + text[i + 2 :]
 
 
 PERTURBATIONS = {
@@ -182,26 +208,46 @@ def run_behaviour(predict: Any, texts: list[str], labels: list[str], spec: dict[
         for name in inv["perturbations"]:
             changed = [PERTURBATIONS[name](t, rng, inv) for t in sample]
             after = predict(changed)
-            fails = [{"text": o, "perturbed": c, "before": labels[b], "after": labels[a]}
-                     for o, c, b, a in zip(sample, changed, base, after) if a != b]
-            results[f"invariance_{name}"] = {"type": "invariance", "cases": len(sample),
-                                             "pass_rate": 1 - len(fails) / len(sample), "failures": fails[:20]}
+            fails = [
+                {"text": o, "perturbed": c, "before": labels[b], "after": labels[a]}
+                for o, c, b, a in zip(sample, changed, base, after)
+                if a != b
+            ]
+            results[f"invariance_{name}"] = {
+                "type": "invariance",
+                "cases": len(sample),
+                "pass_rate": 1 - len(fails) / len(sample),
+                "failures": fails[:20],
+            }
     mft = spec.get("minimum_functionality") or []
     known = [c for c in mft if c["label"] in labels]
     if known:
         predicted = predict([c["text"] for c in known])
-        fails = [{"text": c["text"], "expected": c["label"], "predicted": labels[p]}
-                 for c, p in zip(known, predicted) if labels[p] != c["label"]]
-        results["minimum_functionality"] = {"type": "minimum_functionality", "cases": len(known),
-                                            "skipped_unknown_label": len(mft) - len(known),
-                                            "pass_rate": 1 - len(fails) / len(known), "failures": fails}
+        fails = [
+            {"text": c["text"], "expected": c["label"], "predicted": labels[p]}
+            for c, p in zip(known, predicted)
+            if labels[p] != c["label"]
+        ]
+        results["minimum_functionality"] = {
+            "type": "minimum_functionality",
+            "cases": len(known),
+            "skipped_unknown_label": len(mft) - len(known),
+            "pass_rate": 1 - len(fails) / len(known),
+            "failures": fails,
+        }
     elif mft:
-        results["minimum_functionality"] = {"type": "minimum_functionality", "cases": 0,
-                                            "skipped_unknown_label": len(mft), "pass_rate": None, "failures": []}
+        results["minimum_functionality"] = {
+            "type": "minimum_functionality",
+            "cases": 0,
+            "skipped_unknown_label": len(mft),
+            "pass_rate": None,
+            "failures": [],
+        }
     return results
 
 
 # ---------------------------------------------------------------- plots
+
 
 def confusion_points(y_true: np.ndarray, y_pred: np.ndarray, labels: list[str]) -> list[dict[str, str]]:
     """Rows in the shape of DVC's `confusion` plot template: one {actual, predicted} per example."""
@@ -224,8 +270,15 @@ def _save_confusion_png(y_true: np.ndarray, y_pred: np.ndarray, labels: list[str
     if len(labels) <= 20:
         for (i, j), v in np.ndenumerate(matrix):
             if v:
-                ax.text(j, i, str(v), ha="center", va="center", fontsize=8,
-                        color="white" if v > matrix.max() / 2 else "black")
+                ax.text(
+                    j,
+                    i,
+                    str(v),
+                    ha="center",
+                    va="center",
+                    fontsize=8,
+                    color="white" if v > matrix.max() / 2 else "black",
+                )
     ax.set_xlabel("predicted")
     ax.set_ylabel("actual")
     ax.set_title("Confusion matrix")
@@ -242,8 +295,14 @@ def _save_reliability_png(table: list[dict], ece: float, path: Path) -> None:
 
     fig, ax = plt.subplots(figsize=(5, 5))
     ax.plot([0, 1], [0, 1], "--", color="grey", label="perfect calibration")
-    ax.bar([(r["bin_low"] + r["bin_high"]) / 2 for r in table], [r["accuracy"] for r in table],
-           width=[r["bin_high"] - r["bin_low"] for r in table], edgecolor="black", alpha=0.7, label="accuracy")
+    ax.bar(
+        [(r["bin_low"] + r["bin_high"]) / 2 for r in table],
+        [r["accuracy"] for r in table],
+        width=[r["bin_high"] - r["bin_low"] for r in table],
+        edgecolor="black",
+        alpha=0.7,
+        label="accuracy",
+    )
     ax.plot([r["confidence"] for r in table], [r["accuracy"] for r in table], "o", color="darkred")
     ax.set_xlabel("confidence")
     ax.set_ylabel("accuracy")
@@ -256,8 +315,10 @@ def _save_reliability_png(table: list[dict], ece: float, path: Path) -> None:
 
 # ---------------------------------------------------------------- entry point
 
-def served_variant_metrics(clf: Classifier, texts: list[str], y_true: np.ndarray, probs: np.ndarray,
-                           params: Params) -> dict[str, Any]:
+
+def served_variant_metrics(
+    clf: Classifier, texts: list[str], y_true: np.ndarray, probs: np.ndarray, params: Params
+) -> dict[str, Any]:
     """Score the variant the service runs (`serve.quantize`) on the same rows: its headline metrics,
     the share of rows where it predicts what the evaluated model does, and how far confidences move."""
     import copy
@@ -269,14 +330,21 @@ def served_variant_metrics(clf: Classifier, texts: list[str], y_true: np.ndarray
         clf = dataclasses.replace(clf, model=copy.deepcopy(clf.model).cpu())
     served = predict_proba(for_serving(clf, params.serve.quantize), texts, params.evaluate.batch_size)
     headline = classification_metrics(y_true, served, clf.labels, params.evaluate.ece_bins)
-    return {"quantize": params.serve.quantize,
-            **{k: headline[k] for k in ("accuracy", "macro_f1", "ece")},
-            "agreement": float((served.argmax(axis=1) == probs.argmax(axis=1)).mean()),
-            "mean_confidence_shift": float(np.abs(served.max(axis=1) - probs.max(axis=1)).mean())}
+    return {
+        "quantize": params.serve.quantize,
+        **{k: headline[k] for k in ("accuracy", "macro_f1", "ece")},
+        "agreement": float((served.argmax(axis=1) == probs.argmax(axis=1)).mean()),
+        "mean_confidence_shift": float(np.abs(served.max(axis=1) - probs.max(axis=1)).mean()),
+    }
 
 
-def evaluate(params: Params, model_dir: str | Path, data_path: str | Path, out_dir: str | Path,
-             behaviour_file: str | Path | None = None) -> dict[str, Any]:
+def evaluate(
+    params: Params,
+    model_dir: str | Path,
+    data_path: str | Path,
+    out_dir: str | Path,
+    behaviour_file: str | Path | None = None,
+) -> dict[str, Any]:
     """Score `model_dir` on `data_path` and write every report into `out_dir`; returns metrics."""
     from tuneloop.model import load_classifier, predict_proba
 
@@ -285,9 +353,11 @@ def evaluate(params: Params, model_dir: str | Path, data_path: str | Path, out_d
     frame = read_labeled(data_path)
     unknown = sorted(set(frame[LABEL]) - set(clf.labels))
     if unknown:
-        raise DataError(f"{data_path}: labels {unknown[:10]} are unknown to the model in {model_dir} "
-                        f"(it knows {len(clf.labels)}: {', '.join(clf.labels[:8])}...). Evaluate on data with "
-                        "the model's label set, or retrain with these labels.")
+        raise DataError(
+            f"{data_path}: labels {unknown[:10]} are unknown to the model in {model_dir} "
+            f"(it knows {len(clf.labels)}: {', '.join(clf.labels[:8])}...). Evaluate on data with "
+            "the model's label set, or retrain with these labels."
+        )
     label2id = {label: i for i, label in enumerate(clf.labels)}
     y_true = frame[LABEL].map(label2id).to_numpy()
     texts = frame[TEXT].tolist()
@@ -301,8 +371,9 @@ def evaluate(params: Params, model_dir: str | Path, data_path: str | Path, out_d
     behaviour: dict[str, Any] = {}
     if behaviour_path:
         spec = load_behaviour(behaviour_path)
-        behaviour = run_behaviour(lambda ts: predict_proba(clf, ts, p.batch_size).argmax(axis=1), texts,
-                                  clf.labels, spec, params.base.seed)
+        behaviour = run_behaviour(
+            lambda ts: predict_proba(clf, ts, p.batch_size).argmax(axis=1), texts, clf.labels, spec, params.base.seed
+        )
     metrics["behaviour"] = {name: r["pass_rate"] for name, r in behaviour.items()}
     if params.serve.quantize != "none":
         metrics["served"] = served_variant_metrics(clf, texts, y_true, probs, params)
@@ -317,10 +388,18 @@ def evaluate(params: Params, model_dir: str | Path, data_path: str | Path, out_d
     write_text_atomic(json.dumps(confusion_points(y_true, y_pred, clf.labels)) + "\n", out / "confusion.json")
     write_text_atomic(json.dumps(calibration, indent=2) + "\n", out / "calibration.json")
     predictions = frame.assign(predicted=[clf.labels[k] for k in y_pred], confidence=probs.max(axis=1).round(6))
-    write_csv_atomic(predictions[[TEXT, LABEL, "predicted", "confidence",
-                                  *[c for c in frame.columns if c not in (TEXT, LABEL)]]], out / "predictions.csv")
+    write_csv_atomic(
+        predictions[[TEXT, LABEL, "predicted", "confidence", *[c for c in frame.columns if c not in (TEXT, LABEL)]]],
+        out / "predictions.csv",
+    )
     _save_confusion_png(y_true, y_pred, clf.labels, out / "confusion.png")
     _save_reliability_png(calibration, metrics["ece"], out / "reliability.png")
-    log.info("evaluated %s on %s: accuracy %.4f, macro-F1 %.4f, ECE %.4f", model_dir, data_path,
-             metrics["accuracy"], metrics["macro_f1"], metrics["ece"])
+    log.info(
+        "evaluated %s on %s: accuracy %.4f, macro-F1 %.4f, ECE %.4f",
+        model_dir,
+        data_path,
+        metrics["accuracy"],
+        metrics["macro_f1"],
+        metrics["ece"],
+    )
     return metrics

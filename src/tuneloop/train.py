@@ -10,26 +10,23 @@ optimizer, scheduler, RNG and data order restored (all Trainer's own resume logi
 
 from __future__ import annotations
 
-import hashlib
 import json
 import logging
 import os
 import shutil
-import subprocess
 import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import pandas as pd
+from transformers import TrainerCallback  # this module is only imported to train
 
 from tuneloop.config import Params
 from tuneloop.errors import DataError
 from tuneloop.model import META_FILE, ModelError, resolve_base_model
-from tuneloop.ingest import DATA_DVC
+from tuneloop.provenance import data_version, git_revision, utc_now
 from tuneloop.tabular import LABEL, TEXT, read_labeled, write_text_atomic
-
-from transformers import TrainerCallback  # this module is only imported to train
 
 if TYPE_CHECKING:
     import torch
@@ -52,6 +49,7 @@ class TrainResult:
 
 
 # ---------------------------------------------------------------- data
+
 
 def load_split(path: str | Path, max_samples: int = 0, seed: int = 0) -> pd.DataFrame:
     """Read a labeled CSV (text, label) and refuse rows Trainer could not use.
@@ -76,14 +74,18 @@ def label_space(train: pd.DataFrame, val: pd.DataFrame, train_path: Path, val_pa
     labels = json.loads(labels_file.read_text())["labels"] if labels_file.is_file() else seen
     unseen = sorted(set(val[LABEL]) - set(train[LABEL]))
     if unseen:
-        raise DataError(f"{val_path}: labels {unseen} do not appear in {train_path}. The model cannot learn "
-                        "them: add training rows or remove them from the validation file.")
+        raise DataError(
+            f"{val_path}: labels {unseen} do not appear in {train_path}. The model cannot learn "
+            "them: add training rows or remove them from the validation file."
+        )
     counts = train[LABEL].value_counts()
     small = counts[counts < MIN_TRAIN_ROWS_PER_CLASS]
     if len(small):
         listed = ", ".join(f"'{k}' ({v})" for k, v in small.items())
-        raise DataError(f"{train_path}: classes with fewer than {MIN_TRAIN_ROWS_PER_CLASS} training rows: {listed}. "
-                        "Add examples or merge the class (validate.min_rows_per_class guards this upstream).")
+        raise DataError(
+            f"{train_path}: classes with fewer than {MIN_TRAIN_ROWS_PER_CLASS} training rows: {listed}. "
+            "Add examples or merge the class (validate.min_rows_per_class guards this upstream)."
+        )
     return [*labels, *(s for s in seen if s not in labels)]
 
 
@@ -111,46 +113,15 @@ def encode(tokenizer: Any, frame: pd.DataFrame, label2id: dict[str, int], max_le
     return EncodedDataset(ids, [label2id[v] for v in frame[LABEL]])
 
 
-# ---------------------------------------------------------------- provenance
-
-def file_md5(path: str | Path) -> str:
-    """The md5 DVC records for a single file (DVC 3: md5 of the bytes)."""
-    with open(path, "rb") as handle:
-        return hashlib.file_digest(handle, "md5").hexdigest()
-
-
-def data_version(paths: dict[str, Path]) -> dict[str, Any]:
-    """Hashes of the inputs, plus the raw corpus version from data.dvc when there is one."""
-    import yaml
-
-    version: dict[str, Any] = {name: {"path": str(p), "md5": file_md5(p)} for name, p in paths.items()}
-    if Path(DATA_DVC).is_file():
-        outs = yaml.safe_load(Path(DATA_DVC).read_text()).get("outs") or [{}]
-        version["raw_dvc_md5"] = outs[0].get("md5")
-    combined = "".join(v["md5"] for v in version.values() if isinstance(v, dict))
-    version["id"] = hashlib.md5(combined.encode()).hexdigest()[:12]
-    return version
-
-
-def git_revision() -> str | None:
-    """`git rev-parse HEAD`, with `+dirty` when the tree has uncommitted changes; None outside git."""
-    try:
-        rev = subprocess.run(["git", "rev-parse", "HEAD"], capture_output=True, text=True, check=True).stdout.strip()
-        dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], capture_output=True,
-                               text=True, check=True).stdout.strip()
-    except (OSError, subprocess.CalledProcessError):
-        return None
-    return rev + ("+dirty" if dirty else "")
-
-
 # ---------------------------------------------------------------- trainer
 
-def training_arguments(params: Params, checkpoint_dir: Path, steps_per_epoch: int, cuda: bool,
-                       max_steps: int = -1) -> Any:
-    """TrainingArguments from the `train:` section, with the fast settings per device."""
-    from transformers import TrainingArguments
 
+def training_arguments(
+    params: Params, checkpoint_dir: Path, steps_per_epoch: int, cuda: bool, max_steps: int = -1
+) -> Any:
+    """TrainingArguments from the `train:` section, with the fast settings per device."""
     import torch
+    from transformers import TrainingArguments
 
     p = params.train
     eval_steps = p.eval_steps or steps_per_epoch
@@ -203,8 +174,10 @@ def macro_f1_metrics(eval_pred: Any) -> dict[str, float]:
 
     logits, labels = eval_pred
     predicted = logits.argmax(axis=-1)
-    return {"accuracy": float(accuracy_score(labels, predicted)),
-            "macro_f1": float(f1_score(labels, predicted, average="macro"))}
+    return {
+        "accuracy": float(accuracy_score(labels, predicted)),
+        "macro_f1": float(f1_score(labels, predicted, average="macro")),
+    }
 
 
 def weighted_loss(weights: torch.Tensor | None, smoothing: float):
@@ -229,28 +202,40 @@ class ThroughputCallback(TrainerCallback):
         self._end: tuple[float, int] | None = None
         self._last: tuple[float, int] = (0.0, 0)
 
-    def on_train_begin(self, args, state, control, **kwargs):  # noqa: D102
+    def on_train_begin(self, args, state, control, **kwargs):
         self._start_step = state.global_step  # > 0 when resuming
         self._last = (time.perf_counter(), state.global_step)
 
-    def on_step_end(self, args, state, control, **kwargs):  # noqa: D102
+    def on_step_end(self, args, state, control, **kwargs):
         now = (time.perf_counter(), state.global_step)
         if state.global_step == self._start_step + self.warmup_steps:
             self._warm = now
         self._end = now
 
-    def on_log(self, args, state, control, logs=None, **kwargs):  # noqa: D102
+    def on_log(self, args, state, control, logs=None, **kwargs):
         if logs and "eval_macro_f1" in logs:
-            log.info("step %d/%d | val macro-F1 %.4f | val accuracy %.4f | val loss %.4f", state.global_step,
-                     state.max_steps, logs["eval_macro_f1"], logs["eval_accuracy"], logs["eval_loss"])
+            log.info(
+                "step %d/%d | val macro-F1 %.4f | val accuracy %.4f | val loss %.4f",
+                state.global_step,
+                state.max_steps,
+                logs["eval_macro_f1"],
+                logs["eval_accuracy"],
+                logs["eval_loss"],
+            )
         if not logs or "loss" not in logs:
             return
         now = time.perf_counter()
         rate = (state.global_step - self._last[1]) * self.batch_size / max(now - self._last[0], 1e-9)
         self._last = (now, state.global_step)
         logs["samples_per_second"] = round(rate, 1)
-        log.info("step %d/%d | loss %.4f | %.1f samples/s | lr %.2e", state.global_step, state.max_steps,
-                 logs["loss"], rate, logs.get("learning_rate", 0.0))
+        log.info(
+            "step %d/%d | loss %.4f | %.1f samples/s | lr %.2e",
+            state.global_step,
+            state.max_steps,
+            logs["loss"],
+            rate,
+            logs.get("learning_rate", 0.0),
+        )
 
     @property
     def samples_per_second(self) -> float:
@@ -278,13 +263,29 @@ def open_live(live_dir: Path, resume: bool = False) -> Any:
         return None
 
 
-def build_trainer(params: Params, train_path: Path, val_path: Path, base: str, checkpoint_dir: Path, *,
-                  max_samples: int = 0, max_steps: int = -1, live_dir: Path | None = None,
-                  resume: bool = False) -> tuple[Trainer, dict[str, Any]]:
+def build_trainer(
+    params: Params,
+    train_path: Path,
+    val_path: Path,
+    base: str,
+    checkpoint_dir: Path,
+    *,
+    max_samples: int = 0,
+    max_steps: int = -1,
+    live_dir: Path | None = None,
+    resume: bool = False,
+) -> tuple[Trainer, dict[str, Any]]:
     """Load data and base model and assemble the Trainer; returns it with run info for metadata."""
     import torch
-    from transformers import (AutoModelForSequenceClassification, AutoTokenizer, DataCollatorWithPadding,
-                              EarlyStoppingCallback, PrinterCallback, Trainer, set_seed)
+    from transformers import (
+        AutoModelForSequenceClassification,
+        AutoTokenizer,
+        DataCollatorWithPadding,
+        EarlyStoppingCallback,
+        PrinterCallback,
+        Trainer,
+        set_seed,
+    )
 
     p = params.train
     torch.set_num_threads(p.num_threads or os.cpu_count() or 1)
@@ -297,8 +298,12 @@ def build_trainer(params: Params, train_path: Path, val_path: Path, base: str, c
         counts = train_df[LABEL].value_counts()
         thin = sorted(counts[counts < MIN_TRAIN_ROWS_PER_CLASS].index)
         if thin:
-            log.info("the %d-row sample holds classes %s fewer than %d times; they sit this run out",
-                     limit, thin, MIN_TRAIN_ROWS_PER_CLASS)
+            log.info(
+                "the %d-row sample holds classes %s fewer than %d times; they sit this run out",
+                limit,
+                thin,
+                MIN_TRAIN_ROWS_PER_CLASS,
+            )
             train_df = train_df[~train_df[LABEL].isin(thin)]
         val_df = val_df[val_df[LABEL].isin(set(train_df[LABEL]))]
     labels = label_space(train_df, val_df, train_path, val_path)
@@ -308,14 +313,23 @@ def build_trainer(params: Params, train_path: Path, val_path: Path, base: str, c
     try:
         tokenizer = AutoTokenizer.from_pretrained(source)
         model = AutoModelForSequenceClassification.from_pretrained(
-            source, num_labels=len(labels), id2label=dict(enumerate(labels)), label2id=label2id,
-            problem_type="single_label_classification", ignore_mismatched_sizes=True)
+            source,
+            num_labels=len(labels),
+            id2label=dict(enumerate(labels)),
+            label2id=label2id,
+            problem_type="single_label_classification",
+            ignore_mismatched_sizes=True,
+        )
     except OSError as exc:
-        raise ModelError(f"cannot load base model '{base}': {str(exc).splitlines()[0]} Offline, a base model must "
-                         "be a local folder (or already in the Hugging Face cache); 'minilm' is the packaged one.") from None
+        raise ModelError(
+            f"cannot load base model '{base}': {str(exc).splitlines()[0]} Offline, a base model must "
+            "be a local folder (or already in the Hugging Face cache); 'minilm' is the packaged one."
+        ) from None
     except ValueError as exc:
-        raise ModelError(f"base model '{base}' is not classifier-compatible ({str(exc).splitlines()[0]}). Use a "
-                         "BERT-family encoder that AutoModelForSequenceClassification supports.") from None
+        raise ModelError(
+            f"base model '{base}' is not classifier-compatible ({str(exc).splitlines()[0]}). Use a "
+            "BERT-family encoder that AutoModelForSequenceClassification supports."
+        ) from None
 
     train_ds = encode(tokenizer, train_df, label2id, p.max_length)
     val_ds = encode(tokenizer, val_df, label2id, p.max_length)
@@ -335,7 +349,8 @@ def build_trainer(params: Params, train_path: Path, val_path: Path, base: str, c
 
         callbacks.append(DVCLiveCallback(live=live))
     collator = DataCollatorWithPadding(
-        tokenizer, padding="longest", pad_to_multiple_of=8 if cuda else None)  # multiples of 8 suit tensor cores
+        tokenizer, padding="longest", pad_to_multiple_of=8 if cuda else None
+    )  # multiples of 8 suit tensor cores
     trainer = Trainer(
         model=model,
         args=training_arguments(params, checkpoint_dir, steps_per_epoch, cuda, max_steps),
@@ -348,9 +363,17 @@ def build_trainer(params: Params, train_path: Path, val_path: Path, base: str, c
         callbacks=callbacks,
     )
     trainer.remove_callback(PrinterCallback)  # it prints raw dicts; ThroughputCallback logs one line instead
-    info = {"labels": labels, "base_model": base, "base_model_source": source, "train_rows": len(train_ds),
-            "val_rows": len(val_ds), "real_tokens_per_sample": train_ds.real_tokens / max(len(train_ds), 1),
-            "device": "cuda" if cuda else "cpu", "batch_size": batch_size, "throughput": throughput}
+    info = {
+        "labels": labels,
+        "base_model": base,
+        "base_model_source": source,
+        "train_rows": len(train_ds),
+        "val_rows": len(val_ds),
+        "real_tokens_per_sample": train_ds.real_tokens / max(len(train_ds), 1),
+        "device": "cuda" if cuda else "cpu",
+        "batch_size": batch_size,
+        "throughput": throughput,
+    }
     return trainer, info
 
 
@@ -361,10 +384,20 @@ def last_checkpoint(checkpoint_dir: Path) -> str | None:
     return get_last_checkpoint(str(checkpoint_dir)) if checkpoint_dir.is_dir() else None
 
 
-def train(params: Params, train_path: str | Path, val_path: str | Path, out_dir: str | Path, *,
-          base: str | None = None, resume: bool = False, checkpoint_dir: str | Path | None = None,
-          live_dir: str | Path | None = "dvclive", max_samples: int = 0, max_steps: int = -1,
-          keep_checkpoints: bool = False) -> TrainResult:
+def train(
+    params: Params,
+    train_path: str | Path,
+    val_path: str | Path,
+    out_dir: str | Path,
+    *,
+    base: str | None = None,
+    resume: bool = False,
+    checkpoint_dir: str | Path | None = None,
+    live_dir: str | Path | None = "dvclive",
+    max_samples: int = 0,
+    max_steps: int = -1,
+    keep_checkpoints: bool = False,
+) -> TrainResult:
     """Fine-tune, then write a self-describing model dir to `out_dir`.
 
     Args:
@@ -387,19 +420,31 @@ def train(params: Params, train_path: str | Path, val_path: str | Path, out_dir:
     if resume:
         resume_from = last_checkpoint(checkpoints)
         if resume_from is None:
-            raise ModelError(f"--resume: no checkpoint in {checkpoints}. Start without --resume "
-                             "(a run writes a checkpoint at every evaluation).")
+            raise ModelError(
+                f"--resume: no checkpoint in {checkpoints}. Start without --resume "
+                "(a run writes a checkpoint at every evaluation)."
+            )
     elif checkpoints.exists():
         shutil.rmtree(checkpoints)  # a fresh run must not mix with an old run's checkpoints
-    trainer, info = build_trainer(params, train_path, val_path, base or params.train.base_model, checkpoints,
-                                  max_samples=max_samples, max_steps=max_steps,
-                                  live_dir=Path(live_dir) if live_dir else None, resume=resume)
+    trainer, info = build_trainer(
+        params,
+        train_path,
+        val_path,
+        base or params.train.base_model,
+        checkpoints,
+        max_samples=max_samples,
+        max_steps=max_steps,
+        live_dir=Path(live_dir) if live_dir else None,
+        resume=resume,
+    )
     try:
         output = trainer.train(resume_from_checkpoint=resume_from)
     except torch.OutOfMemoryError:
-        raise ModelError(f"out of GPU memory at batch size {info['batch_size']} and max_length "
-                         f"{params.train.max_length}: lower train.cuda_batch_size (e.g. --set train.cuda_batch_size="
-                         f"{max(1, info['batch_size'] // 2)}) or train.max_length.") from None
+        raise ModelError(
+            f"out of GPU memory at batch size {info['batch_size']} and max_length "
+            f"{params.train.max_length}: lower train.cuda_batch_size (e.g. --set train.cuda_batch_size="
+            f"{max(1, info['batch_size'] // 2)}) or train.max_length."
+        ) from None
     final = trainer.evaluate()  # the restored best model on the validation split
     val_metrics = {k: float(final[f"eval_{k}"]) for k in ("loss", "accuracy", "macro_f1")}
     throughput: ThroughputCallback = info.pop("throughput")
@@ -411,7 +456,7 @@ def train(params: Params, train_path: str | Path, val_path: str | Path, out_dir:
         "params": params.model_dump(mode="json", by_alias=True),
         "data": data_version({"train": train_path, "val": val_path}),
         "git_revision": git_revision(),
-        "created_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+        "created_at": utc_now(),
         "wall_time_s": round(wall, 1),
         "device": info["device"],
         "train_rows": info["train_rows"],
@@ -424,11 +469,21 @@ def train(params: Params, train_path: str | Path, val_path: str | Path, out_dir:
     _write_model_dir(trainer, out_dir, meta)
     if not keep_checkpoints:
         shutil.rmtree(checkpoints, ignore_errors=True)
-    log.info("model written to %s: val macro-F1 %.4f, accuracy %.4f, %.1f samples/s, %.0f s",
-             out_dir, val_metrics.get("macro_f1", float("nan")), val_metrics.get("accuracy", float("nan")),
-             throughput.samples_per_second, wall)
-    return TrainResult(out_dir=out_dir, val_metrics=val_metrics, wall_time_s=wall, steps=output.global_step,
-                       train_samples_per_second=throughput.samples_per_second)
+    log.info(
+        "model written to %s: val macro-F1 %.4f, accuracy %.4f, %.1f samples/s, %.0f s",
+        out_dir,
+        val_metrics.get("macro_f1", float("nan")),
+        val_metrics.get("accuracy", float("nan")),
+        throughput.samples_per_second,
+        wall,
+    )
+    return TrainResult(
+        out_dir=out_dir,
+        val_metrics=val_metrics,
+        wall_time_s=wall,
+        steps=output.global_step,
+        train_samples_per_second=throughput.samples_per_second,
+    )
 
 
 def _write_model_dir(trainer: Trainer, out_dir: Path, meta: dict[str, Any]) -> None:

@@ -37,25 +37,41 @@ _DUP, _VARIANTS = "_duplicate_of_row", "_labels_for_text"
 # check name -> (what it means, how to fix it). The policy key in params.yaml is the check name.
 CHECKS: dict[str, tuple[str, str, str]] = {
     # name: (what must hold, what a failing row is, how to fix it)
-    "columns": ("text and label columns present", "column missing",
-                "name the columns with --text-col/--label-col"),
+    "columns": ("text and label columns present", "column missing", "name the columns with --text-col/--label-col"),
     "null_text": ("text is not missing", "text is missing", "fill in the text or remove the row"),
-    "empty_text": ("text is not empty after stripping whitespace", "text is blank",
-                   "fill in the text or remove the row"),
-    "text_length": ("text length within [min_text_chars, max_text_chars]", "text length out of bounds",
-                    "fix the row (a very long text is often a broken quote) or change "
-                    "validate.min_text_chars / validate.max_text_chars"),
+    "empty_text": (
+        "text is not empty after stripping whitespace",
+        "text is blank",
+        "fill in the text or remove the row",
+    ),
+    "text_length": (
+        "text length within [min_text_chars, max_text_chars]",
+        "text length out of bounds",
+        "fix the row (a very long text is often a broken quote) or change "
+        "validate.min_text_chars / validate.max_text_chars",
+    ),
     "null_label": ("label is not missing", "label is missing", "label the row or remove it"),
-    "unknown_label": ("label is in data.labels", "label not in data.labels",
-                      "add the label to data.labels in params.yaml or fix the rows"),
-    "duplicates": ("no second copy of the same text with the same label", "duplicate row",
-                   "remove the copies"),
-    "conflicting_labels": ("the same text never carries two labels", "text carries several labels",
-                           "decide the right label and fix the rows"),
-    "encoding": ("text and label are valid UTF-8", "bytes that are not UTF-8",
-                 "re-encode the file as UTF-8 (e.g. with iconv)"),
-    "min_rows_per_class": ("every class has at least min_rows_per_class rows", "class too small",
-                           "add examples, merge the class into another, or lower validate.min_rows_per_class"),
+    "unknown_label": (
+        "label is in data.labels",
+        "label not in data.labels",
+        "add the label to data.labels in params.yaml or fix the rows",
+    ),
+    "duplicates": ("no second copy of the same text with the same label", "duplicate row", "remove the copies"),
+    "conflicting_labels": (
+        "the same text never carries two labels",
+        "text carries several labels",
+        "decide the right label and fix the rows",
+    ),
+    "encoding": (
+        "text and label are valid UTF-8",
+        "bytes that are not UTF-8",
+        "re-encode the file as UTF-8 (e.g. with iconv)",
+    ),
+    "min_rows_per_class": (
+        "every class has at least min_rows_per_class rows",
+        "class too small",
+        "add examples, merge the class into another, or lower validate.min_rows_per_class",
+    ),
 }
 
 
@@ -121,12 +137,14 @@ class ValidationReport:
         out = []
         for pos in check.rows[:limit]:
             text, label = frame.at[pos, TEXT], frame.at[pos, LABEL]
-            out.append({
-                "row": pos + 1,
-                "text": None if text is None else (text if len(text) <= 120 else text[:117] + "..."),
-                "label": label,
-                "reason": check.reasons.get(pos, CHECKS[check.name][1]),
-            })
+            out.append(
+                {
+                    "row": pos + 1,
+                    "text": None if text is None else (text if len(text) <= 120 else text[:117] + "..."),
+                    "label": label,
+                    "reason": check.reasons.get(pos, CHECKS[check.name][1]),
+                }
+            )
         return out
 
     @property
@@ -151,8 +169,9 @@ def validate_table(table: Table, params: ValidateParams, labels: list[str]) -> V
     survivors = frame.drop(index=sorted(quarantined_rows))
     checks["min_rows_per_class"] = _run_class_check(survivors, params, policy["min_rows_per_class"])
     kept, quarantined = _split(frame, checks)
-    return ValidationReport(source=str(table.path), rows_in=len(frame), checks=checks,
-                            kept=kept, quarantined=quarantined)
+    return ValidationReport(
+        source=str(table.path), rows_in=len(frame), checks=checks, kept=kept, quarantined=quarantined
+    )
 
 
 def _gx_validate(frame: pd.DataFrame, expectations: list[Any]) -> dict[str, list[Any]]:
@@ -175,12 +194,15 @@ def _gx_validate(frame: pd.DataFrame, expectations: list[Any]) -> dict[str, list
     result = batch.validate(suite, result_format="COMPLETE")
     grouped: dict[str, list[Any]] = {}
     for item in result.results:
-        grouped.setdefault(item.expectation_config.meta["check"], []).append(item)
+        config = item.expectation_config
+        assert config is not None and config.meta is not None  # every expectation here carries meta["check"]
+        grouped.setdefault(config.meta["check"], []).append(item)
     return grouped
 
 
-def _run_row_suite(frame: pd.DataFrame, params: ValidateParams, labels: list[str],
-                   policy: dict[str, str]) -> dict[str, CheckResult]:
+def _run_row_suite(
+    frame: pd.DataFrame, params: ValidateParams, labels: list[str], policy: dict[str, str]
+) -> dict[str, CheckResult]:
     import great_expectations.expectations as gxe
 
     rows = _with_relations(frame)
@@ -189,9 +211,9 @@ def _run_row_suite(frame: pd.DataFrame, params: ValidateParams, labels: list[str
         gxe.ExpectColumnToExist(column=LABEL, meta={"check": "columns"}),
         gxe.ExpectColumnValuesToNotBeNull(column=TEXT, meta={"check": "null_text"}),
         gxe.ExpectColumnValuesToNotMatchRegex(column=TEXT, regex=r"^\s*$", meta={"check": "empty_text"}),
-        gxe.ExpectColumnValueLengthsToBeBetween(column=TEXT, min_value=params.min_text_chars,
-                                                max_value=params.max_text_chars,
-                                                meta={"check": "text_length"}),
+        gxe.ExpectColumnValueLengthsToBeBetween(
+            column=TEXT, min_value=params.min_text_chars, max_value=params.max_text_chars, meta={"check": "text_length"}
+        ),
         gxe.ExpectColumnValuesToNotBeNull(column=LABEL, meta={"check": "null_label"}),
         gxe.ExpectColumnValuesToBeNull(column=_DUP, meta={"check": "duplicates"}),
         gxe.ExpectColumnValuesToBeBetween(column=_VARIANTS, max_value=1, meta={"check": "conflicting_labels"}),
@@ -199,8 +221,7 @@ def _run_row_suite(frame: pd.DataFrame, params: ValidateParams, labels: list[str
         gxe.ExpectColumnValuesToNotMatchRegex(column=LABEL, regex=REPLACEMENT_CHAR, meta={"check": "encoding"}),
     ]
     if labels:
-        suite.append(gxe.ExpectColumnValuesToBeInSet(column=LABEL, value_set=labels,
-                                                     meta={"check": "unknown_label"}))
+        suite.append(gxe.ExpectColumnValuesToBeInSet(column=LABEL, value_set=labels, meta={"check": "unknown_label"}))
     grouped = _gx_validate(rows, suite)
     checks: dict[str, CheckResult] = {}
     for name, results in grouped.items():
@@ -233,8 +254,11 @@ def _reasons(name: str, bad: list[int], rows: pd.DataFrame, params: ValidatePara
     if name == "duplicates":
         return {i: f"duplicates: same text and label as row {int(rows.at[i, _DUP])}" for i in bad}
     if name == "text_length":
-        return {i: f"text_length: {len(rows.at[i, TEXT]):,} characters, allowed "
-                   f"{params.min_text_chars}..{params.max_text_chars}" for i in bad}
+        return {
+            i: f"text_length: {len(rows.at[i, TEXT]):,} characters, allowed "
+            f"{params.min_text_chars}..{params.max_text_chars}"
+            for i in bad
+        }
     if name == "conflicting_labels":
         return {i: f"conflicting_labels: this text appears with {int(rows.at[i, _VARIANTS])} labels" for i in bad}
     if name == "unknown_label":
@@ -247,13 +271,18 @@ def _run_class_check(survivors: pd.DataFrame, params: ValidateParams, policy: st
 
     counts = survivors[LABEL].dropna().value_counts().sort_index()
     per_class = pd.DataFrame({LABEL: counts.index.astype(str), "rows": counts.to_numpy()})
-    grouped = _gx_validate(per_class, [
-        gxe.ExpectColumnValuesToBeBetween(column="rows", min_value=params.min_rows_per_class,
-                                          meta={"check": "min_rows_per_class"}),
-    ])
+    grouped = _gx_validate(
+        per_class,
+        [
+            gxe.ExpectColumnValuesToBeBetween(
+                column="rows", min_value=params.min_rows_per_class, meta={"check": "min_rows_per_class"}
+            ),
+        ],
+    )
     (result,) = grouped["min_rows_per_class"]
-    small = {per_class.at[i, LABEL]: int(per_class.at[i, "rows"])
-             for i in result.result.get("unexpected_index_list") or []}
+    small = {
+        per_class.at[i, LABEL]: int(per_class.at[i, "rows"]) for i in result.result.get("unexpected_index_list") or []
+    }
     bad = sorted(survivors.index[survivors[LABEL].isin(list(small))])
     return CheckResult(
         name="min_rows_per_class",
@@ -261,9 +290,11 @@ def _run_class_check(survivors: pd.DataFrame, params: ValidateParams, policy: st
         policy=policy,
         success=bool(result.success),
         rows=[int(i) for i in bad],
-        reasons={int(i): f"min_rows_per_class: class '{survivors.at[i, LABEL]}' has "
-                         f"{small[survivors.at[i, LABEL]]} rows, needs {params.min_rows_per_class}"
-                 for i in bad},
+        reasons={
+            int(i): f"min_rows_per_class: class '{survivors.at[i, LABEL]}' has "
+            f"{small[survivors.at[i, LABEL]]} rows, needs {params.min_rows_per_class}"
+            for i in bad
+        },
     )
 
 
@@ -288,8 +319,7 @@ def render_markdown(report: ValidationReport) -> str:
     lines = [
         f"# Validation report: `{s['source']}`",
         "",
-        f"**{verdict}**: {s['rows_in']} rows in, {s['rows_kept']} kept, "
-        f"{s['rows_quarantined']} quarantined.",
+        f"**{verdict}**: {s['rows_in']} rows in, {s['rows_kept']} kept, {s['rows_quarantined']} quarantined.",
         "",
         "| check | expectation | policy | result | rows |",
         "| --- | --- | --- | --- | ---: |",
@@ -300,11 +330,17 @@ def render_markdown(report: ValidationReport) -> str:
     for name, c in s["checks"].items():
         if c["success"]:
             continue
-        lines += ["", f"## {name}: {c['unexpected_count']} rows ({c['policy']})", "",
-                  f"{c['description']}. Fix: {CHECKS[name][2]}.", ""]
+        lines += [
+            "",
+            f"## {name}: {c['unexpected_count']} rows ({c['policy']})",
+            "",
+            f"{c['description']}. Fix: {CHECKS[name][2]}.",
+            "",
+        ]
         for ex in c["examples"]:
-            lines.append(f"- row {ex['row']}: {json.dumps(ex['text'], ensure_ascii=False)} "
-                         f"[{ex['label']}]: {ex['reason']}")
+            lines.append(
+                f"- row {ex['row']}: {json.dumps(ex['text'], ensure_ascii=False)} [{ex['label']}]: {ex['reason']}"
+            )
     if not s["rows_kept"]:
         lines += ["", "No rows are left after quarantine."]
     lines += ["", "## Classes kept", "", "| label | rows |", "| --- | ---: |"]
@@ -342,16 +378,25 @@ def failure_message(report: ValidationReport) -> str:
         shown = ", ".join(str(r + 1) for r in check.rows[:5]) + (", ..." if check.count > 5 else "")
         first = check.reasons.get(check.rows[0], "") if check.rows else ""
         lines.append(f"  - {check.name}: {check.count} rows (rows {shown}); {first}.")
-        lines.append(f"    Fix: {CHECKS[check.name][2]}, or set validate.policy.{check.name}: "
-                     "quarantine to set those rows aside.")
+        lines.append(
+            f"    Fix: {CHECKS[check.name][2]}, or set validate.policy.{check.name}: "
+            "quarantine to set those rows aside."
+        )
     if not report.failed and not len(report.kept):
         lines.append("  - every row was quarantined; nothing is left to train on. See the report.")
     return "\n".join(lines)
 
 
-def validate_file(path: str | Path, params: ValidateParams, labels: list[str], *,
-                  text_col: str = TEXT, label_col: str = LABEL,
-                  out_dir: str | Path | None = None, report_dir: str | Path | None = None) -> ValidationReport:
+def validate_file(
+    path: str | Path,
+    params: ValidateParams,
+    labels: list[str],
+    *,
+    text_col: str = TEXT,
+    label_col: str = LABEL,
+    out_dir: str | Path | None = None,
+    report_dir: str | Path | None = None,
+) -> ValidationReport:
     """Read, validate and write outputs for one file; raise `ValidationFailed` if a `fail` check broke."""
     from tuneloop.tabular import read_table
 

@@ -19,9 +19,17 @@ IMPORT_CASES = {
     "missing text column": ("notext.csv", "body,label\nhi,a\n", ["no text column 'text'", "body, label", "--text-col"]),
     "missing label column": ("nolabel.csv", "text,intent\nhi,a\n", ["no label column 'label'", "--label-col"]),
     "broken quote": ("quote.csv", 'text,label\nfine,a\n"never closed,b\nmore,c\n', ["quote.csv", "broken quote", '""']),
-    "non-UTF-8 bytes": ("latin.csv", b"text,label\ncaf\xe9 au lait,a\n", ["latin.csv", "line 2", "not valid UTF-8", "iconv"]),
+    "non-UTF-8 bytes": (
+        "latin.csv",
+        b"text,label\ncaf\xe9 au lait,a\n",
+        ["latin.csv", "line 2", "not valid UTF-8", "iconv"],
+    ),
     "label column entirely null": ("nulls.csv", "text,label\nhi,\nthere,\n", ["label column", "empty in all 2 rows"]),
-    "bad JSONL line": ("rows.jsonl", '{"text": "hi", "label": "a"}\n{"text": oops}\n', ["rows.jsonl", "line 2", "not valid JSON"]),
+    "bad JSONL line": (
+        "rows.jsonl",
+        '{"text": "hi", "label": "a"}\n{"text": oops}\n',
+        ["rows.jsonl", "line 2", "not valid JSON"],
+    ),
 }
 
 
@@ -81,7 +89,9 @@ def test_non_utf8_in_validate_fails_by_policy_or_quarantines(project, cli):
     write(project / "enc.csv", labeled_csv(6).encode() + b"caf\xe9,a\n")
     failed = cli("data", "validate", "enc.csv", "--out", "data/validated")
     assert failed.exit_code == 1 and "encoding: 1 rows (rows 19)" in failed.stderr
-    passed = cli("data", "validate", "enc.csv", "--out", "data/validated", "--set", "validate.policy.encoding=quarantine")
+    passed = cli(
+        "data", "validate", "enc.csv", "--out", "data/validated", "--set", "validate.policy.encoding=quarantine"
+    )
     assert passed.exit_code == 0, passed.output
     quarantined = pd.read_csv("data/validated/quarantine.csv")
     assert quarantined["row"].tolist() == [19]
@@ -90,11 +100,20 @@ def test_non_utf8_in_validate_fails_by_policy_or_quarantines(project, cli):
 
 @pytest.mark.parametrize("fmt", ["csv", "tsv", "parquet", "jsonl"])
 def test_every_format_imports_to_the_same_canonical_file(project, cli, fmt):
-    frame = pd.DataFrame({"utterance": ["hello there", "NA", "a, quoted \"one\""], "intent": [1, 0, 1],
-                          "channel": ["chat", "app", "email"]})
+    frame = pd.DataFrame(
+        {
+            "utterance": ["hello there", "NA", 'a, quoted "one"'],
+            "intent": [1, 0, 1],
+            "channel": ["chat", "app", "email"],
+        }
+    )
     src = project / f"in.{fmt}"
-    {"csv": lambda: frame.to_csv(src, index=False), "tsv": lambda: frame.to_csv(src, sep="\t", index=False),
-     "parquet": lambda: frame.to_parquet(src), "jsonl": lambda: frame.to_json(src, orient="records", lines=True)}[fmt]()
+    {
+        "csv": lambda: frame.to_csv(src, index=False),
+        "tsv": lambda: frame.to_csv(src, sep="\t", index=False),
+        "parquet": lambda: frame.to_parquet(src),
+        "jsonl": lambda: frame.to_json(src, orient="records", lines=True),
+    }[fmt]()
     result = cli("data", "import", src.name, "--text-col", "utterance", "--label-col", "intent", "--no-dvc")
     assert result.exit_code == 0, result.output
     assert RAW.read_text() == 'text,label,channel\nhello there,1,chat\nNA,0,app\n"a, quoted ""one""",1,email\n'

@@ -3,8 +3,10 @@ import sys
 
 
 def test_help_path_imports_no_heavy_library():
-    code = ("import sys, tuneloop.cli; heavy = {'torch', 'pandas', 'great_expectations', 'dvc', 'transformers'};"
-            "print(sorted(heavy & set(sys.modules)))")
+    code = (
+        "import sys, tuneloop.cli; heavy = {'torch', 'pandas', 'great_expectations', 'dvc', 'transformers'};"
+        "print(sorted(heavy & set(sys.modules)))"
+    )
     done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert done.stdout.strip() == "[]"
 

@@ -29,7 +29,9 @@ def test_drift_variants_shift_what_monitoring_watches():
     base = generate(1500, seed=3)
     vocab = generate(1500, seed=3, drift="vocabulary")
     base_words = {w for t in base["text"] for w in t.split()}
-    new_share = sum(w not in base_words for t in vocab["text"] for w in t.split()) / sum(len(t.split()) for t in vocab["text"])
+    new_share = sum(w not in base_words for t in vocab["text"] for w in t.split()) / sum(
+        len(t.split()) for t in vocab["text"]
+    )
     assert new_share > 0.1
     assert generate(1500, seed=3, drift="length")["text"].str.len().mean() > 2 * base["text"].str.len().mean()
     mixed = generate(1500, seed=3, drift="label-mix")["label"].value_counts()

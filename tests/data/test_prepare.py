@@ -36,8 +36,12 @@ def test_split_is_stratified_deterministic_and_disjoint(params):
 
 
 def test_normalisation_then_dedupe_records_what_it_drops(params):
-    frame = pd.DataFrame({"text": ["Cafe\u0301  au\tlait", "Caf\u00e9 au lait", "other"] + [f"x{i}" for i in range(10)],
-                          "label": ["a", "a", "a"] + ["b"] * 10})
+    frame = pd.DataFrame(
+        {
+            "text": ["Cafe\u0301  au\tlait", "Caf\u00e9 au lait", "other"] + [f"x{i}" for i in range(10)],
+            "label": ["a", "a", "a"] + ["b"] * 10,
+        }
+    )
     prepared = prepare_frame(frame, params.prepare, seed=0, known_labels=[])
     every = pd.concat(prepared.splits.values())
     assert "Caf\u00e9 au lait" in set(every["text"])

@@ -30,13 +30,13 @@ def _base(n: int = 6) -> list[tuple[object, object]]:
 
 def test_each_check_flags_exactly_its_rows(params):
     rows = _base() + [
-        (None, "a"),              # 13 null_text
-        ("   ", "a"),             # 14 empty_text
+        (None, "a"),  # 13 null_text
+        ("   ", "a"),  # 14 empty_text
         ("message 0 for a", "a"),  # 15 duplicate of row 1
         ("  Message  0 for a ".replace("M", "m"), "a"),  # 16 duplicate after normalisation
-        ("ambiguous", "a"),       # 17 conflicting
-        ("ambiguous", "b"),       # 18 conflicting
-        ("no label", None),       # 19 null_label
+        ("ambiguous", "a"),  # 17 conflicting
+        ("ambiguous", "b"),  # 18 conflicting
+        ("no label", None),  # 19 null_label
     ]
     report = validate_table(_table(rows), params, [])
     rows_of = {name: [r + 1 for r in c.rows] for name, c in report.checks.items()}
@@ -63,11 +63,16 @@ def test_known_label_set_rejects_unknown_labels(params):
 def test_invariant_rows_in_equals_kept_plus_quarantined(params, seed):
     rng = random.Random(seed)
     pool = ["hello", "Hello", "  hello ", "", "   ", None, "refund please", "x" * 50]
-    rows = [(rng.choice(pool) if rng.random() < 0.4 else f"text {rng.randint(0, 40)}",
-             rng.choice(["a", "b", "c", None]) if rng.random() < 0.1 else rng.choice(["a", "b", "c"]))
-            for _ in range(300)]
-    loose = params.model_copy(update={"policy": params.policy.model_copy(
-        update={k: "quarantine" for k in params.policy.model_dump()})})
+    rows = [
+        (
+            rng.choice(pool) if rng.random() < 0.4 else f"text {rng.randint(0, 40)}",
+            rng.choice(["a", "b", "c", None]) if rng.random() < 0.1 else rng.choice(["a", "b", "c"]),
+        )
+        for _ in range(300)
+    ]
+    loose = params.model_copy(
+        update={"policy": params.policy.model_copy(update={k: "quarantine" for k in params.policy.model_dump()})}
+    )
     report = validate_table(_table(rows), loose, [])
     assert report.rows_in == 300
     assert len(report.kept) + len(report.quarantined) == 300

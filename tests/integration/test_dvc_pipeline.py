@@ -43,7 +43,10 @@ def test_repro_caches_and_reruns_only_what_a_param_touches(project, cli):
     first = dvc("repro", "prepare")
     assert "Running stage 'validate'" in first and "Running stage 'prepare'" in first
     train = pd_read(project / "data/prepared/train.csv")
-    assert len(train) + len(pd_read(project / "data/prepared/val.csv")) + len(pd_read(project / "data/prepared/test.csv")) == 60
+    assert (
+        len(train) + len(pd_read(project / "data/prepared/val.csv")) + len(pd_read(project / "data/prepared/test.csv"))
+        == 60
+    )
 
     again = dvc("repro", "prepare")
     assert "Running stage" not in again  # nothing changed, nothing ran

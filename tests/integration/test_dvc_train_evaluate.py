@@ -43,7 +43,9 @@ def test_full_pipeline_is_reproducible_and_cached(project, cli, tiny_model):
     assert (project / "plots-html" / "index.html").stat().st_size > 0
 
     subprocess.run(["git", "add", "-A"], check=True)
-    subprocess.run(["git", "-c", "user.name=t", "-c", "user.email=t@t.invalid", "commit", "-qm", "baseline"], check=True)
+    subprocess.run(
+        ["git", "-c", "user.name=t", "-c", "user.email=t@t.invalid", "commit", "-qm", "baseline"], check=True
+    )
     experiment = dvc("exp", "run", "-S", "train.lr=0.01")
     assert "Running stage 'train'" in experiment and "Running stage 'prepare'" not in experiment
     table = dvc("exp", "show", "--csv")

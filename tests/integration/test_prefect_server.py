@@ -16,11 +16,21 @@ DB = "tuneloop_prefect_test"
 @pytest.mark.postgres
 def test_dashboard_on_postgres_records_runs_and_the_scheduled_deployment(project, tmp_path):
     url, port = fresh_postgres_db(DB, driver="asyncpg"), free_port()
-    env = {**os.environ, "PREFECT_API_DATABASE_CONNECTION_URL": url, "PREFECT_HOME": str(tmp_path / "prefect"),
-           "PREFECT_SERVER_ANALYTICS_ENABLED": "false"}
+    env = {
+        **os.environ,
+        "PREFECT_API_DATABASE_CONNECTION_URL": url,
+        "PREFECT_HOME": str(tmp_path / "prefect"),
+        "PREFECT_SERVER_ANALYTICS_ENABLED": "false",
+    }
     env.pop("PREFECT_API_URL", None)
-    server = subprocess.Popen([sys.executable, "-m", "tuneloop", "dashboard", "--port", str(port)], env=env,
-                              stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, start_new_session=True)
+    server = subprocess.Popen(
+        [sys.executable, "-m", "tuneloop", "dashboard", "--port", str(port)],
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+        start_new_session=True,
+    )
     api = f"http://127.0.0.1:{port}/api"
     try:
         wait_http_ok(f"{api}/health", 120)
@@ -29,8 +39,14 @@ def test_dashboard_on_postgres_records_runs_and_the_scheduled_deployment(project
         code = "from prefect import flow\n@flow(name='pg-smoke')\ndef f():\n    return 42\nprint(f())"
         ran = subprocess.run([sys.executable, "-c", code], env=client_env, capture_output=True, text=True, timeout=120)
         assert ran.returncode == 0 and ran.stdout.strip().endswith("42"), ran.stderr[-2000:]
-        deployed = subprocess.run([sys.executable, "-m", "tuneloop", "deploy"], cwd=project, env=client_env,
-                                  capture_output=True, text=True, timeout=120)
+        deployed = subprocess.run(
+            [sys.executable, "-m", "tuneloop", "deploy"],
+            cwd=project,
+            env=client_env,
+            capture_output=True,
+            text=True,
+            timeout=120,
+        )
         assert deployed.returncode == 0, deployed.stdout + deployed.stderr[-2000:]
 
         runs = httpx.post(f"{api}/flow_runs/filter", json={}, timeout=10).json()

@@ -1,7 +1,6 @@
 """The Prefect training flow end to end, under prefect_test_harness, with a tiny random BERT."""
 
 import json
-import os
 
 import pytest
 import yaml
@@ -20,9 +19,17 @@ def prefect_harness():
 
 def _configure(project, tiny_model, extra=()):
     params = yaml.safe_load((project / "params.yaml").read_text())
-    for item in [*TINY_TRAIN, "train.epochs=3", "gate.min_macro_f1=0.0", "gate.min_accuracy=0.0",
-                 "gate.min_class_recall=0.0", "gate.min_behaviour_pass_rate=0.0", "gate.max_ece=1.0",
-                 "gate.latency_requests=10", *extra]:
+    for item in [
+        *TINY_TRAIN,
+        "train.epochs=3",
+        "gate.min_macro_f1=0.0",
+        "gate.min_accuracy=0.0",
+        "gate.min_class_recall=0.0",
+        "gate.min_behaviour_pass_rate=0.0",
+        "gate.max_ece=1.0",
+        "gate.latency_requests=10",
+        *extra,
+    ]:
         key, value = item.split("=", 1)
         section, name = key.split(".")
         params[section][name] = yaml.safe_load(value)

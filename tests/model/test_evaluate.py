@@ -14,8 +14,18 @@ from tuneloop.train import train
 
 LABELS = ["a", "b", "c"]
 Y = np.array([0, 0, 1, 1, 2, 2, 0, 2])
-P = np.array([[0.7, 0.2, 0.1], [0.4, 0.5, 0.1], [0.1, 0.8, 0.1], [0.3, 0.3, 0.4],
-              [0.1, 0.1, 0.8], [0.2, 0.2, 0.6], [0.9, 0.05, 0.05], [0.5, 0.1, 0.4]])
+P = np.array(
+    [
+        [0.7, 0.2, 0.1],
+        [0.4, 0.5, 0.1],
+        [0.1, 0.8, 0.1],
+        [0.3, 0.3, 0.4],
+        [0.1, 0.1, 0.8],
+        [0.2, 0.2, 0.6],
+        [0.9, 0.05, 0.05],
+        [0.5, 0.1, 0.4],
+    ]
+)
 
 
 def test_metrics_equal_scikit_learn_on_a_hand_made_example():
@@ -47,13 +57,18 @@ def test_roc_auc_still_defined_when_a_class_is_absent():
 
 
 def test_length_buckets():
-    assert [length_bucket(t, [2, 4]) for t in ["one", "one two three", "a b c d e f"]] == \
-        ["1-2 words", "3-4 words", "5+ words"]
+    assert [length_bucket(t, [2, 4]) for t in ["one", "one two three", "a b c d e f"]] == [
+        "1-2 words",
+        "3-4 words",
+        "5+ words",
+    ]
 
 
 def test_behaviour_runner_counts_failures_and_skips_unknown_labels():
-    spec = {"invariance": {"sample": 3, "perturbations": ["uppercase", "neutral_suffix"], "neutral_suffixes": [" ok"]},
-            "minimum_functionality": [{"text": "x", "label": "a"}, {"text": "y", "label": "zzz"}]}
+    spec = {
+        "invariance": {"sample": 3, "perturbations": ["uppercase", "neutral_suffix"], "neutral_suffixes": [" ok"]},
+        "minimum_functionality": [{"text": "x", "label": "a"}, {"text": "y", "label": "zzz"}],
+    }
 
     def predict(texts):  # "model": label 1 for shouting, else 0
         return np.array([1 if t.isupper() else 0 for t in texts])
@@ -61,8 +76,13 @@ def test_behaviour_runner_counts_failures_and_skips_unknown_labels():
     results = run_behaviour(predict, ["hi there", "hello", "hey"], LABELS, spec, seed=0)
     assert results["invariance_uppercase"]["pass_rate"] == 0.0
     assert results["invariance_neutral_suffix"]["pass_rate"] == 1.0
-    assert results["minimum_functionality"] == {"type": "minimum_functionality", "cases": 1,
-                                                "skipped_unknown_label": 1, "pass_rate": 1.0, "failures": []}
+    assert results["minimum_functionality"] == {
+        "type": "minimum_functionality",
+        "cases": 1,
+        "skipped_unknown_label": 1,
+        "pass_rate": 1.0,
+        "failures": [],
+    }
 
 
 @pytest.fixture
@@ -73,15 +93,29 @@ def trained(project, tiny_model, tiny_splits):
 
 
 def test_evaluate_writes_every_report(project, cli, trained):
-    test_csv = write(project / "test.csv", "text,label,channel\nthe film was great,pos,chat\n"
-                     "the food was awful and the service was bad too,neg,email\nit was okay,neu,chat\n")
-    behaviour = write(project / "b.yaml", "invariance:\n  sample: 3\n  perturbations: [lowercase, typo]\n"
-                      "minimum_functionality:\n  - {text: 'the room was lovely', label: pos}\n")
+    test_csv = write(
+        project / "test.csv",
+        "text,label,channel\nthe film was great,pos,chat\n"
+        "the food was awful and the service was bad too,neg,email\nit was okay,neu,chat\n",
+    )
+    behaviour = write(
+        project / "b.yaml",
+        "invariance:\n  sample: 3\n  perturbations: [lowercase, typo]\n"
+        "minimum_functionality:\n  - {text: 'the room was lovely', label: pos}\n",
+    )
     result = cli("evaluate", "--model", trained, "--data", test_csv, "--out", "eval", "--behaviour", behaviour)
     assert result.exit_code == 0, result.output
     out = project / "eval"
-    for name in ("metrics.json", "slices.json", "behaviour.json", "confusion.json", "confusion.png",
-                 "calibration.json", "reliability.png", "predictions.csv"):
+    for name in (
+        "metrics.json",
+        "slices.json",
+        "behaviour.json",
+        "confusion.json",
+        "confusion.png",
+        "calibration.json",
+        "reliability.png",
+        "predictions.csv",
+    ):
         assert (out / name).stat().st_size > 0, name
     metrics = json.loads((out / "metrics.json").read_text())
     predictions = pd.read_csv(out / "predictions.csv")
@@ -100,8 +134,9 @@ def test_served_variant_is_scored_only_when_it_differs(project, trained):
     from tuneloop.evaluate import evaluate
 
     test_csv = write(project / "test.csv", "text,label\nthe film was great,pos\nawful awful,neg\nit was okay,neu\n")
-    fp32 = evaluate(load_params(REPO / "params.yaml", ["serve.quantize=none"]), trained, test_csv, project / "e1",
-                    behaviour_file="")
+    fp32 = evaluate(
+        load_params(REPO / "params.yaml", ["serve.quantize=none"]), trained, test_csv, project / "e1", behaviour_file=""
+    )
     assert "served" not in fp32
     int8 = evaluate(load_params(REPO / "params.yaml"), trained, test_csv, project / "e2", behaviour_file="")
     probs = pd.read_csv(project / "e2" / "predictions.csv")

@@ -15,9 +15,15 @@ from tuneloop.evaluate import evaluate
 from tuneloop.gate import comparison_check, floor_checks, mcnemar, run_gate
 from tuneloop.train import train
 
-GATE = TINY_TRAIN + ["gate.min_macro_f1=0.7", "gate.min_accuracy=0.7", "gate.max_ece=0.9",
-                     "gate.min_class_recall=0.3", "gate.min_slice_rows=5", "gate.latency_requests=10",
-                     "evaluate.behaviour_file=null"]
+GATE = TINY_TRAIN + [
+    "gate.min_macro_f1=0.7",
+    "gate.min_accuracy=0.7",
+    "gate.max_ece=0.9",
+    "gate.min_class_recall=0.3",
+    "gate.min_slice_rows=5",
+    "gate.latency_requests=10",
+    "evaluate.behaviour_file=null",
+]
 
 
 def test_served_variant_must_agree_and_keep_macro_f1():
@@ -35,7 +41,7 @@ def test_mcnemar_counts_and_direction():
     challenger = np.array([False] * 12 + [True] * 8 + [False] * 5)
     result = mcnemar(champion, challenger)
     assert result["challenger_wrong_champion_right"] == 12 and result["challenger_right_champion_wrong"] == 0
-    assert result["p_value"] == pytest.approx(2 * 0.5 ** 12)
+    assert result["p_value"] == pytest.approx(2 * 0.5**12)
     assert not comparison_check(result, 0.05).passed
     same = mcnemar(champion, champion.copy())
     assert same["p_value"] == 1.0 and comparison_check(same, 0.05).passed
@@ -51,8 +57,10 @@ def models(project, tiny_model, store):
     lines = train_csv.read_text().splitlines()
     labels = [line.rsplit(",", 1)[1] for line in lines[1:]]
     random.Random(7).shuffle(labels)
-    shuffled_csv = write(project / "d" / "shuffled.csv", "\n".join(
-        [lines[0]] + [f"{line.rsplit(',', 1)[0]},{label}" for line, label in zip(lines[1:], labels)]) + "\n")
+    shuffled_csv = write(
+        project / "d" / "shuffled.csv",
+        "\n".join([lines[0]] + [f"{line.rsplit(',', 1)[0]},{label}" for line, label in zip(lines[1:], labels)]) + "\n",
+    )
     out = {}
     for name, data in (("good", train_csv), ("shuffled", shuffled_csv)):
         train(params, data, val_csv, project / name, base=str(tiny_model), live_dir=None)
@@ -61,8 +69,14 @@ def models(project, tiny_model, store):
 
 
 def _gate(params, project, name, test_csv, champion=None):
-    return run_gate(params, project / name, project / f"eval-{name}", test_csv,
-                    champion.path if champion else None, champion.tag if champion else None)
+    return run_gate(
+        params,
+        project / name,
+        project / f"eval-{name}",
+        test_csv,
+        champion.path if champion else None,
+        champion.tag if champion else None,
+    )
 
 
 def test_shuffled_labels_never_promoted_and_better_challenger_is(project, models):

@@ -9,7 +9,9 @@ from tuneloop.train import train
 
 
 def test_models_cli_register_list_show_force_promote_package(project, cli, tiny_model, tiny_splits, store):
-    train(load_params(REPO / "params.yaml", TINY_TRAIN), *tiny_splits, project / "m", base=str(tiny_model), live_dir=None)
+    train(
+        load_params(REPO / "params.yaml", TINY_TRAIN), *tiny_splits, project / "m", base=str(tiny_model), live_dir=None
+    )
     assert cli("package").exit_code == 1  # nothing to package yet: a clear message
     registered = cli("models", "register", "m")
     assert registered.exit_code == 0, registered.output

@@ -51,14 +51,30 @@ def test_cpu_training_is_deterministic(project, tiny_model, tiny_splits):
 
 def test_resume_after_kill_matches_an_uninterrupted_run(project, tiny_model, tiny_splits):
     overrides = [*TINY_TRAIN, "train.epochs=3", "train.eval_steps=6", "train.save_total_limit=40"]
-    reference = train(load_params(REPO / "params.yaml", overrides), *tiny_splits, project / "ref",
-                      base=str(tiny_model), live_dir=None)
-    cmd = [sys.executable, "-m", "tuneloop", "train", "--train", str(tiny_splits[0]), "--val", str(tiny_splits[1]),
-           "--out", "crashed", "--base", str(tiny_model), "--live-dir", "",
-           *[a for o in overrides for a in ("--set", o)]]
+    reference = train(
+        load_params(REPO / "params.yaml", overrides), *tiny_splits, project / "ref", base=str(tiny_model), live_dir=None
+    )
+    cmd = [
+        sys.executable,
+        "-m",
+        "tuneloop",
+        "train",
+        "--train",
+        str(tiny_splits[0]),
+        "--val",
+        str(tiny_splits[1]),
+        "--out",
+        "crashed",
+        "--base",
+        str(tiny_model),
+        "--live-dir",
+        "",
+        *[a for o in overrides for a in ("--set", o)],
+    ]
     env = {**os.environ, "PYTHONUNBUFFERED": "1"}
-    proc = subprocess.Popen(cmd, cwd=project, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
-                            start_new_session=True)
+    proc = subprocess.Popen(
+        cmd, cwd=project, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True
+    )
     checkpoints = project / "crashed.checkpoints"
     deadline = time.time() + 120
     while time.time() < deadline and not list(checkpoints.glob("checkpoint-*/trainer_state.json")):
@@ -77,9 +93,19 @@ def test_resume_after_kill_matches_an_uninterrupted_run(project, tiny_model, tin
 
 
 BAD_TRAIN = {
-    "base model folder missing": ([], "--base", "./no/such/model", ["base model folder ./no/such/model does not exist"]),
+    "base model folder missing": (
+        [],
+        "--base",
+        "./no/such/model",
+        ["base model folder ./no/such/model does not exist"],
+    ),
     "base folder is not a model": ([], "--base", "notamodel", ["notamodel", "no config.json"]),
-    "val label unseen in train": (["val_extra"], None, None, ["labels ['mystery'] do not appear in", "add training rows"]),
+    "val label unseen in train": (
+        ["val_extra"],
+        None,
+        None,
+        ["labels ['mystery'] do not appear in", "add training rows"],
+    ),
     "class with one example": (["train_single"], None, None, ["fewer than 2 training rows: 'lonely' (1)"]),
 }
 
@@ -104,24 +130,52 @@ def test_training_bad_input_is_one_clear_message(project, cli, tiny_model, tiny_
 
 
 def test_resume_without_checkpoint_is_refused(project, cli, tiny_model, tiny_splits):
-    result = cli("train", "--train", tiny_splits[0], "--val", tiny_splits[1], "--out", "m", "--resume",
-                 "--base", str(tiny_model))
+    result = cli(
+        "train", "--train", tiny_splits[0], "--val", tiny_splits[1], "--out", "m", "--resume", "--base", str(tiny_model)
+    )
     assert result.exit_code == 1
     assert "--resume: no checkpoint in m.checkpoints" in result.stderr
 
 
 def test_dry_run_is_a_two_step_smoke_run(project, cli, tiny_model, tiny_splits):
-    result = cli("train", "--train", tiny_splits[0], "--val", tiny_splits[1], "--out", "m", "--dry-run",
-                 "--base", str(tiny_model), "--live-dir", "")
+    result = cli(
+        "train",
+        "--train",
+        tiny_splits[0],
+        "--val",
+        tiny_splits[1],
+        "--out",
+        "m",
+        "--dry-run",
+        "--base",
+        str(tiny_model),
+        "--live-dir",
+        "",
+    )
     assert result.exit_code == 0, result.output
     assert json.loads(Path("m/tuneloop.json").read_text())["steps"] == 2
 
 
 def test_dry_run_on_many_classes_leaves_out_classes_its_sample_holds_once(project, cli, tiny_model):
     rows = "".join(f"message {i} about topic {c},topic{c}\n" for c in range(20) for i in range(4))
-    train_csv, val_csv = write(project / "t.csv", "text,label\n" + rows), write(project / "v.csv", "text,label\n" + rows)
-    result = cli("train", "--train", train_csv, "--val", val_csv, "--out", "m", "--dry-run",
-                 "--base", str(tiny_model), "--live-dir", "")  # 32 of 80 rows over 20 classes: some appear once
+    train_csv, val_csv = (
+        write(project / "t.csv", "text,label\n" + rows),
+        write(project / "v.csv", "text,label\n" + rows),
+    )
+    result = cli(
+        "train",
+        "--train",
+        train_csv,
+        "--val",
+        val_csv,
+        "--out",
+        "m",
+        "--dry-run",
+        "--base",
+        str(tiny_model),
+        "--live-dir",
+        "",
+    )  # 32 of 80 rows over 20 classes: some appear once
     assert result.exit_code == 0, result.output
     assert json.loads(Path("m/tuneloop.json").read_text())["steps"] == 2
 
@@ -134,8 +188,19 @@ def test_gpu_out_of_memory_names_the_setting_to_lower(project, cli, tiny_model, 
         raise torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 2.00 GiB")
 
     monkeypatch.setattr(Trainer, "train", boom)
-    result = cli("train", "--train", tiny_splits[0], "--val", tiny_splits[1], "--out", "m",
-                 "--base", str(tiny_model), "--live-dir", "")
+    result = cli(
+        "train",
+        "--train",
+        tiny_splits[0],
+        "--val",
+        tiny_splits[1],
+        "--out",
+        "m",
+        "--base",
+        str(tiny_model),
+        "--live-dir",
+        "",
+    )
     assert result.exit_code == 1 and "Traceback" not in result.output
     assert "out of GPU memory at batch size 32" in result.stderr
     assert "--set train.cuda_batch_size=16" in result.stderr
@@ -159,7 +224,8 @@ def test_class_weights_and_label_smoothing_shape_the_loss():
 
 def test_not_classifier_compatible_base_is_refused(project, cli, tiny_splits):
     write(project / "weird" / "config.json", '{"model_type": "no-such-architecture"}')
-    result = cli("train", "--train", tiny_splits[0], "--val", tiny_splits[1], "--out", "m", "--base", "weird",
-                 "--live-dir", "")
+    result = cli(
+        "train", "--train", tiny_splits[0], "--val", tiny_splits[1], "--out", "m", "--base", "weird", "--live-dir", ""
+    )
     assert result.exit_code == 1 and "Traceback" not in result.output
     assert "weird" in result.stderr and ("not classifier-compatible" in result.stderr or "cannot load" in result.stderr)

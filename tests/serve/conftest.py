@@ -26,12 +26,21 @@ def served(tiny_model: Path, tmp_path_factory: pytest.TempPathFactory) -> tuple[
     work = tmp_path_factory.mktemp("served")
     train_csv = write(work / "train.csv", sentiment_rows(24, seed=0))
     val_csv = write(work / "val.csv", sentiment_rows(6, seed=1))
-    train(load_params(REPO / "params.yaml", TINY_TRAIN), train_csv, val_csv, work / "m", base=str(tiny_model),
-          live_dir=None)
+    train(
+        load_params(REPO / "params.yaml", TINY_TRAIN),
+        train_csv,
+        val_csv,
+        work / "m",
+        base=str(tiny_model),
+        live_dir=None,
+    )
     tag = registry.register(work / "m").tag
     registry.promote(tag, reason="test champion")
     params = yaml.safe_load((REPO / "params.yaml").read_text())
-    params["serve"].update(log_flush_s=3600,  # no timer flush: only the shutdown hook writes rows
-                           max_texts_per_request=4, max_body_bytes=2048)
+    params["serve"].update(
+        log_flush_s=3600,  # no timer flush: only the shutdown hook writes rows
+        max_texts_per_request=4,
+        max_body_bytes=2048,
+    )
     (work / "params.yaml").write_text(yaml.safe_dump(params))
     return tag, work

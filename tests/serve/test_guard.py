@@ -76,12 +76,17 @@ async def test_api_key_is_required_when_set_but_probes_stay_open():
 def test_feedback_bodies_single_batch_and_refusals():
     labels = ["neg", "pos"]
     assert feedback_pairs({"request_id": "a", "label": "pos"}, labels) == [("a", "pos")]
-    assert feedback_pairs({"items": [{"request_id": "a", "label": "pos"}, {"request_id": "b", "label": "neg"}]},
-                          labels) == [("a", "pos"), ("b", "neg")]
-    for body, words in (([], "expected"), ({"items": []}, "expected"), ({"request_id": "a"}, "expected"),
-                        ({"request_id": "a", "label": "pos", "items": []}, "expected"),
-                        ({"items": [{"request_id": "a", "label": "pos"}, "b"]}, "items[1]: expected"),
-                        ({"request_id": "a", "label": "maybe"}, "label 'maybe' is not one of this model's labels"),
-                        ({"items": [{"request_id": "a", "label": "pos"}] * 1001}, "at most 1000 per request")):
+    assert feedback_pairs(
+        {"items": [{"request_id": "a", "label": "pos"}, {"request_id": "b", "label": "neg"}]}, labels
+    ) == [("a", "pos"), ("b", "neg")]
+    for body, words in (
+        ([], "expected"),
+        ({"items": []}, "expected"),
+        ({"request_id": "a"}, "expected"),
+        ({"request_id": "a", "label": "pos", "items": []}, "expected"),
+        ({"items": [{"request_id": "a", "label": "pos"}, "b"]}, "items[1]: expected"),
+        ({"request_id": "a", "label": "maybe"}, "label 'maybe' is not one of this model's labels"),
+        ({"items": [{"request_id": "a", "label": "pos"}] * 1001}, "at most 1000 per request"),
+    ):
         with pytest.raises(ValueError, match=re.escape(words)):
             feedback_pairs(body, labels)

@@ -17,8 +17,11 @@ def client(served, tmp_path_factory):
     from starlette.testclient import TestClient
 
     tag, work = served
-    env = {"TUNELOOP_MODEL_TAG": tag, "TUNELOOP_PARAMS": str(work / "params.yaml"),
-           "TUNELOOP_DB_URL": f"sqlite:///{tmp_path_factory.mktemp('asgi') / 'log.db'}"}
+    env = {
+        "TUNELOOP_MODEL_TAG": tag,
+        "TUNELOOP_PARAMS": str(work / "params.yaml"),
+        "TUNELOOP_DB_URL": f"sqlite:///{tmp_path_factory.mktemp('asgi') / 'log.db'}",
+    }
     saved = {key: os.environ.get(key) for key in env}
     os.environ.update(env)
     try:

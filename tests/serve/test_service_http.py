@@ -10,9 +10,9 @@ import signal
 import subprocess
 import sys
 import time
+from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Iterator
 
 import httpx
 import pytest
@@ -21,7 +21,7 @@ from tests.conftest import REPO, free_port, fresh_postgres_db, wait_http_ok
 from tests.serve.test_guard import CASES
 from tuneloop import registry
 from tuneloop.config import load_params
-from tuneloop.serve.predlog import PredictionLog
+from tuneloop.predlog import PredictionLog
 
 SERVE = [sys.executable, "-m", "bentoml", "serve", "tuneloop.serve.service:TextClassifier"]
 TEXTS = {"texts": ["great! the film was great", "awful"]}
@@ -32,8 +32,14 @@ def serving(work: Path, db: str, **env: str) -> Iterator[str]:
     """Run `bentoml serve` in `work` until ready; yields its base URL; SIGTERM (graceful) after."""
     port, log = free_port(), work / f"server-{time.time_ns()}.log"
     with log.open("w") as out:
-        server = subprocess.Popen([*SERVE, "--port", str(port)], cwd=work, stdout=out, stderr=subprocess.STDOUT,
-                                  env={**os.environ, "TUNELOOP_DB_URL": db, **env}, start_new_session=True)
+        server = subprocess.Popen(
+            [*SERVE, "--port", str(port)],
+            cwd=work,
+            stdout=out,
+            stderr=subprocess.STDOUT,
+            env={**os.environ, "TUNELOOP_DB_URL": db, **env},
+            start_new_session=True,
+        )
     try:
         wait_http_ok(f"http://127.0.0.1:{port}/readyz", 90)
         yield f"http://127.0.0.1:{port}"
@@ -62,11 +68,15 @@ def test_predictions_feedback_and_metadata_are_logged_through_sigterm_and_restar
 
         one = httpx.post(f"{base}/feedback", json={"request_id": ids[0], "label": "pos"})
         assert one.status_code == 200 and one.json()["recorded"] == 1
-        batch = httpx.post(f"{base}/feedback", json={"items": [{"request_id": ids[1], "label": "neg"},
-                                                               {"request_id": ids[2], "label": "neu"}]})
+        batch = httpx.post(
+            f"{base}/feedback",
+            json={"items": [{"request_id": ids[1], "label": "neg"}, {"request_id": ids[2], "label": "neu"}]},
+        )
         assert batch.status_code == 200 and batch.json()["recorded"] == 2
-        unknown = httpx.post(f"{base}/feedback", json={"items": [{"request_id": ids[3], "label": "pos"},
-                                                                 {"request_id": "nope", "label": "pos"}]})
+        unknown = httpx.post(
+            f"{base}/feedback",
+            json={"items": [{"request_id": ids[3], "label": "pos"}, {"request_id": "nope", "label": "pos"}]},
+        )
         assert unknown.status_code == 404 and "'nope'" in unknown.json()["error"]  # and ids[3] not recorded
         bad_label = httpx.post(f"{base}/feedback", json={"request_id": ids[3], "label": "zzz"})
         assert bad_label.status_code == 400 and "neg, neu, pos" in bad_label.json()["error"]
@@ -110,8 +120,9 @@ def test_every_bad_input_and_the_api_key_over_real_http(served, tmp_path):
         assert wrong.status_code == 401
         assert len(classify(base, 1, **key)) == 2
         for case, (body, status, words) in CASES.items():
-            response = httpx.post(f"{base}/classify", content=body, timeout=30,
-                                  headers={**key, "content-type": "application/json"})
+            response = httpx.post(
+                f"{base}/classify", content=body, timeout=30, headers={**key, "content-type": "application/json"}
+            )
             assert response.status_code == status and words in response.json()["error"], case
     with serving(work, f"sqlite:///{tmp_path / 'open.db'}") as base:  # no key configured: open
         assert len(classify(base, 1)) == 2
@@ -135,8 +146,14 @@ def _never_ready(work: Path, env: dict[str, str], seconds: float) -> str:
     """Run the server for up to `seconds` polling /readyz (must never be 200); returns its output."""
     port, log = free_port(), work / f"broken-{time.time_ns()}.log"
     with log.open("w") as out:
-        server = subprocess.Popen([*SERVE, "--port", str(port)], cwd=work, stdout=out, stderr=subprocess.STDOUT,
-                                  env={**os.environ, **env}, start_new_session=True)
+        server = subprocess.Popen(
+            [*SERVE, "--port", str(port)],
+            cwd=work,
+            stdout=out,
+            stderr=subprocess.STDOUT,
+            env={**os.environ, **env},
+            start_new_session=True,
+        )
     try:
         deadline = time.time() + seconds
         while time.time() < deadline and server.poll() is None:
@@ -186,16 +203,23 @@ def test_tuneloop_serve_with_two_workers(served, tmp_path):
     tag, work = served
     port = free_port()
     env = {**os.environ, "TUNELOOP_DB_URL": f"sqlite:///{tmp_path / 'w.db'}"}
-    server = subprocess.Popen([sys.executable, "-m", "tuneloop", "serve", "--port", str(port), "--workers", "2"],
-                              cwd=work, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.STDOUT,
-                              start_new_session=True)
+    server = subprocess.Popen(
+        [sys.executable, "-m", "tuneloop", "serve", "--port", str(port), "--workers", "2"],
+        cwd=work,
+        env=env,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.STDOUT,
+        start_new_session=True,
+    )
     try:
         wait_http_ok(f"http://127.0.0.1:{port}/readyz", 90)
         answers = classify(f"http://127.0.0.1:{port}", 4)
         assert {a["model"] for a in answers} == {tag}
         import psutil
 
-        workers = [p for p in psutil.Process(server.pid).children(recursive=True) if "worker-id" in " ".join(p.cmdline())]
+        workers = [
+            p for p in psutil.Process(server.pid).children(recursive=True) if "worker-id" in " ".join(p.cmdline())
+        ]
         assert len(workers) == 2
     finally:
         os.killpg(server.pid, signal.SIGTERM)
@@ -206,8 +230,9 @@ def test_a_packaged_bento_serves_its_own_model_after_another_is_promoted(served,
     from tuneloop.package import build_bento
 
     tag, work = served
-    bento = build_bento(tag, load_params(work / "params.yaml").serve.model_dump(), REPO / "bentofile.yaml",
-                        REPO / "src")
+    bento = build_bento(
+        tag, load_params(work / "params.yaml").serve.model_dump(), REPO / "bentofile.yaml", REPO / "src"
+    )
     newer = another_model(work, tmp_path)
     registry.promote(newer.tag, reason="a newer champion than the one packed")
     try:
@@ -216,9 +241,14 @@ def test_a_packaged_bento_serves_its_own_model_after_another_is_promoted(served,
         port = free_port()
         env = {**os.environ, "TUNELOOP_DB_URL": f"sqlite:///{tmp_path / 'b.db'}"}
         env["TUNELOOP_MODEL_TAG"] = newer.tag  # ignored: a Bento serves the model packed in it
-        server = subprocess.Popen([sys.executable, "-m", "bentoml", "serve", bento, "--port", str(port)],
-                                  cwd=elsewhere, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.STDOUT,
-                                  start_new_session=True)
+        server = subprocess.Popen(
+            [sys.executable, "-m", "bentoml", "serve", bento, "--port", str(port)],
+            cwd=elsewhere,
+            env=env,
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )
         try:
             wait_http_ok(f"http://127.0.0.1:{port}/readyz", 90)
             assert {a["model"] for a in classify(f"http://127.0.0.1:{port}", 1)} == {tag}

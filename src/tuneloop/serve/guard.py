@@ -14,8 +14,9 @@ from __future__ import annotations
 
 import hmac
 import json
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
-from typing import Any, Awaitable, Callable
+from typing import Any
 
 Scope = dict[str, Any]
 Receive = Callable[[], Awaitable[dict[str, Any]]]
@@ -51,8 +52,7 @@ def check_classify(payload: Any, limits: Limits) -> dict[str, Any]:
     if not texts:
         raise Rejected(400, "'texts' is empty: send at least one text")
     if len(texts) > limits.max_texts:
-        raise Rejected(400, f"'texts' has {len(texts)} items; at most {limits.max_texts} per request "
-                            "(split the batch)")
+        raise Rejected(400, f"'texts' has {len(texts)} items; at most {limits.max_texts} per request (split the batch)")
     cleaned = []
     for i, text in enumerate(texts):
         if not isinstance(text, str):
@@ -79,8 +79,9 @@ def feedback_pairs(body: Any, labels: list[str]) -> list[tuple[str, str]]:
     """
     keys = set(body) if isinstance(body, dict) else None
     if keys == {"items"} and isinstance(body["items"], list) and len(body["items"]) > MAX_FEEDBACK_ITEMS:
-        raise ValueError(f"'items' has {len(body['items'])} entries; at most {MAX_FEEDBACK_ITEMS} per request "
-                         "(split the batch)")
+        raise ValueError(
+            f"'items' has {len(body['items'])} entries; at most {MAX_FEEDBACK_ITEMS} per request (split the batch)"
+        )
     if keys == {"items"} and isinstance(body["items"], list) and body["items"]:
         items, where = body["items"], "items[{}]: "
     elif keys == {"request_id", "label"}:
@@ -89,13 +90,18 @@ def feedback_pairs(body: Any, labels: list[str]) -> list[tuple[str, str]]:
         raise ValueError(f"expected {FEEDBACK_SHAPE}")
     pairs = []
     for i, item in enumerate(items):
-        if not (isinstance(item, dict) and set(item) == {"request_id", "label"}
-                and all(isinstance(v, str) and v for v in item.values())):
-            raise ValueError(f"{where.format(i)}expected {{\"request_id\": \"...\", \"label\": \"...\"}} "
-                             "with non-empty strings")
+        if not (
+            isinstance(item, dict)
+            and set(item) == {"request_id", "label"}
+            and all(isinstance(v, str) and v for v in item.values())
+        ):
+            raise ValueError(
+                f'{where.format(i)}expected {{"request_id": "...", "label": "..."}} with non-empty strings'
+            )
         if item["label"] not in labels:
-            raise ValueError(f"{where.format(i)}label {item['label']!r} is not one of this model's labels: "
-                             f"{', '.join(labels)}")
+            raise ValueError(
+                f"{where.format(i)}label {item['label']!r} is not one of this model's labels: {', '.join(labels)}"
+            )
         pairs.append((item["request_id"], item["label"]))
     return pairs
 
@@ -174,6 +180,11 @@ def _replay(body: bytes) -> Receive:
 
 async def _respond(send: Send, status: int, message: str) -> None:
     payload = json.dumps({"error": message}).encode()
-    await send({"type": "http.response.start", "status": status,
-                "headers": [(b"content-type", b"application/json"), (b"content-length", str(len(payload)).encode())]})
+    await send(
+        {
+            "type": "http.response.start",
+            "status": status,
+            "headers": [(b"content-type", b"application/json"), (b"content-length", str(len(payload)).encode())],
+        }
+    )
     await send({"type": "http.response.body", "body": payload})

@@ -6,7 +6,7 @@ Settings come from the `serve:` section of params.yaml (`TUNELOOP_PARAMS` names 
 in a Bento they are baked in as Bento arguments by `tuneloop package`. The API key is a secret
 and stays an environment variable (`TUNELOOP_API_KEY`).
 
-Every prediction goes to the prediction log (tuneloop.serve.predlog: SQLite `predictions.db` by
+Every prediction goes to the prediction log (tuneloop.predlog: SQLite `predictions.db` by
 default, `TUNELOOP_DB_URL` for PostgreSQL), written off the request path and flushed on shutdown.
 Run with `tuneloop serve`, `bentoml serve tuneloop.serve.service:TextClassifier`, or
 `bentoml serve BENTO_TAG` after `tuneloop package`.
@@ -22,7 +22,6 @@ from typing import Any
 
 import bentoml
 import numpy as np
-
 from fastapi import Body, FastAPI
 from fastapi.responses import JSONResponse
 
@@ -53,14 +52,15 @@ def model_tag() -> str:
 
     from tuneloop.registry import champion_tag
 
-    tag = (ARGUMENTS.get("model_tag") or os.environ.get("TUNELOOP_MODEL_TAG") or champion_tag()
-           or f"{MODEL_NAME}:latest")
+    tag = ARGUMENTS.get("model_tag") or os.environ.get("TUNELOOP_MODEL_TAG") or champion_tag() or f"{MODEL_NAME}:latest"
     tag = tag if ":" in tag else f"{MODEL_NAME}:{tag}"
     try:
         return str(bentoml.models.get(tag).tag)
     except NotFound:
-        raise ServiceError(f"model {tag} is not in the BentoML model store: set TUNELOOP_MODEL_TAG to a tag from "
-                           "`tuneloop models list`, or promote one (`tuneloop models promote TAG`).") from None
+        raise ServiceError(
+            f"model {tag} is not in the BentoML model store: set TUNELOOP_MODEL_TAG to a tag from "
+            "`tuneloop models list`, or promote one (`tuneloop models promote TAG`)."
+        ) from None
 
 
 def serve_settings() -> ServeParams:
@@ -89,23 +89,28 @@ class TextClassifier:
     def __init__(self) -> None:
         """Load the model and prove it predicts; any failure stops the worker, so it never reports ready."""
         from tuneloop.model import ModelError, for_serving, load_classifier, predict_proba
-        from tuneloop.registry import weights_digest
-        from tuneloop.serve.predlog import PredictionLog
+        from tuneloop.predlog import PredictionLog
+        from tuneloop.provenance import weights_digest
 
         self.tag = str(self.model.tag)
         expected = self.model.info.metadata.get("weights_sha256")
         if expected and weights_digest(Path(self.model.path)) != expected:
-            raise ServiceError(f"model {self.tag}: the weights' SHA-256 differs from the one recorded at registration; "
-                               "the files were damaged or edited. Serve another tag or re-register the model.")
+            raise ServiceError(
+                f"model {self.tag}: the weights' SHA-256 differs from the one recorded at registration; "
+                "the files were damaged or edited. Serve another tag or re-register the model."
+            )
         try:
             self.clf = for_serving(load_classifier(self.model.path), SETTINGS.quantize)
             probs = predict_proba(self.clf, EXAMPLE)
         except (ModelError, OSError, RuntimeError, ValueError) as exc:
-            raise ServiceError(f"model {self.tag} does not load or predict ({exc}); "
-                               "serve another tag or re-register the model") from None
+            raise ServiceError(
+                f"model {self.tag} does not load or predict ({exc}); serve another tag or re-register the model"
+            ) from None
         if not (np.isfinite(probs).all() and np.allclose(probs.sum(axis=1), 1, atol=1e-3)):
-            raise ServiceError(f"model {self.tag} predicts non-finite or unnormalised scores on a smoke test; "
-                               "its weights are damaged: serve another tag or re-register the model")
+            raise ServiceError(
+                f"model {self.tag} predicts non-finite or unnormalised scores on a smoke test; "
+                "its weights are damaged: serve another tag or re-register the model"
+            )
         self.predictions = PredictionLog(store_text=SETTINGS.store_text, flush_interval_s=SETTINGS.log_flush_s)
         # Move the ~430k objects of torch/transformers/BentoML out of the collector's reach: a full
         # collection over them took 211 ms and stalled every in-flight request at once (p99 386 ms
@@ -123,12 +128,13 @@ class TextClassifier:
         """Graceful stop (SIGTERM): write every buffered prediction before the worker exits."""
         self.predictions.close()
 
-    @bentoml.api(batchable=SETTINGS.batching, max_batch_size=SETTINGS.max_batch_size,
-                 max_latency_ms=SETTINGS.max_latency_ms)
-    def classify(self, texts: list[str] = EXAMPLE) -> list[dict[str, Any]]:  # noqa: B006 (example input)
+    @bentoml.api(
+        batchable=SETTINGS.batching, max_batch_size=SETTINGS.max_batch_size, max_latency_ms=SETTINGS.max_latency_ms
+    )
+    def classify(self, texts: list[str] = EXAMPLE) -> list[dict[str, Any]]:
         """Label, confidence and the top-k labels for each text, with a request id for feedback."""
         from tuneloop.model import predict_proba
-        from tuneloop.serve.predlog import Prediction, new_request_id
+        from tuneloop.predlog import Prediction, new_request_id
 
         started = time.perf_counter()
         # predict_proba sorts the batch by length and runs sub-batches of forward_batch_size, each padded
@@ -138,12 +144,24 @@ class TextClassifier:
         out = []
         for text, row in zip(texts, probs):
             top = row.argsort()[::-1][: SETTINGS.top_k]
-            result = {"label": self.clf.labels[top[0]], "confidence": float(row[top[0]]),
-                      "top_k": [{"label": self.clf.labels[k], "score": float(row[k])} for k in top],
-                      "model": self.tag, "request_id": new_request_id()}
-            self.predictions.log(Prediction(request_id=result["request_id"], text=text, predicted=result["label"],
-                                            confidence=result["confidence"], top_k=result["top_k"],
-                                            model_tag=self.tag, latency_ms=latency_ms))
+            result = {
+                "label": self.clf.labels[top[0]],
+                "confidence": float(row[top[0]]),
+                "top_k": [{"label": self.clf.labels[k], "score": float(row[k])} for k in top],
+                "model": self.tag,
+                "request_id": new_request_id(),
+            }
+            self.predictions.log(
+                Prediction(
+                    request_id=result["request_id"],
+                    text=text,
+                    predicted=result["label"],
+                    confidence=result["confidence"],
+                    top_k=result["top_k"],
+                    model_tag=self.tag,
+                    latency_ms=latency_ms,
+                )
+            )
             out.append(result)
         return out
 
@@ -154,7 +172,7 @@ class TextClassifier:
         All or nothing: a malformed body or unknown label (400) or request id (404) records none.
         A FastAPI route rather than a BentoML API so refusals are plain 4xx, not logged tracebacks.
         """
-        from tuneloop.serve.predlog import UnknownRequest
+        from tuneloop.predlog import UnknownRequest
 
         try:
             pairs = feedback_pairs(body, self.clf.labels)
@@ -162,8 +180,9 @@ class TextClassifier:
         except ValueError as exc:
             return JSONResponse({"error": str(exc)}, status_code=400)
         except UnknownRequest as exc:
-            return JSONResponse({"error": f"{exc}; send the request_id that /classify returned "
-                                          "(nothing was recorded)"}, status_code=404)
+            return JSONResponse(
+                {"error": f"{exc}; send the request_id that /classify returned (nothing was recorded)"}, status_code=404
+            )
         return JSONResponse({"recorded": len(pairs), "status": "recorded"})
 
     @http.get("/metadata")
@@ -173,15 +192,29 @@ class TextClassifier:
 
         stored = dict(self.model.info.metadata)
         promotions = [h for h in history() if h["tag"] == self.tag]
-        return {"model": self.tag, "labels": self.clf.labels, "quantize": SETTINGS.quantize,
-                "stage": "champion" if champion_tag() == self.tag else self.model.info.labels.get("stage"),
-                "promoted_at": promotions[-1]["at"] if promotions else None,
-                "metrics": stored.get("metrics", {}), "val_metrics": stored.get("val_metrics", {}),
-                "gate": stored.get("gate", {}), "data_version": stored.get("data_version"),
-                "base_model": stored.get("base_model"), "trained_at": stored.get("trained_at"),
-                "git_revision": stored.get("git_revision")}
+        return {
+            "model": self.tag,
+            "labels": self.clf.labels,
+            "quantize": SETTINGS.quantize,
+            "stage": "champion" if champion_tag() == self.tag else self.model.info.labels.get("stage"),
+            "promoted_at": promotions[-1]["at"] if promotions else None,
+            "metrics": stored.get("metrics", {}),
+            "val_metrics": stored.get("val_metrics", {}),
+            "gate": stored.get("gate", {}),
+            "data_version": stored.get("data_version"),
+            "base_model": stored.get("base_model"),
+            "trained_at": stored.get("trained_at"),
+            "git_revision": stored.get("git_revision"),
+        }
 
 
-TextClassifier.add_asgi_middleware(Guard, limits=Limits(
-    api_key=os.environ.get("TUNELOOP_API_KEY") or None, max_body_bytes=SETTINGS.max_body_bytes,
-    max_texts=SETTINGS.max_texts_per_request, max_chars=SETTINGS.max_chars_per_text, overlong=SETTINGS.overlong))
+TextClassifier.add_asgi_middleware(  # type: ignore[attr-defined]  # added by @bentoml.service
+    Guard,
+    limits=Limits(
+        api_key=os.environ.get("TUNELOOP_API_KEY") or None,
+        max_body_bytes=SETTINGS.max_body_bytes,
+        max_texts=SETTINGS.max_texts_per_request,
+        max_chars=SETTINGS.max_chars_per_text,
+        overlong=SETTINGS.overlong,
+    ),
+)

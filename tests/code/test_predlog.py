@@ -5,12 +5,19 @@ import threading
 import pytest
 
 from tests.conftest import fresh_postgres_db
-from tuneloop.serve.predlog import Prediction, PredictionLog, PredictionLogError, UnknownRequest, new_request_id
+from tuneloop.predlog import Prediction, PredictionLog, PredictionLogError, UnknownRequest, new_request_id
 
 
 def _prediction(i: int, text: str | None = None) -> Prediction:
-    return Prediction(request_id=new_request_id(), text=text or f"message {i}", predicted="card_lost",
-                      confidence=0.9, top_k=[{"label": "card_lost", "score": 0.9}], model_tag="m:1", latency_ms=3.0)
+    return Prediction(
+        request_id=new_request_id(),
+        text=text or f"message {i}",
+        predicted="card_lost",
+        confidence=0.9,
+        top_k=[{"label": "card_lost", "score": 0.9}],
+        model_tag="m:1",
+        latency_ms=3.0,
+    )
 
 
 def _sqlite(tmp_path, **kw) -> PredictionLog:
@@ -19,8 +26,9 @@ def _sqlite(tmp_path, **kw) -> PredictionLog:
 
 def test_concurrent_logging_then_close_loses_nothing(tmp_path):
     plog = _sqlite(tmp_path, flush_interval_s=60)  # the timer never fires: close() must flush
-    threads = [threading.Thread(target=lambda k=k: [plog.log(_prediction(k * 100 + i)) for i in range(50)])
-               for k in range(4)]
+    threads = [
+        threading.Thread(target=lambda k=k: [plog.log(_prediction(k * 100 + i)) for i in range(50)]) for k in range(4)
+    ]
     for t in threads:
         t.start()
     for t in threads:

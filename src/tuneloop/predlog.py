@@ -1,11 +1,13 @@
 """Prediction log: every prediction, and the feedback that later labels it, in a SQL database.
 
+A platform module: the service writes it; monitoring and retraining read it (`read_window`).
 SQLAlchemy over SQLite by default, PostgreSQL when `TUNELOOP_DB_URL` says so. Writes are buffered
 off the request path: `log()` only appends to an in-memory buffer; a background thread flushes it
 every `flush_interval_s` (or sooner when `max_buffer` rows wait), and `close()` flushes whatever is
 left, so a graceful stop loses nothing. The schema is created on first use and carries a version
-row; a database written by an incompatible version is refused with a message instead of being
-guessed at. With `store_text=False` only a SHA-256 of each text is kept (privacy).
+row; older versions are migrated forward in place (each step idempotent), a database written by a
+newer version is refused with a message instead of being guessed at. With `store_text=False` only
+a SHA-256 of each text is kept (privacy).
 """
 
 from __future__ import annotations
@@ -17,14 +19,15 @@ import threading
 import time
 from collections import deque
 from dataclasses import dataclass, field
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from typing import Any
 
 from tuneloop.errors import TuneloopError
 
 log = logging.getLogger(__name__)
 
-SCHEMA_VERSION = 1
+# 1: predictions + feedback. 2: composite index (model_tag, created_at) for windowed reads.
+SCHEMA_VERSION = 2
 DEFAULT_URL = "sqlite:///predictions.db"
 
 
@@ -42,12 +45,13 @@ def database_url() -> str:
 
 
 def _tables(metadata: Any) -> dict[str, Any]:
-    from sqlalchemy import JSON, Column, DateTime, Float, Integer, String, Table, Text
+    from sqlalchemy import JSON, Column, DateTime, Float, Index, Integer, String, Table, Text
 
     return {
         "schema": Table("tuneloop_schema", metadata, Column("version", Integer, primary_key=True)),
         "predictions": Table(
-            "predictions", metadata,
+            "predictions",
+            metadata,
             Column("request_id", String(64), primary_key=True),
             Column("created_at", DateTime(timezone=True), nullable=False, index=True),
             Column("text", Text, nullable=True),  # None when store_text is off
@@ -58,9 +62,12 @@ def _tables(metadata: Any) -> dict[str, Any]:
             Column("top_k", JSON, nullable=False),
             Column("model_tag", String(200), nullable=False, index=True),
             Column("latency_ms", Float, nullable=False),
+            # A monitoring window is "one model, a time range or the last N rows": one index walk.
+            Index("ix_predictions_model_created", "model_tag", "created_at"),
         ),
         "feedback": Table(
-            "feedback", metadata,
+            "feedback",
+            metadata,
             Column("id", Integer, primary_key=True, autoincrement=True),
             Column("request_id", String(64), nullable=False, index=True),
             Column("label", String(200), nullable=False),
@@ -80,14 +87,15 @@ class Prediction:
     top_k: list[dict[str, Any]]
     model_tag: str
     latency_ms: float
-    created_at: datetime = field(default_factory=lambda: datetime.now(timezone.utc))
+    created_at: datetime = field(default_factory=lambda: datetime.now(UTC))
 
 
 class PredictionLog:
     """Buffered, thread-safe writer of predictions and feedback."""
 
-    def __init__(self, url: str | None = None, *, store_text: bool = True, flush_interval_s: float = 1.0,
-                 max_buffer: int = 500):
+    def __init__(
+        self, url: str | None = None, *, store_text: bool = True, flush_interval_s: float = 1.0, max_buffer: int = 500
+    ):
         from sqlalchemy import MetaData, create_engine, insert, select
         from sqlalchemy.exc import SQLAlchemyError
 
@@ -102,8 +110,10 @@ class PredictionLog:
             self.engine = create_engine(self.url, pool_pre_ping=True)
             self._migrate()
         except SQLAlchemyError as exc:
-            raise PredictionLogError(f"prediction log database {self._safe_url()}: {str(exc).splitlines()[0]}. "
-                                     "Check TUNELOOP_DB_URL and that the server is running.") from None
+            raise PredictionLogError(
+                f"prediction log database {self._safe_url()}: {str(exc).splitlines()[0]}. "
+                "Check TUNELOOP_DB_URL and that the server is running."
+            ) from None
         self._buffer: deque[Prediction] = deque()
         self._lock = threading.Lock()
         self._wake = threading.Event()
@@ -112,22 +122,11 @@ class PredictionLog:
         self._thread.start()
 
     def _safe_url(self) -> str:
-        from sqlalchemy.engine import make_url
-
-        return make_url(self.url).render_as_string(hide_password=True)
+        return _shown(self.url)
 
     def _migrate(self) -> None:
         """Create the tables on first use; refuse a database from an incompatible schema version."""
-        schema = self.tables["schema"]
-        self._metadata.create_all(self.engine)
-        with self.engine.begin() as conn:
-            versions = [row[0] for row in conn.execute(self._select(schema.c.version))]
-            if not versions:
-                conn.execute(self._insert(schema).values(version=SCHEMA_VERSION))
-            elif max(versions) != SCHEMA_VERSION:
-                raise PredictionLogError(
-                    f"prediction log {self._safe_url()} has schema version {max(versions)}, this tuneloop "
-                    f"writes version {SCHEMA_VERSION}. Point TUNELOOP_DB_URL at a new database or migrate it.")
+        migrate(self.engine, self._metadata, self.tables, self._safe_url())
 
     # ------------------------------------------------------------ writing
 
@@ -146,13 +145,21 @@ class PredictionLog:
             self._buffer.clear()
         if not batch:
             return 0
-        rows = [{
-            "request_id": p.request_id, "created_at": p.created_at,
-            "text": p.text if self.store_text else None,
-            "text_sha256": hashlib.sha256(p.text.encode("utf-8")).hexdigest(), "text_chars": len(p.text),
-            "predicted": p.predicted, "confidence": float(p.confidence),
-            "top_k": p.top_k, "model_tag": p.model_tag, "latency_ms": float(p.latency_ms),
-        } for p in batch]
+        rows = [
+            {
+                "request_id": p.request_id,
+                "created_at": p.created_at,
+                "text": p.text if self.store_text else None,
+                "text_sha256": hashlib.sha256(p.text.encode("utf-8")).hexdigest(),
+                "text_chars": len(p.text),
+                "predicted": p.predicted,
+                "confidence": float(p.confidence),
+                "top_k": p.top_k,
+                "model_tag": p.model_tag,
+                "latency_ms": float(p.latency_ms),
+            }
+            for p in batch
+        ]
         try:
             with self.engine.begin() as conn:
                 conn.execute(self._insert(self.tables["predictions"]), rows)
@@ -195,17 +202,23 @@ class PredictionLog:
         predictions, feedback = self.tables["predictions"], self.tables["feedback"]
         wanted = list(dict.fromkeys(request_id for request_id, _ in items))
         with self.engine.begin() as conn:
-            found = {row[0] for row in conn.execute(self._select(predictions.c.request_id)
-                                                     .where(predictions.c.request_id.in_(wanted)))}
+            found = {
+                row[0]
+                for row in conn.execute(
+                    self._select(predictions.c.request_id).where(predictions.c.request_id.in_(wanted))
+                )
+            }
             missing = [request_id for request_id in wanted if request_id not in found]
             if missing:
                 shown = ", ".join(repr(m) for m in missing[:5])
                 shown += f" and {len(missing) - 5} more" if len(missing) > 5 else ""
                 verb = "is" if len(missing) == 1 else "are"
                 raise UnknownRequest(f"request_id {shown} {verb} not in the prediction log")
-            now = datetime.now(timezone.utc)
-            conn.execute(self._insert(feedback), [{"request_id": request_id, "label": label, "created_at": now}
-                                                  for request_id, label in items])
+            now = datetime.now(UTC)
+            conn.execute(
+                self._insert(feedback),
+                [{"request_id": request_id, "label": label, "created_at": now} for request_id, label in items],
+            )
 
     def count(self) -> int:
         """Rows written so far (after a flush)."""
@@ -217,18 +230,121 @@ class PredictionLog:
 
     def joined(self) -> list[dict[str, Any]]:
         """Predictions with their latest feedback label (None when unlabelled), oldest first."""
-        from sqlalchemy import func
-
-        predictions, feedback = self.tables["predictions"], self.tables["feedback"]
         self.flush()
-        latest = (self._select(func.max(feedback.c.id).label("id")).group_by(feedback.c.request_id).subquery())
-        labels = (self._select(feedback.c.request_id, feedback.c.label)
-                  .join(latest, latest.c.id == feedback.c.id).subquery())
-        query = (self._select(predictions, labels.c.label.label("true_label"))
-                 .join(labels, labels.c.request_id == predictions.c.request_id, isouter=True)
-                 .order_by(predictions.c.created_at))
-        with self.engine.connect() as conn:
-            return [dict(row._mapping) for row in conn.execute(query)]
+        frame = read_window(self.url)
+        return frame.astype(object).where(frame.notna(), None).to_dict("records")
+
+
+def migrate(engine: Any, metadata: Any, tables: dict[str, Any], shown_url: str) -> None:
+    """Bring a log database to SCHEMA_VERSION: create what is missing (tables, indexes), record the
+    version. Every step is idempotent (`checkfirst`), so a crash half-way is repaired next time."""
+    from sqlalchemy import delete, insert, select
+
+    schema = tables["schema"]
+    metadata.create_all(engine)  # tables, and the indexes of newly created tables
+    with engine.begin() as conn:
+        versions = [row[0] for row in conn.execute(select(schema.c.version))]
+        found = max(versions) if versions else None
+        if found is not None and found > SCHEMA_VERSION:
+            raise PredictionLogError(
+                f"prediction log {shown_url} has schema version {found}, this tuneloop writes version "
+                f"{SCHEMA_VERSION}. Upgrade tuneloop or point TUNELOOP_DB_URL at another database."
+            )
+        if found == SCHEMA_VERSION:
+            return
+        for index in tables["predictions"].indexes:  # version 1 -> 2: the window index
+            index.create(conn, checkfirst=True)
+        conn.execute(delete(schema))
+        conn.execute(insert(schema).values(version=SCHEMA_VERSION))
+
+
+WINDOW_COLUMNS = [
+    "request_id",
+    "created_at",
+    "text",
+    "text_sha256",
+    "text_chars",
+    "predicted",
+    "confidence",
+    "top_k",
+    "model_tag",
+    "latency_ms",
+    "true_label",
+]
+
+
+def read_window(
+    url: str | None = None,
+    *,
+    model_tag: str | None = None,
+    since: datetime | None = None,
+    until: datetime | None = None,
+    last: int | None = None,
+) -> Any:
+    """Logged predictions as a DataFrame (oldest first), each with its latest feedback label.
+
+    Args:
+        url: SQLAlchemy URL (default: `database_url()`).
+        model_tag: only this model's predictions.
+        since / until: `since <= created_at < until` (timezone-aware; naive means UTC).
+        last: only the newest N rows of that selection.
+
+    Raises:
+        PredictionLogError: the database is unreachable or has no prediction log in it.
+    """
+    import pandas as pd
+    from sqlalchemy import MetaData, create_engine, func, inspect, select
+    from sqlalchemy.exc import SQLAlchemyError
+
+    url = url or database_url()
+    tables = _tables(MetaData())
+    predictions, feedback = tables["predictions"], tables["feedback"]
+    latest = select(func.max(feedback.c.id).label("id")).group_by(feedback.c.request_id).subquery()
+    labels = select(feedback.c.request_id, feedback.c.label).join(latest, latest.c.id == feedback.c.id).subquery()
+    query = select(predictions)
+    if model_tag is not None:
+        query = query.where(predictions.c.model_tag == model_tag)
+    if since is not None:
+        query = query.where(predictions.c.created_at >= _utc(since))
+    if until is not None:
+        query = query.where(predictions.c.created_at < _utc(until))
+    query = query.order_by(predictions.c.created_at.desc(), predictions.c.request_id.desc())
+    if last is not None:
+        query = query.limit(last)
+    window = query.subquery()
+    joined = (
+        select(window, labels.c.label.label("true_label"))
+        .join(labels, labels.c.request_id == window.c.request_id, isouter=True)
+        .order_by(window.c.created_at, window.c.request_id)
+    )
+    engine = create_engine(url)
+    try:
+        if not inspect(engine).has_table("predictions"):
+            raise PredictionLogError(
+                f"prediction log {_shown(url)}: no predictions table. Point TUNELOOP_DB_URL "
+                "at the database the service writes (its log starts with the first request)."
+            )
+        with engine.connect() as conn:
+            frame = pd.DataFrame(conn.execute(joined).mappings().all(), columns=WINDOW_COLUMNS)
+    except SQLAlchemyError as exc:
+        raise PredictionLogError(
+            f"prediction log {_shown(url)}: {str(exc).splitlines()[0]}. Check "
+            "TUNELOOP_DB_URL and that the database server is running."
+        ) from None
+    finally:
+        engine.dispose()
+    frame["created_at"] = pd.to_datetime(frame["created_at"], utc=True)
+    return frame
+
+
+def _utc(moment: datetime) -> datetime:
+    return moment.replace(tzinfo=UTC) if moment.tzinfo is None else moment.astimezone(UTC)
+
+
+def _shown(url: str) -> str:
+    from sqlalchemy.engine import make_url
+
+    return make_url(url).render_as_string(hide_password=True)
 
 
 def new_request_id() -> str:
