@@ -3,7 +3,7 @@
 Runs, in the project (after `make demo` has imported the demo data), the same work twice, each
 in its own process with its own empty BentoML store:
 - direct: every step called straight from the library, each timed: the DVC stages forced to run
-  (validate, prepare, train, evaluate), gate, register, promote, package;
+  (validate, prepare, train, evaluate), release (gate, register, promote), package;
 - flow: `training_pipeline(force=True)` under Prefect (a temporary local server when
   PREFECT_API_URL is unset, as on a fresh machine).
 Prints JSON: per-step direct times, the flow's wall time, overhead = flow wall - sum of direct
@@ -25,32 +25,26 @@ from pathlib import Path
 
 
 def direct() -> dict[str, float]:
-    from tuneloop import registry
     from tuneloop.config import load_params
-    from tuneloop.gate import run_gate, write_report
     from tuneloop.package import build_bento
     from tuneloop.pipeline import repro
+    from tuneloop.release import release
 
     times: dict[str, float] = {}
     for stage in ("validate", "prepare", "train", "evaluate"):
         times[stage] = repro(stage, force=True).seconds
-    params = load_params()
     start = time.perf_counter()
-    report = run_gate(params, Path("models/candidate"), Path("reports/eval"), Path("data/prepared/test.csv"))
-    write_report(report, Path("reports/gate"))
-    times["gate"] = time.perf_counter() - start
-    start = time.perf_counter()
-    entry = registry.register(
+    done = release(
+        load_params(),
         Path("models/candidate"),
-        metrics=json.loads(Path("reports/eval/metrics.json").read_text()),
-        gate=report.to_dict(),
-    )
-    times["register"] = time.perf_counter() - start
+        Path("data/prepared/test.csv"),
+        eval_dir=Path("reports/eval"),
+        gate_dir=Path("reports/gate"),
+        reason="bench",
+    ).raise_if_refused()
+    times["release"] = time.perf_counter() - start
     start = time.perf_counter()
-    registry.promote(entry.tag, reason="bench")
-    times["promote"] = time.perf_counter() - start
-    start = time.perf_counter()
-    build_bento(entry.tag)
+    build_bento(str(done.champion))
     times["package"] = time.perf_counter() - start
     return times
 

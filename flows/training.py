@@ -2,9 +2,10 @@
 
 validate -> prepare -> train -> evaluate run as DVC stages (`dvc repro <stage>` through DVC's
 Python API: unchanged stages are cache hits, and `dvc repro` alone reproduces the same model);
-then gate -> register -> promote -> package. Each task calls one tuneloop library function and
-publishes a Prefect artifact; the flow run ends Failed, with a message naming the cause, when
-validation or the gate fails.
+then release (gate, register, promote: `tuneloop.release`, the path the CLI takes too) -> package.
+Each task calls one tuneloop library function and publishes Prefect artifacts; the flow run ends
+Failed, with a message naming the cause, when validation or the gate fails. A run whose challenger
+has the champion's weights judges nothing, promotes nothing and ends Completed ("no new model").
 """
 
 from __future__ import annotations
@@ -71,58 +72,63 @@ def train(force: bool = False) -> dict[str, Any]:
 @task(name="evaluate")
 def evaluate(force: bool = False) -> dict[str, Any]:
     """Score the challenger on the test split (DVC stage `evaluate`)."""
+    from tuneloop.reports import EvalReport
+
     result = _stage("evaluate", force)
-    metrics = json.loads((EVAL_DIR / "metrics.json").read_text())
-    rows = [{"metric": k, "value": round(v, 4)} for k, v in metrics.items() if isinstance(v, (int, float))]
-    rows += [{"metric": f"behaviour: {k}", "value": v} for k, v in metrics["behaviour"].items()]
+    report = EvalReport.load(EVAL_DIR)
+    rows = [{"metric": k, "value": round(v, 4)} for k, v in report.summary().items() if isinstance(v, (int, float))]
+    rows += [{"metric": f"behaviour: {k}", "value": v} for k, v in report.behaviour.items()]
     create_table_artifact(rows, key="evaluation-metrics", description="challenger on the test split")
     return result
 
 
-@task(name="gate")
-def gate(params: Any) -> dict[str, Any]:
-    """Floors + paired comparison with the champion re-scored on the same test rows."""
-    from tuneloop import registry
-    from tuneloop.gate import GateFailed, failure_message, render_markdown, run_gate, write_report
+def _publish(step: str, payload: Any) -> None:
+    """Artifacts between the release steps: the verdict, then the champion."""
+    from tuneloop.gate import render_markdown
+
+    if step == "verdict":
+        no_new = "no new model" in str(payload.comparison.get("note", ""))
+        verdict = "NO NEW MODEL" if no_new else "PASSED" if payload.passed else "FAILED"
+        create_markdown_artifact(render_markdown(payload), key="gate-verdict", description=verdict)
+        get_run_logger().info("gate: %s", verdict.lower())
+    elif step == "registered":
+        get_run_logger().info("registered %s", payload.tag)
+    elif step == "promoted":
+        create_markdown_artifact(
+            f"# Champion\n\n`{payload.tag}`\n\nmacro-F1 {payload.metadata.get('metrics', {}).get('macro_f1')}",
+            key="champion-model",
+            description=payload.tag,
+        )
+
+
+@task(name="release")
+def release(params: Any) -> dict[str, Any]:
+    """Gate against the champion on the same rows, register, promote (nothing to judge: the champion's weights)."""
+    from tuneloop.release import release as run_release
 
     started = time.perf_counter()
-    champion = registry.champion()
-    report = run_gate(
-        params, CANDIDATE, EVAL_DIR, TEST_DATA, champion.path if champion else None, champion.tag if champion else None
+    done = run_release(
+        params,
+        CANDIDATE,
+        TEST_DATA,
+        eval_dir=EVAL_DIR,
+        gate_dir=GATE_DIR,
+        publish=_publish,
+        reason="passed the gate in the training pipeline",
     )
-    write_report(report, GATE_DIR)
-    create_markdown_artifact(
-        render_markdown(report), key="gate-verdict", description="PASSED" if report.passed else "FAILED"
-    )
-    get_run_logger().info("gate %s", "passed" if report.passed else "failed")
-    if not report.passed:
-        raise GateFailed(failure_message(report))
-    return {"stage": "gate", "seconds": time.perf_counter() - started, "report": report.to_dict()}
-
-
-@task(name="register", retries=2, retry_delay_seconds=2)
-def register(gate_report: dict[str, Any]) -> str:
-    """Save the challenger into BentoML's model store (retried: filesystem I/O)."""
-    from tuneloop import registry
-
-    metrics = json.loads((EVAL_DIR / "metrics.json").read_text())
-    entry = registry.register(CANDIDATE, metrics=metrics, gate=gate_report)
-    get_run_logger().info("registered %s", entry.tag)
-    return entry.tag
-
-
-@task(name="promote", retries=2, retry_delay_seconds=2)
-def promote(tag: str) -> str:
-    """Make the gated challenger the champion (atomic; a no-op if it already is)."""
-    from tuneloop import registry
-
-    entry = registry.promote(tag, reason="passed the gate in the training pipeline")
-    create_markdown_artifact(
-        f"# Champion\n\n`{entry.tag}`\n\nmacro-F1 {entry.metadata['metrics'].get('macro_f1')}",
-        key="champion-model",
-        description=entry.tag,
-    )
-    return entry.tag
+    done.raise_if_refused()
+    if done.outcome == "no-new-model":
+        create_markdown_artifact(
+            f"# No new model\n\n{done.message}.",
+            key="champion-model",
+            description=f"no new model; champion {done.champion}",
+        )
+    return {
+        "stage": "release",
+        "seconds": time.perf_counter() - started,
+        "outcome": done.outcome,
+        "champion": done.champion,
+    }
 
 
 @task(name="package", retries=1, retry_delay_seconds=5)
@@ -137,19 +143,23 @@ def package(tag: str) -> str:
 
 @flow(name="tuneloop-training", log_prints=True)
 def training_pipeline(overrides: list[str] | None = None, force: bool = False) -> dict[str, Any]:
-    """validate -> prepare -> train -> evaluate (DVC) -> gate -> register -> promote -> package."""
+    """validate -> prepare -> train -> evaluate (DVC) -> release (gate, register, promote) -> package."""
     from tuneloop.config import load_params
     from tuneloop.pipeline import apply_overrides
 
     apply_overrides(overrides or [])
     params = load_params()
     stages = [validate(force), prepare(force), train(force), evaluate(force)]
-    verdict = gate(params)
-    tag = register(verdict["report"])
-    champion = promote(tag)
-    bento = package(champion)
-    stages.append({"stage": "gate", "seconds": verdict["seconds"]})
-    return {"model": tag, "champion": champion, "bento": bento, "stages": stages}
+    released = release(params)
+    bento = package(released["champion"])
+    stages.append({"stage": "release", "seconds": released["seconds"]})
+    return {
+        "model": released["champion"],
+        "champion": released["champion"],
+        "outcome": released["outcome"],
+        "bento": bento,
+        "stages": stages,
+    }
 
 
 if __name__ == "__main__":

@@ -35,6 +35,13 @@ os.environ.setdefault(
 os.environ["PATH"] = f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}"
 
 
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    """Everything under tests/integration is an integration test (real DVC, Prefect, BentoML processes)."""
+    for item in items:
+        if "integration" in Path(str(item.path)).relative_to(REPO).parts[:2]:
+            item.add_marker(pytest.mark.integration)
+
+
 @dataclass
 class CliResult:
     exit_code: int
@@ -180,10 +187,10 @@ def tiny_splits(project: Path) -> tuple[Path, Path]:
 
 @pytest.fixture
 def store() -> Path:
-    """An empty tuneloop registry in the session's BentoML home."""
+    """An empty tuneloop registry (every task) in the session's BentoML home."""
     home = Path(os.environ["BENTOML_HOME"])
-    for sub in ("models/tuneloop-classifier", "bentos/tuneloop_classifier", "tuneloop"):
-        shutil.rmtree(home / sub, ignore_errors=True)
+    for sub in [*home.glob("models/tuneloop-*"), *home.glob("bentos/tuneloop_*"), home / "tuneloop"]:
+        shutil.rmtree(sub, ignore_errors=True)
     return home
 
 

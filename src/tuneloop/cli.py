@@ -16,6 +16,7 @@ from typing import Annotated, Any, TypeVar
 
 import typer
 from rich.console import Console
+from rich.markup import escape
 
 app = typer.Typer(
     help="tuneloop: validate, version, fine-tune, gate, serve and monitor text classifiers.",
@@ -30,8 +31,9 @@ app.add_typer(models_app, name="models")
 pipeline_app = typer.Typer(help="Prefect flows.", no_args_is_help=True)
 app.add_typer(pipeline_app, name="pipeline")
 
-err = Console(stderr=True, soft_wrap=True)
-out = Console(soft_wrap=True)
+# No emoji codes: a tag like `a:b:c` must print as typed, not as ":b:" turned into a picture.
+err = Console(stderr=True, soft_wrap=True, emoji=False)
+out = Console(soft_wrap=True, emoji=False)
 
 ParamsOpt = Annotated[Path, typer.Option("--params", help="params file (the single source of truth).")]
 SetOpt = Annotated[list[str] | None, typer.Option("--set", help="override a param: section.key=value (repeatable).")]
@@ -51,10 +53,11 @@ def user_errors(func: F) -> F:
         try:
             return func(*args, **kwargs)
         except TuneloopError as exc:
-            err.print(f"[bold red]error:[/] {exc}", highlight=False, soft_wrap=True)
+            err.print(f"[bold red]error:[/] {escape(str(exc))}", highlight=False, soft_wrap=True)
             raise typer.Exit(exc.exit_code) from None
         except OSError as exc:
-            err.print(f"[bold red]error:[/] {exc.filename or ''}: {exc.strerror or exc}", highlight=False)
+            where = f"{exc.filename}: " if exc.filename else ""
+            err.print(f"[bold red]error:[/] {escape(where + str(exc.strerror or exc))}", highlight=False)
             raise typer.Exit(1) from None
 
     return wrapper  # type: ignore[return-value]
@@ -252,10 +255,10 @@ def evaluate_cmd(
 
     chosen = "" if behaviour == "none" else behaviour
     m = evaluate(_params(params, set_), model, data, out_dir, chosen)
-    rates = ", ".join(f"{k} {v:.0%}" for k, v in m["behaviour"].items() if v is not None)
+    rates = ", ".join(f"{k} {v:.0%}" for k, v in m.behaviour.items() if v is not None)
     out.print(
-        f"[green]evaluated[/] {model} on {data}: accuracy {m['accuracy']:.4f}, macro-F1 {m['macro_f1']:.4f}, "
-        f"ECE {m['ece']:.4f}" + (f"; behaviour: {rates}" if rates else "") + f"; reports in {out_dir}"
+        f"[green]evaluated[/] {model} on {data}: accuracy {m.accuracy:.4f}, macro-F1 {m.macro_f1:.4f}, "
+        f"ECE {m.ece:.4f}" + (f"; behaviour: {rates}" if rates else "") + f"; reports in {out_dir}"
     )
 
 
@@ -263,58 +266,72 @@ def evaluate_cmd(
 @user_errors
 def gate_cmd(
     model: Annotated[Path, typer.Option("--model", help="challenger model dir.")] = Path("models/candidate"),
-    eval_dir: Annotated[Path, typer.Option("--eval", help="the challenger's evaluation folder.")] = Path(
-        "reports/eval"
-    ),
+    eval_dir: Annotated[Path, typer.Option("--eval", help="its evaluation folder.")] = Path("reports/eval"),
     data: Annotated[Path, typer.Option("--data", help="the test file it was evaluated on.")] = Path(
         "data/prepared/test.csv"
     ),
     out_dir: Annotated[Path, typer.Option("--out", help="folder for gate.json and gate.md.")] = Path("reports/gate"),
     champion: Annotated[
-        str, typer.Option("--champion", help="'auto' (the registry's), 'none', or a model tag.")
+        str, typer.Option("--champion", help="'auto' (the task's champion), 'none', or a model tag.")
     ] = "auto",
     params: ParamsOpt = Path("params.yaml"),
     set_: SetOpt = None,
 ) -> None:
     """Judge a challenger: absolute floors, then a paired test against the re-scored champion."""
-    from tuneloop import registry
-    from tuneloop.gate import GateFailed, failure_message, run_gate, write_report
+    from tuneloop.release import release
 
-    entry = None if champion == "none" else registry.champion() if champion == "auto" else registry.get(champion)
-    report = run_gate(
-        _params(params, set_), model, eval_dir, data, entry.path if entry else None, entry.tag if entry else None
+    done = release(
+        _params(params, set_),
+        model,
+        data,
+        eval_dir=eval_dir,
+        champion=champion,
+        gate_dir=out_dir,
+        register=False,
+        promote=False,
     )
-    write_report(report, out_dir)
-    if not report.passed:
-        raise GateFailed(failure_message(report) + f"\n  Report: {out_dir / 'gate.md'}")
-    out.print(
-        f"[green]gate passed[/] ({len(report.checks)} checks; champion: {report.champion or 'none yet'}); "
-        f"report in {out_dir / 'gate.md'}"
-    )
+    done.raise_if_refused()
+    out.print(f"[green]{done.message}[/]; report in {out_dir / 'gate.md'}")
+
+
+TaskOpt = Annotated[str | None, typer.Option("--task", help="the task (default: task.name in params.yaml).")]
+
+
+def _task(task: str | None, params: Path = Path("params.yaml")) -> str:
+    """--task, else params.yaml's task.name, else the default task (outside a project)."""
+    if task:
+        return task
+    if params.is_file():
+        return str(_params(params, None).task.name)
+    from tuneloop.registry import DEFAULT_TASK
+
+    return DEFAULT_TASK
 
 
 @models_app.command("list")
 @user_errors
-def models_list() -> None:
-    """Every registered model with its stage and headline metrics."""
+def models_list(task: TaskOpt = None) -> None:
+    """Every registered model (of every task, or of --task) with its stage and headline metrics."""
     from rich.table import Table
 
     from tuneloop import registry
 
-    table = Table("tag", "stage", "created", "macro-F1", "accuracy", "data version", "gate")
-    table.columns[0].no_wrap = True
-    for e in registry.entries():
+    table = Table("task", "tag", "stage", "created", "macro-F1", "accuracy", "data version", "gate")
+    table.columns[1].no_wrap = True
+    for e in registry.entries(task):
         m, g = e.metadata.get("metrics", {}), e.metadata.get("gate", {})
+        verdict = "-" if not g else "passed" if g.get("passed") else "failed"
         table.add_row(
+            e.task,
             e.tag,
             e.stage,
             e.created,
             _fmt(m.get("macro_f1")),
             _fmt(m.get("accuracy")),
             str(e.metadata.get("data_version")),
-            "-" if not g else "passed" if g.get("passed") else "failed",
+            verdict,
         )
-    Console(width=max(out.width, 140)).print(table)  # tags are long; never truncate them
+    Console(width=max(out.width, 150), emoji=False).print(table)  # tags are long; never truncate them
 
 
 def _fmt(value: Any) -> str:
@@ -323,19 +340,25 @@ def _fmt(value: Any) -> str:
 
 @models_app.command("show")
 @user_errors
-def models_show(tag: Annotated[str, typer.Argument(help="model tag (name:version or version).")]) -> None:
-    """One model's stage, metadata and store path."""
+def models_show(
+    tag: Annotated[str, typer.Argument(help="model tag (name:version, or a version of --task).")],
+    task: TaskOpt = None,
+) -> None:
+    """One model's task, stage, metadata and store path."""
     import json
 
     from tuneloop import registry
 
-    e = registry.get(tag)
-    out.print_json(
-        json.dumps(
-            {"tag": e.tag, "stage": e.stage, "created": e.created, "path": str(e.path), "metadata": e.metadata},
-            default=str,
-        )
-    )
+    e = registry.get(tag, _task(task))
+    shown = {
+        "tag": e.tag,
+        "task": e.task,
+        "stage": e.stage,
+        "created": e.created,
+        "path": str(e.path),
+        "metadata": e.metadata,
+    }
+    out.print_json(json.dumps(shown, default=str))
 
 
 @models_app.command("register")
@@ -345,16 +368,16 @@ def models_register(
     eval_dir: Annotated[
         Path | None, typer.Option("--eval", help="its evaluation folder (metrics go into the metadata).")
     ] = None,
+    task: TaskOpt = None,
 ) -> None:
-    """Save a model dir into the store as a challenger."""
-    import json
-
+    """Save a model dir into the task's registry as a challenger."""
     from tuneloop import registry
     from tuneloop.model import load_classifier
+    from tuneloop.reports import EvalReport
 
     load_classifier(model)  # refuse foreign or broken dirs before they enter the store
-    metrics = json.loads((eval_dir / "metrics.json").read_text()) if eval_dir else None
-    out.print(f"registered {registry.register(model, metrics=metrics).tag}")
+    metrics = EvalReport.load(eval_dir).summary() if eval_dir else None
+    out.print(f"registered {registry.register(model, task=_task(task), metrics=metrics).tag}")
 
 
 @models_app.command("promote")
@@ -367,64 +390,52 @@ def models_promote(
     params: ParamsOpt = Path("params.yaml"),
     set_: SetOpt = None,
 ) -> None:
-    """Promote a model: runs the gate on DATA against the champion unless --force."""
-    import tempfile
-
+    """Promote a model: runs the gate on DATA against its task's champion unless --force."""
     from tuneloop import registry
     from tuneloop.errors import TuneloopError
-    from tuneloop.evaluate import evaluate
-    from tuneloop.gate import GateFailed, failure_message, run_gate
+    from tuneloop.release import release
 
-    entry = registry.get(tag)
+    entry = registry.get(tag, _task(None, params))
     if force:
         if not reason:
             raise TuneloopError('--force skips the gate, so it needs --reason "why" (recorded in the history).')
         registry.promote(entry.tag, reason=reason, forced=True)
         out.print(f"[yellow]promoted without gate[/] {entry.tag}: {reason}")
         return
-    current = registry.champion()
-    if current and current.tag == entry.tag:
+    cfg = _params(params, set_)
+    if entry.task != cfg.task.name:  # judged within its own task, whatever params.yaml names
+        cfg = cfg.model_copy(update={"task": cfg.task.model_copy(update={"name": entry.task})})
+    done = release(cfg, entry.path, data, reason=reason or "passed the gate (tuneloop models promote)")
+    done.raise_if_refused()
+    if done.outcome == "no-new-model":
         out.print(f"{entry.tag} is already the champion")
         return
-    cfg = _params(params, set_)
-    with tempfile.TemporaryDirectory() as tmp:
-        evaluate(cfg, entry.path, data, tmp)
-        report = run_gate(
-            cfg, entry.path, tmp, data, current.path if current else None, current.tag if current else None
-        )
-    if not report.passed:
-        raise GateFailed(failure_message(report))
-    registry.promote(entry.tag, reason=reason or "passed the gate (tuneloop models promote)")
-    out.print(f"[green]promoted[/] {entry.tag} (previous champion: {current.tag if current else 'none'})")
+    out.print(f"[green]promoted[/] {entry.tag} (previous champion: {done.report.champion or 'none'})")
 
 
 @models_app.command("rollback")
 @user_errors
 def models_rollback(
     reason: Annotated[str, typer.Option("--reason", help="why; recorded.")] = "manual rollback",
+    task: TaskOpt = None,
 ) -> None:
-    """Put the previous champion back."""
+    """Put the task's previous champion back."""
     from tuneloop import registry
 
-    out.print(f"[yellow]rolled back[/]: champion is {registry.rollback(reason=reason).tag}")
+    out.print(f"[yellow]rolled back[/]: champion is {registry.rollback(_task(task), reason=reason).tag}")
 
 
 @app.command("package")
 @user_errors
 def package_cmd(
-    tag: Annotated[str | None, typer.Option("--model", help="model tag (default: the champion).")] = None,
+    tag: Annotated[str | None, typer.Option("--model", help="model tag (default: the task's champion).")] = None,
+    task: TaskOpt = None,
 ) -> None:
     """Build the Bento (service + model) with `bentoml build`; prints the Bento tag."""
     from tuneloop import registry
-    from tuneloop.errors import TuneloopError
     from tuneloop.package import build_bento
 
-    chosen = registry.get(tag) if tag else registry.champion()
-    if chosen is None:
-        raise TuneloopError(
-            "no champion to package yet: promote a model (`tuneloop models promote TAG`) or pass --model TAG."
-        )
-    out.print(build_bento(chosen.tag))
+    out.print(build_bento(registry.resolve(tag, _task(task), purpose="package").tag))
 
 
 @pipeline_app.command("run")
@@ -490,11 +501,8 @@ def serve_cmd(
     import subprocess
 
     from tuneloop import registry
-    from tuneloop.errors import TuneloopError
 
-    chosen = registry.get(model) if model else registry.champion()
-    if chosen is None:
-        raise TuneloopError("no champion to serve yet: run `tuneloop pipeline run` or pass --model TAG.")
+    chosen = registry.resolve(model, _task(None), purpose="serve")
     env = {
         **os.environ,
         "TUNELOOP_MODEL_TAG": chosen.tag,

@@ -27,6 +27,13 @@ class _Section(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
 
+class TaskParams(_Section):
+    name: str = Field(
+        pattern=r"^[a-z0-9]([a-z0-9-]{0,38}[a-z0-9])?$",
+        description="one classifier: its registry model name, champion pointer, Bento and service",
+    )
+
+
 class BaseParams(_Section):
     seed: int = Field(ge=0, description="seed for every random choice (splits, init, data order)")
 
@@ -115,6 +122,7 @@ class GateParams(_Section):
     min_behaviour_pass_rate: float = Field(ge=0, le=1)
     max_ece: float = Field(ge=0, le=1)
     max_p95_latency_ms: float = Field(gt=0)
+    max_latency_ratio: float = Field(ge=1)
     max_model_size_mb: float = Field(gt=0)
     paired_test: Literal["mcnemar", "bootstrap"]
     alpha: float = Field(gt=0, lt=1)
@@ -150,6 +158,7 @@ class ServeParams(_Section):
 class Params(_Section):
     """Every section of params.yaml."""
 
+    task: TaskParams
     base: BaseParams
     data: DataParams
     validate_: ValidateParams = Field(alias="validate")

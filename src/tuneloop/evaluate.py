@@ -1,8 +1,9 @@
 """Evaluate stage: honest metrics for a model dir on any labeled file.
 
 Writes into the output folder:
-- metrics.json: accuracy, macro-F1, weighted-F1, ROC-AUC (one-vs-rest, macro), log loss, expected
-  calibration error, per-class precision/recall/F1/support, behavioural pass rates;
+- metrics.json: the headline numbers: accuracy, macro-F1, weighted-F1, ROC-AUC (one-vs-rest, macro),
+  log loss, expected calibration error (tuneloop.reports.EvalReport reads the folder back, typed);
+- per_class.json: precision/recall/F1/support per class; served.json: the served variant's scores;
 - slices.json: the same headline metrics per text-length bucket and per slice column value;
 - behaviour.json: every behavioural test with its failures;
 - confusion.json + confusion.png, calibration.json + reliability.png: plot data for `dvc plots`
@@ -27,6 +28,7 @@ import pandas as pd
 
 from tuneloop.config import EvaluateParams, Params
 from tuneloop.errors import DataError
+from tuneloop.reports import REPORT_VERSION, EvalReport, Headline, ServedMetrics
 from tuneloop.tabular import LABEL, TEXT, read_labeled, write_csv_atomic, write_text_atomic
 
 if TYPE_CHECKING:
@@ -338,18 +340,7 @@ def served_variant_metrics(
     }
 
 
-def evaluate(
-    params: Params,
-    model_dir: str | Path,
-    data_path: str | Path,
-    out_dir: str | Path,
-    behaviour_file: str | Path | None = None,
-) -> dict[str, Any]:
-    """Score `model_dir` on `data_path` and write every report into `out_dir`; returns metrics."""
-    from tuneloop.model import load_classifier, predict_proba
-
-    p = params.evaluate
-    clf = load_classifier(model_dir)
+def _labeled_for(clf: Classifier, data_path: str | Path, model_dir: str | Path) -> pd.DataFrame:
     frame = read_labeled(data_path)
     unknown = sorted(set(frame[LABEL]) - set(clf.labels))
     if unknown:
@@ -358,15 +349,26 @@ def evaluate(
             f"(it knows {len(clf.labels)}: {', '.join(clf.labels[:8])}...). Evaluate on data with "
             "the model's label set, or retrain with these labels."
         )
-    label2id = {label: i for i, label in enumerate(clf.labels)}
-    y_true = frame[LABEL].map(label2id).to_numpy()
+    return frame
+
+
+def evaluate(
+    params: Params,
+    model_dir: str | Path,
+    data_path: str | Path,
+    out_dir: str | Path,
+    behaviour_file: str | Path | None = None,
+) -> EvalReport:
+    """Score `model_dir` on `data_path`, write every report into `out_dir` and return the typed report."""
+    from tuneloop.model import load_classifier, predict_proba
+
+    p = params.evaluate
+    clf = load_classifier(model_dir)
+    frame = _labeled_for(clf, data_path, model_dir)
+    y_true = frame[LABEL].map({label: i for i, label in enumerate(clf.labels)}).to_numpy()
     texts = frame[TEXT].tolist()
     probs = predict_proba(clf, texts, p.batch_size)
-    y_pred = probs.argmax(axis=1)
-
     metrics = classification_metrics(y_true, probs, clf.labels, p.ece_bins)
-    _, calibration = expected_calibration_error(y_true, probs, p.ece_bins)
-    slices = slice_metrics(frame, y_true, y_pred, p)
     behaviour_path = behaviour_file if behaviour_file is not None else p.behaviour_file
     behaviour: dict[str, Any] = {}
     if behaviour_path:
@@ -374,32 +376,47 @@ def evaluate(
         behaviour = run_behaviour(
             lambda ts: predict_proba(clf, ts, p.batch_size).argmax(axis=1), texts, clf.labels, spec, params.base.seed
         )
-    metrics["behaviour"] = {name: r["pass_rate"] for name, r in behaviour.items()}
+    served = None
     if params.serve.quantize != "none":
-        metrics["served"] = served_variant_metrics(clf, texts, y_true, probs, params)
-    metrics["model"] = str(model_dir)
-    metrics["data"] = str(data_path)
-
+        served = ServedMetrics(**served_variant_metrics(clf, texts, y_true, probs, params))
+    headline = Headline(
+        report_version=REPORT_VERSION,
+        model=str(model_dir),
+        data=str(data_path),
+        **{k: metrics[k] for k in Headline.model_fields if k in metrics},
+    )
+    report = EvalReport(
+        headline=headline,
+        per_class=metrics["per_class"],
+        served=served,
+        behaviour={name: r["pass_rate"] for name, r in behaviour.items()},
+    )
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
-    write_text_atomic(json.dumps(metrics, indent=2) + "\n", out / "metrics.json")
-    write_text_atomic(json.dumps(slices, indent=2) + "\n", out / "slices.json")
-    write_text_atomic(json.dumps(behaviour, indent=2, ensure_ascii=False) + "\n", out / "behaviour.json")
-    write_text_atomic(json.dumps(confusion_points(y_true, y_pred, clf.labels)) + "\n", out / "confusion.json")
-    write_text_atomic(json.dumps(calibration, indent=2) + "\n", out / "calibration.json")
-    predictions = frame.assign(predicted=[clf.labels[k] for k in y_pred], confidence=probs.max(axis=1).round(6))
-    write_csv_atomic(
-        predictions[[TEXT, LABEL, "predicted", "confidence", *[c for c in frame.columns if c not in (TEXT, LABEL)]]],
-        out / "predictions.csv",
-    )
-    _save_confusion_png(y_true, y_pred, clf.labels, out / "confusion.png")
-    _save_reliability_png(calibration, metrics["ece"], out / "reliability.png")
+    report.write(out, behaviour)
+    _write_details(frame, y_true, probs, clf.labels, p, out)
     log.info(
         "evaluated %s on %s: accuracy %.4f, macro-F1 %.4f, ECE %.4f",
         model_dir,
         data_path,
-        metrics["accuracy"],
-        metrics["macro_f1"],
-        metrics["ece"],
+        report.accuracy,
+        report.macro_f1,
+        report.ece,
     )
-    return metrics
+    return report
+
+
+def _write_details(
+    frame: pd.DataFrame, y_true: np.ndarray, probs: np.ndarray, labels: list[str], p: EvaluateParams, out: Path
+) -> None:
+    """slices.json, plot data and pictures, predictions.csv."""
+    y_pred = probs.argmax(axis=1)
+    ece, calibration = expected_calibration_error(y_true, probs, p.ece_bins)
+    write_text_atomic(json.dumps(slice_metrics(frame, y_true, y_pred, p), indent=2) + "\n", out / "slices.json")
+    write_text_atomic(json.dumps(confusion_points(y_true, y_pred, labels)) + "\n", out / "confusion.json")
+    write_text_atomic(json.dumps(calibration, indent=2) + "\n", out / "calibration.json")
+    predictions = frame.assign(predicted=[labels[k] for k in y_pred], confidence=probs.max(axis=1).round(6))
+    extra = [c for c in frame.columns if c not in (TEXT, LABEL)]
+    write_csv_atomic(predictions[[TEXT, LABEL, "predicted", "confidence", *extra]], out / "predictions.csv")
+    _save_confusion_png(y_true, y_pred, labels, out / "confusion.png")
+    _save_reliability_png(calibration, ece, out / "reliability.png")

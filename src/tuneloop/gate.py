@@ -2,13 +2,17 @@
 
 A challenger passes only if
 1. every absolute floor holds (macro-F1, accuracy, per-class recall, behavioural pass rate,
-   calibration error, p95 single-request CPU latency, model size), read from its evaluation on
-   the test file and measured here;
-2. it is not worse than the current champion **re-scored now on the same test rows** (never a
+   calibration error, the served variant's agreement, model size), read from its typed evaluation
+   report on the test file;
+2. it answers about as fast as the champion: p95 single-text CPU latency of both measured in the same
+   run, interleaved request by request, within `gate.max_latency_ratio` (a busy machine slows both
+   alike); the absolute `max_p95_latency_ms` is only a loose sanity bound, reported with the load;
+3. it has the champion's label set (else it is another task: no comparison on the same rows);
+4. it is not worse than the current champion **re-scored now on the same test rows** (never a
    number stored from another data version), judged with a paired test: McNemar's exact test on
    per-row correctness, or a paired bootstrap of the macro-F1 difference; noise neither blocks a
    good model nor lets a lucky one through;
-3. no slice (text length, slice columns) loses more accuracy than `gate.max_slice_drop`.
+5. no slice (text length, slice columns) loses more accuracy than `gate.max_slice_drop`.
 With no champion yet, the floors alone decide. The verdict goes to gate.json (every check with
 value, threshold, pass/fail and why) and gate.md.
 """
@@ -17,17 +21,22 @@ from __future__ import annotations
 
 import json
 import logging
+import os
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import pandas as pd
 
 from tuneloop.config import EvaluateParams, GateParams, Params
 from tuneloop.errors import TuneloopError
+from tuneloop.reports import EvalReport
 from tuneloop.tabular import LABEL, TEXT, read_table, write_text_atomic
+
+if TYPE_CHECKING:
+    from tuneloop.model import Classifier
 
 log = logging.getLogger(__name__)
 
@@ -80,14 +89,14 @@ class GateReport:
 # ---------------------------------------------------------------- pure checks
 
 
-def floor_checks(metrics: dict[str, Any], gate: GateParams) -> list[Check]:
-    """Absolute floors from an evaluation's metrics.json."""
+def floor_checks(report: EvalReport, gate: GateParams) -> list[Check]:
+    """Absolute floors from a challenger's evaluation report."""
     checks = [
-        _at_least("macro_f1", metrics["macro_f1"], gate.min_macro_f1),
-        _at_least("accuracy", metrics["accuracy"], gate.min_accuracy),
-        _at_most("ece", metrics["ece"], gate.max_ece),
+        _at_least("macro_f1", report.macro_f1, gate.min_macro_f1),
+        _at_least("accuracy", report.accuracy, gate.min_accuracy),
+        _at_most("ece", report.ece, gate.max_ece),
     ]
-    recalls = {k: v["recall"] for k, v in metrics["per_class"].items() if v["support"] > 0}
+    recalls = {k: v.recall for k, v in report.per_class.items() if v.support > 0}
     worst = min(recalls, key=lambda k: recalls[k]) if recalls else None
     checks.append(
         Check(
@@ -98,7 +107,7 @@ def floor_checks(metrics: dict[str, Any], gate: GateParams) -> list[Check]:
             f"lowest recall: class '{worst}'" if worst else "no classes present",
         )
     )
-    rates = {k: v for k, v in (metrics.get("behaviour") or {}).items() if v is not None}
+    rates = {k: v for k, v in report.behaviour.items() if v is not None}
     if rates:
         name = min(rates, key=lambda k: rates[k])
         checks.append(
@@ -120,13 +129,28 @@ def floor_checks(metrics: dict[str, Any], gate: GateParams) -> list[Check]:
                 "no behavioural tests ran (evaluate.behaviour_file is null)",
             )
         )
-    served = metrics.get("served")
-    if served:  # serve.quantize: judge the variant the service will run, not only the fp32 weights
-        checks.append(_at_least("served_agreement", served["agreement"], gate.min_served_agreement))
-        checks.append(
-            _at_most("served_f1_drop", max(metrics["macro_f1"] - served["macro_f1"], 0.0), gate.max_served_f1_drop)
-        )
+    if report.served is not None:  # serve.quantize: judge the variant the service will run, not only the weights
+        checks.append(_at_least("served_agreement", report.served.agreement, gate.min_served_agreement))
+        drop = max(report.macro_f1 - report.served.macro_f1, 0.0)
+        checks.append(_at_most("served_f1_drop", drop, gate.max_served_f1_drop))
     return checks
+
+
+def label_set_check(challenger: list[str], champion: list[str], champion_tag: str | None) -> Check:
+    """A paired comparison only means something between models of one label set (one task)."""
+    added, removed = sorted(set(challenger) - set(champion)), sorted(set(champion) - set(challenger))
+    if not added and not removed:
+        return Check("label_set", len(challenger), "champion's", True, "same label set as the champion")
+    return Check(
+        "label_set",
+        f"+{len(added)} -{len(removed)}",
+        "champion's",
+        False,
+        f"the challenger's labels differ from champion {champion_tag}'s (new: {added[:8]}, missing: {removed[:8]}), "
+        "so the two cannot be compared on the same rows. A different classifier is a new task: set task.name in "
+        "params.yaml (or --set task.name=NEW). If the label set changed on purpose, promote it with "
+        '`tuneloop models promote TAG --force --reason "..."`',
+    )
 
 
 def _at_least(name: str, value: float, threshold: float) -> Check:
@@ -243,23 +267,49 @@ def slice_checks(
 # ---------------------------------------------------------------- measured checks
 
 
-def p95_latency_ms(model_dir: Path, texts: list[str], requests: int) -> float:
-    """p95 latency of single-text predictions on CPU (the model loaded fresh, 5 warm-up calls)."""
+def interleaved_latency(
+    challenger: Classifier, champion: Classifier | None, texts: list[str], requests: int
+) -> dict[str, float]:
+    """p95 single-text latency (ms, CPU) of the challenger and, when given, the champion measured in the
+    same run, request by request on the same texts, alternating which goes first: whatever else the
+    machine is doing slows both alike, so their ratio is fair where absolute figures are not."""
     import torch
 
-    from tuneloop.model import load_classifier, predict_proba
+    from tuneloop.model import predict_proba
 
-    clf = load_classifier(model_dir)
-    clf.model.to("cpu")  # type: ignore[arg-type]  # transformers' to() overloads confuse mypy
-    sample = [texts[i % len(texts)] for i in range(requests + 5)]
-    timings = []
+    models = {"challenger": challenger} | ({"champion": champion} if champion is not None else {})
+    for clf in models.values():
+        clf.model.to("cpu")  # type: ignore[arg-type]  # transformers' to() overloads confuse mypy
+    timings: dict[str, list[float]] = {name: [] for name in models}
+    order = list(models)
     with torch.inference_mode():
-        for i, text in enumerate(sample):
-            start = time.perf_counter()
-            predict_proba(clf, [text], batch_size=1)
-            if i >= 5:
-                timings.append((time.perf_counter() - start) * 1000)
-    return float(np.percentile(timings, 95))
+        for i in range(requests + 5):
+            text = texts[i % len(texts)]
+            for name in order if i % 2 == 0 else order[::-1]:
+                start = time.perf_counter()
+                predict_proba(models[name], [text], batch_size=1)
+                if i >= 5:  # warm-up
+                    timings[name].append((time.perf_counter() - start) * 1000)
+    result = {f"{name}_p95_ms": float(np.percentile(t, 95)) for name, t in timings.items()}
+    if champion is not None:
+        result["ratio"] = result["challenger_p95_ms"] / result["champion_p95_ms"]
+    result["load_average_1m"] = os.getloadavg()[0]
+    result["cpu_count"] = os.cpu_count() or 1
+    return result
+
+
+def latency_checks(latency: dict[str, float], gate: GateParams) -> list[Check]:
+    """The ratio to the champion decides; the absolute ceiling is only a loose sanity bound."""
+    load = f"load average {latency['load_average_1m']:.1f} on {latency['cpu_count']} cores"
+    p95 = latency["challenger_p95_ms"]
+    ceiling = _at_most("p95_latency_ms", p95, gate.max_p95_latency_ms)
+    if "ratio" not in latency:
+        ceiling.why += f" ({load}; no champion to compare with: the absolute figure depends on the machine)"
+        return [ceiling]
+    ceiling.why += f" ({load})"
+    ratio = _at_most("p95_latency_ratio", latency["ratio"], gate.max_latency_ratio)
+    ratio.why += f" (challenger {p95:.1f} ms vs champion {latency['champion_p95_ms']:.1f} ms, interleaved; {load})"
+    return [ratio, ceiling]
 
 
 def model_size_mb(model_dir: Path) -> float:
@@ -268,6 +318,27 @@ def model_size_mb(model_dir: Path) -> float:
 
 
 # ---------------------------------------------------------------- entry point
+
+
+def _scored_rows(
+    eval_dir: Path, data_path: str | Path, challenger_dir: str | Path
+) -> tuple[EvalReport, pd.DataFrame, np.ndarray]:
+    """The challenger's evaluation, the test rows and its predictions on them, checked to belong together."""
+    evaluation = EvalReport.load(eval_dir)
+    if Path(evaluation.data).resolve() != Path(data_path).resolve():
+        raise TuneloopError(
+            f"{eval_dir / 'metrics.json'} scored {evaluation.data}, not {data_path}: the gate compares models "
+            f"on one test file. Re-run `tuneloop evaluate --model {challenger_dir} --data {data_path} "
+            f"--out {eval_dir}`."
+        )
+    frame = read_table(data_path).frame
+    predictions = pd.read_csv(eval_dir / "predictions.csv", dtype=str, keep_default_na=False)
+    if len(predictions) != len(frame):
+        raise TuneloopError(
+            f"{eval_dir / 'predictions.csv'} has {len(predictions)} rows, {data_path} has "
+            f"{len(frame)}: the evaluation is stale. Re-run evaluate."
+        )
+    return evaluation, frame, predictions["predicted"].to_numpy()
 
 
 def run_gate(
@@ -279,72 +350,59 @@ def run_gate(
     champion_name: str | None = None,
 ) -> GateReport:
     """Judge `challenger_dir` (evaluated into `eval_dir` on `data_path`) against the floors and the champion."""
-    from tuneloop.model import load_classifier, predict_proba
+    from tuneloop.model import load_classifier
 
     gate = params.gate
-    eval_dir = Path(eval_dir)
-    metrics_path = eval_dir / "metrics.json"
-    if not metrics_path.is_file():
-        raise TuneloopError(
-            f"{metrics_path}: no evaluation found. Run `tuneloop evaluate --model {challenger_dir} "
-            f"--data {data_path} --out {eval_dir}` first."
-        )
-    metrics = json.loads(metrics_path.read_text())
-    if Path(metrics["data"]).resolve() != Path(data_path).resolve():
-        raise TuneloopError(
-            f"{metrics_path} scored {metrics['data']}, not {data_path}: the gate compares models "
-            "on one test file. Re-run evaluate on it."
-        )
-    frame = read_table(data_path).frame
-    predictions = pd.read_csv(eval_dir / "predictions.csv", dtype=str, keep_default_na=False)
-    if len(predictions) != len(frame):
-        raise TuneloopError(
-            f"{eval_dir / 'predictions.csv'} has {len(predictions)} rows, {data_path} has "
-            f"{len(frame)}: the evaluation is stale. Re-run evaluate."
-        )
+    evaluation, frame, predicted = _scored_rows(Path(eval_dir), data_path, challenger_dir)
     report = GateReport(challenger=str(challenger_dir), champion=champion_name, data=str(data_path))
-    report.checks += floor_checks(metrics, gate)
-    latency = p95_latency_ms(Path(challenger_dir), frame[TEXT].tolist(), gate.latency_requests)
-    report.checks.append(_at_most("p95_latency_ms", latency, gate.max_p95_latency_ms))
+    report.checks += floor_checks(evaluation, gate)
     report.checks.append(_at_most("model_size_mb", model_size_mb(Path(challenger_dir)), gate.max_model_size_mb))
-
-    if champion_dir is None:
-        report.comparison = {"note": "no champion yet: the floors alone decide"}
+    challenger = load_classifier(challenger_dir)
+    champion = load_classifier(champion_dir) if champion_dir is not None else None
+    if champion is not None and set(champion.labels) != set(challenger.labels):
+        report.checks.append(label_set_check(challenger.labels, champion.labels, champion_name))
+        report.comparison = {"note": "label sets differ: no comparison on the same rows"}
+        champion = None  # nothing else to compare; the floors and the latency ceiling are still reported
+    latency = interleaved_latency(challenger, champion, frame[TEXT].tolist(), gate.latency_requests)
+    report.checks += latency_checks(latency, gate)
+    if champion is None:
+        report.comparison = report.comparison or {"note": "no champion yet: the floors alone decide"}
+        report.comparison["latency"] = latency
         return report
-    champion = load_classifier(champion_dir)
-    y_true_labels = frame[LABEL].to_numpy()
-    unknown = set(y_true_labels) - set(champion.labels)
-    challenger_correct = predictions["predicted"].to_numpy() == y_true_labels
-    champion_pred = np.array(champion.labels)[
-        predict_proba(champion, frame[TEXT].tolist(), params.evaluate.batch_size).argmax(axis=1)
-    ]
-    champion_correct = champion_pred == y_true_labels
-    if gate.paired_test == "mcnemar":
+    report.comparison, champion_correct = compare_with_champion(params, frame, predicted, champion)
+    report.comparison["latency"] = latency
+    challenger_correct = predicted == frame[LABEL].to_numpy()
+    report.checks.append(comparison_check(report.comparison, gate.alpha))
+    report.checks += slice_checks(frame, champion_correct, challenger_correct, gate, params.evaluate)
+    return report
+
+
+def compare_with_champion(
+    params: Params, frame: pd.DataFrame, predicted: np.ndarray, champion: Classifier
+) -> tuple[dict[str, Any], np.ndarray]:
+    """The champion re-scored now on the same rows, the paired test of the two, and the champion's per-row
+    correctness (for the slice checks)."""
+    from tuneloop.model import predict_proba
+
+    y_true = frame[LABEL].to_numpy()
+    probs = predict_proba(champion, frame[TEXT].tolist(), params.evaluate.batch_size)
+    champion_pred = np.array(champion.labels)[probs.argmax(axis=1)]
+    champion_correct, challenger_correct = champion_pred == y_true, predicted == y_true
+    if params.gate.paired_test == "mcnemar":
         result = mcnemar(champion_correct, challenger_correct)
     else:
-        ids = {
-            label: i
-            for i, label in enumerate(sorted(set(y_true_labels) | set(champion_pred) | set(predictions["predicted"])))
-        }
+        ids = {label: i for i, label in enumerate(sorted(set(y_true) | set(champion_pred) | set(predicted)))}
         to_ids = np.vectorize(ids.__getitem__)
         result = paired_bootstrap(
-            to_ids(y_true_labels),
-            to_ids(champion_pred),
-            to_ids(predictions["predicted"].to_numpy()),
-            gate.bootstrap_samples,
-            params.base.seed,
+            to_ids(y_true), to_ids(champion_pred), to_ids(predicted), params.gate.bootstrap_samples, params.base.seed
         )
     result.update(
         {
             "champion_accuracy": float(champion_correct.mean()),
             "challenger_accuracy": float(challenger_correct.mean()),
-            "labels_unknown_to_champion": sorted(unknown),
         }
     )
-    report.comparison = result
-    report.checks.append(comparison_check(result, gate.alpha))
-    report.checks += slice_checks(frame, champion_correct, challenger_correct, gate, params.evaluate)
-    return report
+    return result, champion_correct
 
 
 def render_markdown(report: GateReport) -> str:

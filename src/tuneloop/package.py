@@ -8,6 +8,7 @@ import logging
 from pathlib import Path
 
 from tuneloop.errors import TuneloopError
+from tuneloop.registry import task_of
 
 log = logging.getLogger(__name__)
 
@@ -23,6 +24,11 @@ def source_digest(build_ctx: str | Path, bentofile: str | Path) -> str:
     if Path(bentofile).is_file():
         digest.update(Path(bentofile).read_bytes())
     return digest.hexdigest()[:12]
+
+
+def bento_name(task: str) -> str:
+    """Each task is its own Bento (and service): `tuneloop_<task>`."""
+    return f"tuneloop_{task.replace('-', '_')}"
 
 
 def build_bento(
@@ -50,15 +56,16 @@ def build_bento(
         "serve": hashlib.md5(json.dumps(arguments, sort_keys=True).encode()).hexdigest()[:12],
         "code": source_digest(build_ctx, bentofile),
     }
+    name = bento_name(task_of(model_tag))
     for bento in bentoml.bentos.list():
-        if bento.tag.name == "tuneloop_classifier" and all(bento.info.labels.get(k) == v for k, v in labels.items()):
+        if bento.tag.name == name and all(bento.info.labels.get(k) == v for k, v in labels.items()):
             log.info("Bento %s already packs %s with these serve settings and this code", bento.tag, model_tag)
             return str(bento.tag)
     if not Path(bentofile).is_file():
         raise TuneloopError(f"{bentofile}: not found. Run from the project root (where bentofile.yaml is).")
     # The service module takes its model from the `model_tag` argument, at build and when served.
     bento = bentoml.bentos.build_bentofile(
-        str(bentofile), build_ctx=str(build_ctx), reload=True, args=arguments, labels=labels
+        str(bentofile), name=name, build_ctx=str(build_ctx), reload=True, args=arguments, labels=labels
     )
     log.info("built Bento %s with %s", bento.tag, model_tag)
     return str(bento.tag)

@@ -9,6 +9,8 @@ from __future__ import annotations
 import os
 import sys
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -33,25 +35,34 @@ def repro(stage: str, root: str | Path = ".", force: bool = False) -> StageRun:
 
     Unchanged stages are cache hits, so a run is reproducible with `dvc repro` alone and costs
     nothing when nothing changed. Stage commands run `python -m tuneloop`, so this interpreter's
-    folder goes first on PATH.
+    folder goes first on PATH while they run.
     """
     from dvc.exceptions import ReproductionError
     from dvc.repo import Repo
 
     from tuneloop.ingest import quiet_dvc
 
-    here = str(Path(sys.executable).parent)
-    if os.environ.get("PATH", "").split(os.pathsep)[0] != here:  # once, not once per stage
-        os.environ["PATH"] = f"{here}{os.pathsep}{os.environ.get('PATH', '')}"
     started = time.perf_counter()
     try:
-        with quiet_dvc(), Repo(str(root)) as repo:
+        with quiet_dvc(), _interpreter_first_on_path(), Repo(str(root)) as repo:
             stages = repo.reproduce(stage, force=force, single_item=force)
     except ReproductionError as exc:
         cause = exc.__cause__ or exc
         raise StageFailed(f"DVC stage '{stage}' failed: {cause}. Run `dvc repro {stage}` to see its output.") from None
     ran = [s.addressing for s in stages]
     return StageRun(stage=stage, ran=ran, seconds=time.perf_counter() - started)
+
+
+@contextmanager
+def _interpreter_first_on_path() -> Iterator[None]:
+    """Stage commands run `python -m tuneloop`: this interpreter's folder goes first on PATH while DVC
+    runs them, and PATH is restored afterwards (nothing changes the environment for the rest of the process)."""
+    here, before = str(Path(sys.executable).parent), os.environ.get("PATH", "")
+    os.environ["PATH"] = f"{here}{os.pathsep}{before}"
+    try:
+        yield
+    finally:
+        os.environ["PATH"] = before
 
 
 def apply_overrides(overrides: list[str], params_path: str | Path = "params.yaml") -> None:

@@ -1,6 +1,6 @@
 """Prepare stage: normalise, dedupe, and split the validated rows into train/val/test.
 
-Run by DVC (`dvc repro prepare`) as `python -m tuneloop.prepare`; reads only its own section of
+Run by DVC (`dvc repro prepare`) as `python -m tuneloop prepare`; reads only its own section of
 params.yaml (plus base.seed and data.labels). Outputs under data/prepared/:
 train.csv, val.csv, test.csv, labels.json (the label map, written once for all splits) and
 dropped.csv (rows removed here and why: dedupe after normalisation, or leakage into a provided
@@ -150,9 +150,3 @@ def run(
     counts = write_prepared(prepared, out_dir, metrics_path)
     log.info("prepared %s", counts)
     return counts
-
-
-if __name__ == "__main__":  # `python -m tuneloop.prepare`, as dvc.yaml runs it
-    from tuneloop.cli import main
-
-    main(["prepare"])

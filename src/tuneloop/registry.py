@@ -1,14 +1,19 @@
-"""Model registry on BentoML's model store.
+"""Model registry on BentoML's model store, one registry model per task.
+
+A task is one classifier (intent routing, sentiment, ...): `task.name` in params.yaml. Its models
+are the store entries named `tuneloop-<task>`; it has its own champion pointer, history, Bento and
+service, so one platform runs several side by side.
 
 Every trained model becomes a store entry (`bentoml.models.create`) holding the model dir and
 metadata: evaluation metrics, gate verdict, params, DVC data version, git revision, base model,
 created time. Its `stage` label is challenger, champion or archived.
 
-Which model is champion is decided by one pointer file beside the store, replaced atomically
-(write + rename) under a file lock; the `stage` labels are derived from the pointer and the
-promotion history and rewritten under the same lock. A crash between the two steps therefore
-never leaves zero or two champions: the pointer names exactly one, and the next registry call
-repairs the labels. Concurrent promotions serialise on the lock.
+Which model is a task's champion is decided by one pointer file beside the store
+(`$BENTOML_HOME/tuneloop/<task>/champion.json`), replaced atomically (write + rename) under a file
+lock; the `stage` labels are derived from the pointer and the promotion history and rewritten under
+the same lock. A crash between the two steps therefore never leaves zero or two champions: the
+pointer names exactly one, and the next registry call repairs the labels. Concurrent promotions
+serialise on the lock. Reading the registry creates nothing.
 """
 
 from __future__ import annotations
@@ -31,11 +36,45 @@ from tuneloop.provenance import utc_now
 
 log = logging.getLogger(__name__)
 
-MODEL_NAME = "tuneloop-classifier"
+PREFIX = "tuneloop-"
+DEFAULT_TASK = "classifier"  # params.yaml's task.name out of the box
+MODEL_NAME = f"{PREFIX}{DEFAULT_TASK}"
 
 
 class RegistryError(TuneloopError):
     """A registry operation cannot be done as asked (unknown tag, nothing to roll back to, ...)."""
+
+
+def model_name(task: str) -> str:
+    """The registry (BentoML model) name of a task's models."""
+    return f"{PREFIX}{task}"
+
+
+def task_of(tag: str) -> str:
+    """The task a full tag `tuneloop-<task>:<version>` belongs to."""
+    name = tag.split(":", 1)[0]
+    if not name.startswith(PREFIX):
+        raise RegistryError(f"model {tag} is not a tuneloop model (names start with '{PREFIX}').")
+    return name[len(PREFIX) :]
+
+
+def full_tag(tag: str, task: str = DEFAULT_TASK) -> str:
+    """`name:version` as given, or `version` alone completed with the task's model name.
+
+    Raises:
+        RegistryError: not a valid BentoML tag (e.g. `a:b:c`).
+    """
+    from bentoml import Tag
+
+    candidate = tag.strip() if ":" in tag else f"{model_name(task)}:{tag.strip()}"
+    try:
+        parsed = Tag.from_taglike(candidate)
+    except Exception as exc:  # BentoML raises ValueError or its own InvalidArgument
+        raise RegistryError(
+            f"invalid model tag {tag!r} ({exc}): expected NAME:VERSION or VERSION, "
+            "as `tuneloop models list` prints them."
+        ) from None
+    return str(parsed)
 
 
 def bentoml_home() -> Path:
@@ -43,32 +82,45 @@ def bentoml_home() -> Path:
     return Path(os.environ.get("BENTOML_HOME", Path.home() / "bentoml"))
 
 
-def _state_dir() -> Path:
-    path = bentoml_home() / "tuneloop"
-    path.mkdir(parents=True, exist_ok=True)
-    return path
+def _state_dir(task: str) -> Path:
+    return bentoml_home() / "tuneloop" / task
 
 
 @contextmanager
-def _locked() -> Iterator[None]:
+def _locked(task: str) -> Iterator[None]:
     from filelock import FileLock
 
-    with FileLock(str(_state_dir() / "registry.lock"), timeout=120):
+    directory = _state_dir(task)
+    directory.mkdir(parents=True, exist_ok=True)  # writers only: reading never creates folders
+    with FileLock(str(directory / "registry.lock"), timeout=120):
         yield
 
 
-def _read_state() -> dict[str, Any]:
-    path = _state_dir() / "champion.json"
-    return json.loads(path.read_text()) if path.is_file() else {"champion": None, "history": []}
+def _read_state(task: str) -> dict[str, Any]:
+    path = _state_dir(task) / "champion.json"
+    if not path.is_file():
+        return {"champion": None, "history": []}
+    try:
+        state = json.loads(path.read_text(encoding="utf-8"))
+        if not (isinstance(state, dict) and isinstance(state.get("history"), list) and "champion" in state):
+            raise ValueError('expected {"champion": ..., "history": [...]}')
+    except (ValueError, UnicodeDecodeError) as exc:
+        raise RegistryError(
+            f"{path}: damaged champion pointer ({str(exc).splitlines()[0]}). Restore it from a "
+            "backup, or delete it to start the task with no champion (the models stay in the "
+            "store; `tuneloop models promote TAG` picks one again)."
+        ) from None
+    return state
 
 
-def _write_state(state: dict[str, Any]) -> None:
-    directory = _state_dir()
+def _write_state(task: str, state: dict[str, Any]) -> None:
+    directory = _state_dir(task)
     fd, tmp = tempfile.mkstemp(dir=directory, prefix=".champion.", suffix=".tmp")
     with os.fdopen(fd, "w") as handle:
         json.dump(state, handle, indent=2)
         handle.flush()
         os.fsync(handle.fileno())
+    os.chmod(tmp, 0o644)  # mkstemp makes 0600; the pointer is no secret
     os.replace(tmp, directory / "champion.json")  # the one atomic switch of a promotion
 
 
@@ -92,6 +144,10 @@ class Entry:
     metadata: dict[str, Any]
     path: Path
 
+    @property
+    def task(self) -> str:
+        return task_of(self.tag)
+
 
 def _entry(model: Any) -> Entry:
     return Entry(
@@ -103,79 +159,136 @@ def _entry(model: Any) -> Entry:
     )
 
 
-def entries() -> list[Entry]:
-    """Every tuneloop model in the store, newest first, with labels reconciled to the pointer."""
+def _models(task: str | None) -> list[Any]:
+    """The store's tuneloop models: one task's, or every task's (None)."""
     import bentoml
 
-    with _locked():
-        _reconcile(_read_state())
-        models = [m for m in bentoml.models.list() if m.tag.name == MODEL_NAME]
-    return sorted((_entry(m) for m in models), key=lambda e: e.created, reverse=True)
+    wanted = (lambda name: name == model_name(task)) if task else (lambda name: name.startswith(PREFIX))
+    return [m for m in bentoml.models.list() if wanted(m.tag.name)]
 
 
-def get(tag: str) -> Entry:
-    """One entry by tag (`name:version`, or just the version)."""
+def tasks() -> list[str]:
+    """Every task with a model in the store or a champion pointer beside it."""
+    pointers = bentoml_home() / "tuneloop"
+    with_pointer = {p.parent.name for p in pointers.glob("*/champion.json")} if pointers.is_dir() else set()
+    return sorted({task_of(str(m.tag)) for m in _models(None)} | with_pointer)
+
+
+def entries(task: str | None = None) -> list[Entry]:
+    """A task's models (every task's when None), newest first, with stage labels reconciled to the pointer."""
+    for name in [task] if task else tasks():
+        if (_state_dir(name) / "champion.json").is_file():  # no pointer yet: nothing to reconcile, nothing to create
+            with _locked(name):
+                _reconcile(name, _read_state(name))
+    return sorted((_entry(m) for m in _models(task)), key=lambda e: e.created, reverse=True)
+
+
+def get(tag: str, task: str = DEFAULT_TASK) -> Entry:
+    """One entry by tag (`name:version`, or just the version of `task`'s model)."""
     import bentoml
     from bentoml.exceptions import NotFound
 
-    full = tag if ":" in tag else f"{MODEL_NAME}:{tag}"
+    full = full_tag(tag, task)
     try:
         return _entry(bentoml.models.get(full))
     except NotFound:
         raise RegistryError(
-            f"model {tag} is not in the store ({bentoml_home() / 'models'}). `tuneloop models list` shows what is."
+            f"model {full} is not in the store ({bentoml_home() / 'models'}). `tuneloop models list` shows what is."
         ) from None
 
 
-def champion_tag() -> str | None:
-    """The champion's tag from the pointer alone (no store lookup), or None before the first promotion."""
-    return _read_state()["champion"]
+def champion_tag(task: str = DEFAULT_TASK) -> str | None:
+    """The task's champion tag from the pointer alone (no store lookup), or None before its first promotion."""
+    return _read_state(task)["champion"]
 
 
-def champion() -> Entry | None:
-    """The current champion, or None before the first promotion."""
-    tag = champion_tag()
+def champion(task: str = DEFAULT_TASK) -> Entry | None:
+    """The task's current champion, or None before its first promotion."""
+    tag = champion_tag(task)
     return get(tag) if tag else None
 
 
+def resolve(tag: str | None, task: str = DEFAULT_TASK, purpose: str = "use") -> Entry:
+    """The tag given, else the task's champion, else an error saying what to do."""
+    if tag:
+        return get(tag, task)
+    current = champion(task)
+    if current is None:
+        raise RegistryError(
+            f"task '{task}' has no champion to {purpose} yet: run `tuneloop pipeline run`, "
+            "promote a model (`tuneloop models promote TAG`) or pass --model TAG."
+        )
+    return current
+
+
+def find_by_weights(digest: str, task: str = DEFAULT_TASK) -> Entry | None:
+    """The task's entry holding exactly these weights (SHA-256 of the safetensors files), if any."""
+    for model in _models(task):
+        if model.info.metadata.get("weights_sha256") == digest:
+            return _entry(model)
+    return None
+
+
 def register(
-    model_dir: str | Path, *, metrics: dict[str, Any] | None = None, gate: dict[str, Any] | None = None
+    model_dir: str | Path,
+    *,
+    task: str = DEFAULT_TASK,
+    metrics: dict[str, Any] | None = None,
+    gate: dict[str, Any] | None = None,
 ) -> Entry:
-    """Save a model dir into the store as a challenger; an identical model is not saved twice."""
+    """Save a model dir into the task's registry as a challenger; an identical model is not saved twice.
+
+    `metrics` are the evaluation's headline numbers (`EvalReport.summary()`), `gate` the verdict.
+    """
     import bentoml
 
     model_dir = Path(model_dir)
-    meta = json.loads((model_dir / META_FILE).read_text())
+    meta = _model_meta(model_dir)
     digest = weights_digest(model_dir)
-    for model in bentoml.models.list():
-        if model.tag.name == MODEL_NAME and model.info.labels.get("weights") == digest[:16]:
-            log.info("model already registered as %s", model.tag)
-            return _entry(model)
-    headline = {
-        k: metrics[k]
-        for k in ("accuracy", "macro_f1", "weighted_f1", "ece", "log_loss", "roc_auc_ovr")
-        if metrics and metrics.get(k) is not None
+    known = find_by_weights(digest, task)
+    if known is not None:
+        log.info("model already registered as %s", known.tag)
+        return known
+    metadata = _no_nulls(
+        {
+            "task": task,
+            "metrics": {k: v for k, v in (metrics or {}).items() if isinstance(v, (int, float)) and k != "report_version"},
+            "val_metrics": meta.get("val_metrics", {}),
+            "gate": {"passed": gate["passed"], "failed_checks": gate["failed_checks"]} if gate else {},
+            "params": meta.get("params", {}),
+            "data_version": meta.get("data", {}).get("id"),
+            "data": meta.get("data", {}),
+            "git_revision": meta.get("git_revision") or "unknown",
+            "base_model": meta.get("base_model"),
+            "labels": meta.get("labels", []),
+            "trained_at": meta.get("created_at"),
+            "registered_at": utc_now(),
+            "weights_sha256": digest,
+        }
+    )
+    labels = {
+        "stage": "challenger",
+        "task": task,
+        "data_version": str(meta.get("data", {}).get("id")),
+        "weights": digest[:16],
     }
-    metadata = {
-        "metrics": headline,
-        "val_metrics": meta.get("val_metrics", {}),
-        "gate": {"passed": gate["passed"], "failed_checks": gate["failed_checks"]} if gate else {},
-        "params": meta.get("params", {}),
-        "data_version": meta.get("data", {}).get("id"),
-        "data": meta.get("data", {}),
-        "git_revision": meta.get("git_revision") or "unknown",
-        "base_model": meta.get("base_model"),
-        "labels": meta.get("labels", []),
-        "trained_at": meta.get("created_at"),
-        "registered_at": utc_now(),
-        "weights_sha256": digest,
-    }
-    metadata = _no_nulls(metadata)
-    labels = {"stage": "challenger", "data_version": str(meta.get("data", {}).get("id")), "weights": digest[:16]}
-    with bentoml.models.create(MODEL_NAME, labels=labels, metadata=metadata) as model:
+    with bentoml.models.create(model_name(task), labels=labels, metadata=metadata) as model:
         shutil.copytree(model_dir, model.path, dirs_exist_ok=True)
     log.info("registered %s", model.tag)
     return get(str(model.tag))
+
+
+def _model_meta(model_dir: Path) -> dict[str, Any]:
+    path = model_dir / META_FILE
+    try:
+        meta = json.loads(path.read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        raise RegistryError(f"{path}: not found. Register a folder written by `tuneloop train`.") from None
+    except (ValueError, UnicodeDecodeError) as exc:
+        raise RegistryError(f"{path}: damaged ({str(exc).splitlines()[0]}). Re-run `tuneloop train`.") from None
+    if not isinstance(meta, dict):
+        raise RegistryError(f"{path}: expected a JSON object. Re-run `tuneloop train`.")
+    return meta
 
 
 def _no_nulls(value: Any) -> Any:
@@ -187,34 +300,39 @@ def _no_nulls(value: Any) -> Any:
     return value
 
 
+def _record(state: dict[str, Any], action: str, tag: str, reason: str, forced: bool) -> None:
+    state["history"].append(
+        {
+            "action": action,
+            "tag": tag,
+            "previous": state["champion"],
+            "reason": reason,
+            "forced": forced,
+            "at": utc_now(),
+        }
+    )
+    state["champion"] = tag
+
+
 def promote(tag: str, *, reason: str, forced: bool = False) -> Entry:
-    """Make `tag` the champion (the previous one is archived); recorded in the history."""
+    """Make `tag` its task's champion (the previous one is archived); recorded in the history."""
     entry = get(tag)
-    with _locked():
-        state = _read_state()
+    task = entry.task
+    with _locked(task):
+        state = _read_state(task)
         if state["champion"] == entry.tag:
             log.info("%s is already the champion", entry.tag)
             return entry
-        state["history"].append(
-            {
-                "action": "promote",
-                "tag": entry.tag,
-                "previous": state["champion"],
-                "reason": reason,
-                "forced": forced,
-                "at": utc_now(),
-            }
-        )
-        state["champion"] = entry.tag
-        _write_state(state)
-        _reconcile(state)
+        _record(state, "promote", entry.tag, reason, forced)
+        _write_state(task, state)
+        _reconcile(task, state)
     return get(entry.tag)
 
 
-def rollback(*, reason: str) -> Entry:
-    """Put the previous champion back (the current one is archived); recorded in the history."""
-    with _locked():
-        state = _read_state()
+def rollback(task: str = DEFAULT_TASK, *, reason: str) -> Entry:
+    """Put the task's previous champion back (the current one is archived); recorded in the history."""
+    with _locked(task):
+        state = _read_state(task)
         current = state["champion"]
         # The champion the current one was promoted over (a rollback entry would point forward again).
         previous = next(
@@ -227,39 +345,25 @@ def rollback(*, reason: str) -> Entry:
         )
         if current is None or previous is None:
             raise RegistryError(
-                "nothing to roll back to: there is no previous champion. "
+                f"nothing to roll back to: task '{task}' has no previous champion. "
                 "`tuneloop models list` shows the history of stages."
             )
         entry = get(previous)  # still in the store, before the pointer names it
-        state["history"].append(
-            {
-                "action": "rollback",
-                "tag": entry.tag,
-                "previous": current,
-                "reason": reason,
-                "forced": False,
-                "at": utc_now(),
-            }
-        )
-        state["champion"] = entry.tag
-        _write_state(state)
-        _reconcile(state)
+        _record(state, "rollback", entry.tag, reason, False)
+        _write_state(task, state)
+        _reconcile(task, state)
     return get(entry.tag)
 
 
-def history() -> list[dict[str, Any]]:
-    """Every promotion and rollback, oldest first."""
-    return list(_read_state()["history"])
+def history(task: str = DEFAULT_TASK) -> list[dict[str, Any]]:
+    """Every promotion and rollback of the task, oldest first."""
+    return list(_read_state(task)["history"])
 
 
-def _reconcile(state: dict[str, Any]) -> None:
-    """Rewrite `stage` labels to agree with the pointer (caller holds the lock)."""
-    import bentoml
-
+def _reconcile(task: str, state: dict[str, Any]) -> None:
+    """Rewrite the task's `stage` labels to agree with the pointer (caller holds the lock)."""
     former = {h["tag"] for h in state["history"]} | {h["previous"] for h in state["history"] if h["previous"]}
-    for model in bentoml.models.list():
-        if model.tag.name != MODEL_NAME:
-            continue
+    for model in _models(task):
         tag = str(model.tag)
         stage = "champion" if tag == state["champion"] else "archived" if tag in former else "challenger"
         if model.info.labels.get("stage") != stage:

@@ -73,3 +73,24 @@ def pd_read(path: Path):
     import pandas as pd
 
     return pd.read_csv(path)
+
+
+def test_editing_a_module_a_stage_imports_reruns_that_stage(project, cli):
+    """tabular.py is read by every stage but named by none of the old dvc.yaml deps of validate's module."""
+    (project / "src" / "tuneloop").unlink()  # a private copy of the sources: this test edits one
+    shutil.copytree(
+        Path(__file__).resolve().parents[2] / "src" / "tuneloop",
+        project / "src" / "tuneloop",
+        ignore=shutil.ignore_patterns("__pycache__"),
+    )
+    write(project / "in.csv", labeled_csv(20, ("a", "b", "c")))
+    assert cli("data", "import", "in.csv").exit_code == 0
+    dvc("repro", "prepare")
+    assert "changed" not in dvc("status", "validate")
+    with open(project / "src" / "tuneloop" / "tabular.py", "a", encoding="utf-8") as handle:
+        handle.write("\n# an edit to a module validate imports\n")
+    status = dvc("status", "validate", "prepare")
+    assert "validate:" in status and "modified:" in status and "src/tuneloop/tabular.py" in status
+    assert "prepare:" in status  # prepare reads tabular.py too
+    again = dvc("repro", "prepare")
+    assert "Running stage 'validate'" in again

@@ -31,7 +31,8 @@ def test_full_pipeline_is_reproducible_and_cached(project, cli, tiny_model):
     for stage in ("validate", "prepare", "train", "evaluate"):
         assert f"Running stage '{stage}'" in first
     metrics = json.loads((project / "reports/eval/metrics.json").read_text())
-    assert 0 <= metrics["accuracy"] <= 1 and "card_lost" in metrics["per_class"]
+    per_class = json.loads((project / "reports/eval/per_class.json").read_text())
+    assert 0 <= metrics["accuracy"] <= 1 and "card_lost" in per_class
     meta = json.loads((project / "models/candidate/tuneloop.json").read_text())
     assert meta["data"]["train"]["path"] == "data/prepared/train.csv" and meta["git_revision"]
 

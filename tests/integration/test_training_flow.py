@@ -62,8 +62,8 @@ def test_flow_trains_gates_registers_promotes_and_packages(project, cli, tiny_mo
     assert second["champion"] == first["champion"] and second["bento"] == first["bento"]
     assert len(registry.history()) == 1  # not promoted twice
     gate = json.loads((project / "reports/gate/gate.json").read_text())
-    assert gate["champion"] == first["champion"]
-    assert gate["comparison"]["p_value"] == 1.0  # the champion re-scored equals itself
+    assert gate["champion"] == first["champion"] and second["outcome"] == "no-new-model"
+    assert "no new model" in gate["comparison"]["note"]  # the champion's own weights: nothing judged
 
     from prefect.artifacts import Artifact
 

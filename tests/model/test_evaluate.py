@@ -120,12 +120,13 @@ def test_evaluate_writes_every_report(project, cli, trained):
     metrics = json.loads((out / "metrics.json").read_text())
     predictions = pd.read_csv(out / "predictions.csv")
     assert metrics["accuracy"] == pytest.approx((predictions["label"] == predictions["predicted"]).mean())
-    assert set(metrics["behaviour"]) == {"invariance_lowercase", "invariance_typo", "minimum_functionality"}
+    behaviour = json.loads((out / "behaviour.json").read_text())  # details beside the headline numbers
+    assert set(behaviour) == {"invariance_lowercase", "invariance_typo", "minimum_functionality"}
     slices = json.loads((out / "slices.json").read_text())
     assert set(slices) == {"length", "channel"} and slices["channel"]["chat"]["n"] == 2
     confusion = json.loads((out / "confusion.json").read_text())
     assert confusion[0]["actual"] == "pos" and len(confusion) == 3
-    served = metrics["served"]  # params.yaml serves int8: evaluate scores that variant too
+    served = json.loads((out / "served.json").read_text())  # params.yaml serves int8: evaluate scores it too
     assert served["quantize"] == "int8" and 0 <= served["agreement"] <= 1 and 0 <= served["macro_f1"] <= 1
     assert served["mean_confidence_shift"] >= 0
 
@@ -137,10 +138,10 @@ def test_served_variant_is_scored_only_when_it_differs(project, trained):
     fp32 = evaluate(
         load_params(REPO / "params.yaml", ["serve.quantize=none"]), trained, test_csv, project / "e1", behaviour_file=""
     )
-    assert "served" not in fp32
+    assert fp32.served is None
     int8 = evaluate(load_params(REPO / "params.yaml"), trained, test_csv, project / "e2", behaviour_file="")
     probs = pd.read_csv(project / "e2" / "predictions.csv")
-    assert int8["served"]["agreement"] in (0.0, 1 / 3, 2 / 3, 1.0) and len(probs) == 3
+    assert int8.served.agreement in (0.0, 1 / 3, 2 / 3, 1.0) and len(probs) == 3
 
 
 def test_evaluate_refuses_foreign_model_dirs_and_unknown_labels(project, cli, trained, tiny_model):

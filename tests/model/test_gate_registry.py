@@ -13,6 +13,7 @@ from tuneloop import registry
 from tuneloop.config import load_params
 from tuneloop.evaluate import evaluate
 from tuneloop.gate import comparison_check, floor_checks, mcnemar, run_gate
+from tuneloop.reports import REPORT_VERSION, EvalReport
 from tuneloop.train import train
 
 GATE = TINY_TRAIN + [
@@ -26,14 +27,21 @@ GATE = TINY_TRAIN + [
 ]
 
 
+def _report(served: dict | None = None) -> EvalReport:
+    headline = {"report_version": REPORT_VERSION, "model": "m", "data": "d", "n": 10, "accuracy": 0.9,
+                "macro_f1": 0.9, "weighted_f1": 0.9, "roc_auc_ovr": None, "log_loss": 0.3, "ece": 0.05}
+    variant = {"quantize": "int8", "accuracy": 0.9, "ece": 0.05, "mean_confidence_shift": 0.01, **served} if served else None
+    return EvalReport.model_validate({"headline": headline, "behaviour": {}, "served": variant,
+                                      "per_class": {"a": {"precision": 0.9, "recall": 0.9, "f1": 0.9, "support": 5}}})
+
+
 def test_served_variant_must_agree_and_keep_macro_f1():
     gate = load_params(REPO / "params.yaml").gate  # min_served_agreement 0.98, max_served_f1_drop 0.01
-    metrics = {"macro_f1": 0.9, "accuracy": 0.9, "ece": 0.05, "per_class": {"a": {"recall": 0.9, "support": 5}}}
-    checks = {c.name: c for c in floor_checks({**metrics, "served": {"agreement": 0.99, "macro_f1": 0.895}}, gate)}
+    checks = {c.name: c for c in floor_checks(_report({"agreement": 0.99, "macro_f1": 0.895}), gate)}
     assert checks["served_agreement"].passed and checks["served_f1_drop"].passed
-    checks = {c.name: c for c in floor_checks({**metrics, "served": {"agreement": 0.95, "macro_f1": 0.85}}, gate)}
+    checks = {c.name: c for c in floor_checks(_report({"agreement": 0.95, "macro_f1": 0.85}), gate)}
     assert not checks["served_agreement"].passed and not checks["served_f1_drop"].passed
-    assert "served_agreement" not in {c.name for c in floor_checks(metrics, gate)}  # serve.quantize: none
+    assert "served_agreement" not in {c.name for c in floor_checks(_report(), gate)}  # serve.quantize: none
 
 
 def test_mcnemar_counts_and_direction():
@@ -47,25 +55,37 @@ def test_mcnemar_counts_and_direction():
     assert same["p_value"] == 1.0 and comparison_check(same, 0.05).passed
 
 
-@pytest.fixture
-def models(project, tiny_model, store):
-    """A good model and one trained on shuffled labels, each evaluated on the same test file."""
+@pytest.fixture(scope="module")
+def trained_pair(tiny_model, tmp_path_factory):
+    """A good model and one trained on shuffled labels, each evaluated on the same test file (once per module)."""
+    root = tmp_path_factory.mktemp("gate-models")
     params = load_params(REPO / "params.yaml", GATE)
-    train_csv = write(project / "d" / "train.csv", sentiment_rows(24, seed=0))
-    val_csv = write(project / "d" / "val.csv", sentiment_rows(9, seed=1))
-    test_csv = write(project / "d" / "test.csv", sentiment_rows(12, seed=2))
+    train_csv = write(root / "d" / "train.csv", sentiment_rows(24, seed=0))
+    val_csv = write(root / "d" / "val.csv", sentiment_rows(9, seed=1))
+    test_csv = write(root / "d" / "test.csv", sentiment_rows(12, seed=2))
     lines = train_csv.read_text().splitlines()
     labels = [line.rsplit(",", 1)[1] for line in lines[1:]]
     random.Random(7).shuffle(labels)
     shuffled_csv = write(
-        project / "d" / "shuffled.csv",
+        root / "d" / "shuffled.csv",
         "\n".join([lines[0]] + [f"{line.rsplit(',', 1)[0]},{label}" for line, label in zip(lines[1:], labels)]) + "\n",
     )
-    out = {}
     for name, data in (("good", train_csv), ("shuffled", shuffled_csv)):
-        train(params, data, val_csv, project / name, base=str(tiny_model), live_dir=None)
-        evaluate(params, project / name, test_csv, project / f"eval-{name}", behaviour_file="")
-    return params, test_csv, out | {"good": project / "good", "shuffled": project / "shuffled"}
+        train(params, data, val_csv, root / name, base=str(tiny_model), live_dir=None)
+        evaluate(params, root / name, test_csv, root / f"eval-{name}", behaviour_file="")
+    return root, params, test_csv
+
+
+@pytest.fixture
+def models(trained_pair, store):
+    """The module's trained pair with an empty registry; `project` in the tests is their folder."""
+    root, params, test_csv = trained_pair
+    return params, test_csv, {"good": root / "good", "shuffled": root / "shuffled"}
+
+
+@pytest.fixture
+def project(trained_pair):
+    return trained_pair[0]
 
 
 def _gate(params, project, name, test_csv, champion=None):

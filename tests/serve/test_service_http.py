@@ -23,6 +23,8 @@ from tuneloop import registry
 from tuneloop.config import load_params
 from tuneloop.predlog import PredictionLog
 
+pytestmark = pytest.mark.integration  # real `bentoml serve` processes
+
 SERVE = [sys.executable, "-m", "bentoml", "serve", "tuneloop.serve.service:TextClassifier"]
 TEXTS = {"texts": ["great! the film was great", "awful"]}
 

@@ -1,0 +1,86 @@
+"""The gate's latency check is judged against the champion timed in the same run, interleaved, so a busy
+machine does not fail an equally fast model, and a genuinely slower one fails on an idle and a busy machine."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from contextlib import contextmanager
+from pathlib import Path
+
+import pytest
+
+from tests.conftest import REPO
+from tuneloop.config import load_params
+from tuneloop.gate import interleaved_latency, latency_checks
+
+TEXTS = [f"my card number {i} was charged twice for the same order, please refund me" for i in range(20)]
+
+
+def _classifier(tiny_model: Path, layers: int, hidden: int, seed: int):
+    import torch
+    from transformers import AutoTokenizer, BertConfig, BertForSequenceClassification
+
+    from tuneloop.model import Classifier
+
+    torch.manual_seed(seed)
+    config = BertConfig(
+        vocab_size=30522,
+        hidden_size=hidden,
+        num_hidden_layers=layers,
+        num_attention_heads=4,
+        intermediate_size=hidden * 4,
+        max_position_embeddings=128,
+        num_labels=3,
+    )
+    model = BertForSequenceClassification(config).eval()
+    return Classifier(
+        model=model,
+        tokenizer=AutoTokenizer.from_pretrained(tiny_model),
+        labels=["a", "b", "c"],
+        meta={},
+        path=tiny_model,
+    )
+
+
+@contextmanager
+def busy_cores(n: int = 2):
+    """Another process keeps every core busy (what made the old absolute ceiling fail scheduled runs)."""
+    burners = [subprocess.Popen([sys.executable, "-c", "while True: pass"]) for _ in range(n)]
+    try:
+        yield
+    finally:
+        for proc in burners:
+            proc.kill()
+            proc.wait()
+
+
+@pytest.fixture(scope="module")
+def gate_params():
+    return load_params(REPO / "params.yaml").gate  # max_latency_ratio 1.25
+
+
+@pytest.mark.parametrize("busy", [False, True], ids=["idle", "busy"])
+def test_same_size_challenger_passes_and_twice_the_layers_fails(tiny_model, gate_params, busy):
+    champion = _classifier(tiny_model, layers=4, hidden=128, seed=0)
+    same_size = _classifier(tiny_model, layers=4, hidden=128, seed=1)
+    deeper = _classifier(tiny_model, layers=8, hidden=128, seed=2)
+    with busy_cores() if busy else _nothing():
+        fair = interleaved_latency(same_size, champion, TEXTS, 200)
+        slow = interleaved_latency(deeper, champion, TEXTS, 200)
+    ok = {c.name: c for c in latency_checks(fair, gate_params)}
+    assert ok["p95_latency_ratio"].passed, ok["p95_latency_ratio"].why
+    bad = {c.name: c for c in latency_checks(slow, gate_params)}
+    assert not bad["p95_latency_ratio"].passed and slow["ratio"] > 1.4, bad["p95_latency_ratio"].why
+    assert "load average" in bad["p95_latency_ratio"].why and "interleaved" in bad["p95_latency_ratio"].why
+
+
+def test_without_a_champion_the_absolute_figure_is_reported_as_machine_dependent(tiny_model, gate_params):
+    alone = interleaved_latency(_classifier(tiny_model, 2, 64, 0), None, TEXTS, 20)
+    (check,) = latency_checks(alone, gate_params)
+    assert check.name == "p95_latency_ms" and "depends on the machine" in check.why and "ratio" not in alone
+
+
+@contextmanager
+def _nothing():
+    yield

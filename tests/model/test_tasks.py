@@ -1,0 +1,108 @@
+"""Tasks in the registry: each classifier has its own champion, history and Bento; the gate never compares
+models whose label sets differ (the new user's six question types against the demo's intents)."""
+
+import pytest
+
+from tests.conftest import REPO, TINY_TRAIN, sentiment_rows, write
+from tuneloop import registry
+from tuneloop.config import load_params
+from tuneloop.evaluate import evaluate
+from tuneloop.package import bento_name
+from tuneloop.release import release
+from tuneloop.train import train
+
+LOOSE = TINY_TRAIN + [
+    "gate.min_macro_f1=0",
+    "gate.min_accuracy=0",
+    "gate.max_ece=1",
+    "gate.min_class_recall=0",
+    "gate.latency_requests=10",
+    "gate.max_latency_ratio=100",
+    "evaluate.behaviour_file=null",
+    "train.epochs=2",
+]
+
+
+def _relabel(csv: str, mapping: dict[str, str]) -> str:
+    lines = csv.splitlines()
+    return (
+        "\n".join([lines[0]] + [f"{t},{mapping[label]}" for t, label in (ln.rsplit(",", 1) for ln in lines[1:])]) + "\n"
+    )
+
+
+@pytest.fixture(scope="module")
+def two_label_sets(tiny_model, tmp_path_factory):
+    """One model on pos/neg/neu, one on the same texts under other labels (another classifier)."""
+    root = tmp_path_factory.mktemp("tasks")
+    params = load_params(REPO / "params.yaml", LOOSE)
+    data = {"sentiment": (sentiment_rows(12, 0), sentiment_rows(4, 1), sentiment_rows(6, 2))}
+    mapping = {"pos": "praise", "neg": "complaint", "neu": "question"}
+    data["feedback"] = tuple(_relabel(csv, mapping) for csv in data["sentiment"])
+    models = {}
+    for name, (tr, va, te) in data.items():
+        paths = [write(root / name / f"{split}.csv", csv) for split, csv in zip(("train", "val", "test"), (tr, va, te))]
+        train(params, paths[0], paths[1], root / name / "model", base=str(tiny_model), live_dir=None)
+        evaluate(params, root / name / "model", paths[2], root / name / "eval", behaviour_file="")
+        models[name] = (root / name / "model", paths[2], root / name / "eval")
+    return params, models
+
+
+def test_gate_refuses_a_challenger_whose_label_set_differs(store, two_label_sets):
+    params, models = two_label_sets
+    model, test_csv, eval_dir = models["sentiment"]
+    first = release(params, model, test_csv, eval_dir=eval_dir)
+    assert first.outcome == "promoted" and registry.champion().tag == first.champion
+    other, other_test, other_eval = models["feedback"]
+    refused = release(params, other, other_test, eval_dir=other_eval)
+    assert refused.outcome == "refused" and registry.champion().tag == first.champion  # untouched
+    check = next(c for c in refused.report.checks if c.name == "label_set")
+    assert not check.passed and "new task" in check.why and "--force --reason" in check.why
+    assert "complaint" in check.why and "neg" in check.why  # names what is new and what is missing
+    assert "no_regression_vs_champion" not in [c.name for c in refused.report.checks]  # no bogus comparison
+    assert [e.tag for e in registry.entries("classifier")] == [first.champion]  # refused: never registered
+
+
+def test_two_tasks_keep_their_own_champion_history_and_bento(store, two_label_sets, cli, project):
+    params, models = two_label_sets
+    tags = {}
+    for task in ("sentiment", "feedback"):
+        scoped = load_params(REPO / "params.yaml", [*LOOSE, f"task.name={task}"])
+        model, test_csv, eval_dir = models[task]
+        done = release(scoped, model, test_csv, eval_dir=eval_dir)
+        assert done.outcome == "promoted", done.message
+        tags[task] = done.champion
+    assert tags["sentiment"].startswith("tuneloop-sentiment:") and tags["feedback"].startswith("tuneloop-feedback:")
+    assert registry.champion("sentiment").tag == tags["sentiment"]
+    assert registry.champion("feedback").tag == tags["feedback"]
+    assert [h["tag"] for h in registry.history("feedback")] == [tags["feedback"]]
+    assert registry.tasks() == ["feedback", "sentiment"]
+    assert bento_name("feedback") != bento_name("sentiment")
+    listed = cli("models", "list")
+    assert listed.exit_code == 0 and "feedback" in listed.stdout and "sentiment" in listed.stdout
+    scoped = cli("models", "list", "--task", "feedback")
+    assert tags["feedback"] in scoped.stdout and tags["sentiment"] not in scoped.stdout
+    with pytest.raises(registry.RegistryError, match="nothing to roll back to: task 'sentiment'"):
+        registry.rollback("sentiment", reason="only one champion so far")
+
+
+def test_models_show_names_the_task_and_bad_tags_are_clear_errors(store, two_label_sets, cli, project):
+    params, models = two_label_sets
+    model, test_csv, eval_dir = models["sentiment"]
+    tag = release(params, model, test_csv, eval_dir=eval_dir).champion
+    shown = cli("models", "show", tag)
+    assert shown.exit_code == 0 and '"task": "classifier"' in shown.stdout
+    bad = cli("models", "show", "a:b:c")
+    assert bad.exit_code == 1 and "invalid model tag 'a:b:c'" in bad.stderr and "Traceback" not in bad.output
+
+
+def test_a_damaged_champion_pointer_is_a_clear_error(store, cli, project):
+    pointer = store / "tuneloop" / "classifier" / "champion.json"
+    write(pointer, "{not json")
+    result = cli("models", "list")
+    assert result.exit_code == 1 and str(pointer) in result.stderr and "delete it" in result.stderr
+    assert "Traceback" not in result.output
+
+
+def test_reading_the_registry_creates_no_folders(store):
+    assert registry.champion("never-used") is None and registry.entries("never-used") == []
+    assert not (store / "tuneloop" / "never-used").exists()
