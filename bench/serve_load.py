@@ -205,7 +205,7 @@ def compare(params: dict, args: argparse.Namespace, texts: list[str], workdir: P
     rounds: dict[str, list[dict]] = {mode: [] for mode in servers}
     warmup = 32
     try:
-        for proc, base, _ in servers.values():
+        for _proc, base, _ in servers.values():
             asyncio.run(drive(base, texts, warmup, min(8, args.concurrency)))  # not measured
         for i in range(args.rounds):
             for mode in ("batched", "unbatched") if i % 2 == 0 else ("unbatched", "batched"):

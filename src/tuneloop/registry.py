@@ -252,7 +252,9 @@ def register(
     metadata = _no_nulls(
         {
             "task": task,
-            "metrics": {k: v for k, v in (metrics or {}).items() if isinstance(v, (int, float)) and k != "report_version"},
+            "metrics": {
+                k: v for k, v in (metrics or {}).items() if isinstance(v, float | int) and k != "report_version"
+            },
             "val_metrics": meta.get("val_metrics", {}),
             "gate": {"passed": gate["passed"], "failed_checks": gate["failed_checks"]} if gate else {},
             "params": meta.get("params", {}),
