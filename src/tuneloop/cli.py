@@ -53,6 +53,7 @@ def user_errors(func: F) -> F:
         try:
             return func(*args, **kwargs)
         except TuneloopError as exc:
+            # escaped: a message quoting the user's input (`--set data.labels=[a, b`) is not markup
             err.print(f"[bold red]error:[/] {escape(str(exc))}", highlight=False, soft_wrap=True)
             raise typer.Exit(exc.exit_code) from None
         except OSError as exc:

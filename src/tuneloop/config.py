@@ -8,6 +8,7 @@ type or an out-of-range value fails with a message naming the key and the allowe
 from __future__ import annotations
 
 import difflib
+import re
 from collections.abc import Iterable
 from pathlib import Path
 from typing import Any, Literal
@@ -23,8 +24,10 @@ Policy = Literal["fail", "quarantine"]
 
 
 class _Section(BaseModel):
-    # Unknown keys are errors: a typo must never silently fall back to a default.
-    model_config = ConfigDict(extra="forbid", frozen=True)
+    # Unknown keys are errors: a typo must never silently fall back to a default. Strict types:
+    # `epochs: true` is not 1 and `store_text: "yes"` is not True; a float key takes an int
+    # (`epochs: 8`) but neither a bool nor a string.
+    model_config = ConfigDict(extra="forbid", frozen=True, strict=True)
 
 
 class TaskParams(_Section):
@@ -169,7 +172,7 @@ class Params(_Section):
     deploy: DeployParams
     serve: ServeParams
 
-    model_config = ConfigDict(extra="forbid", frozen=True, populate_by_name=True)
+    model_config = ConfigDict(extra="forbid", frozen=True, strict=True, populate_by_name=True)
 
 
 def load_params(path: str | Path = DEFAULT_PARAMS, overrides: Iterable[str] = ()) -> Params:
@@ -185,7 +188,7 @@ def load_params(path: str | Path = DEFAULT_PARAMS, overrides: Iterable[str] = ()
             f"{path}: params file not found. Run from the project root (where params.yaml is) or pass --params PATH."
         )
     try:
-        raw = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
+        raw = yaml.load(path.read_text(encoding="utf-8"), Loader=_Loader) or {}
     except (yaml.YAMLError, UnicodeDecodeError) as exc:
         raise ConfigError(f"{path}: not valid YAML ({exc}). Fix the syntax and retry.") from None
     if not isinstance(raw, dict):
@@ -210,7 +213,35 @@ def apply_override(raw: dict[str, Any], item: str) -> None:
         if not isinstance(child, dict):
             raise ConfigError(f"--set {item!r}: '{part}' is a value, not a section")
         node = child
-    node[parts[-1]] = yaml.safe_load(value) if value.strip() else None
+    node[parts[-1]] = _override_value(key.strip(), value)
+
+
+def _override_value(key: str, value: str) -> Any:
+    if not value.strip():
+        return None
+    try:
+        return yaml.load(value, Loader=_Loader)
+    except yaml.YAMLError as exc:
+        problem = str(getattr(exc, "problem", None) or exc).strip()
+        raise ConfigError(
+            f"--set {key}={value}: the value of '{key}' is not valid YAML ({problem}). Write it as in "
+            f"params.yaml, e.g. --set '{key}=[a, b]' for a list, and quote a string holding :, # or "
+            f"brackets: --set '{key}=\"text: here\"'."
+        ) from None
+
+
+class _Loader(yaml.SafeLoader):
+    """SafeLoader that also reads `1e-4` as a number (YAML 1.1 wants `1.0e-4`, else a string).
+
+    With strict types that string would be an error for a float key, where it used to be coerced.
+    """
+
+
+_Loader.add_implicit_resolver(
+    "tag:yaml.org,2002:float",
+    re.compile(r"^[-+]?(?:[0-9][0-9_]*)(?:\.[0-9_]*)?[eE][-+]?[0-9]+$"),
+    list("-+0123456789"),
+)
 
 
 def _allowed_keys(loc: tuple[Any, ...]) -> list[str]:
@@ -238,5 +269,22 @@ def _describe(path: Path, exc: ValidationError, raw: dict[str, Any]) -> str:
         else:
             value = err.get("input")
             shown = "" if isinstance(value, dict) else f" = {value!r}"
-            lines.append(f"  - {key}{shown}: {err['msg']}.")
+            lines.append(f"  - {key}{shown}: {err['msg']}.{_type_hint(err['type'], value)}")
     return "\n".join(lines)
+
+
+def _type_hint(error: str, value: Any) -> str:
+    """The fix for a strict-type error, where the YAML spelling is the likely cause."""
+    wanted = {
+        "int_type": "a whole number, e.g. 3",
+        "float_type": "a number, e.g. 0.1",
+        "bool_type": "true or false, unquoted",
+        "string_type": "a string (quote it, e.g. 'no', if YAML would read it as something else)",
+    }.get(error)
+    if wanted is None:
+        return ""
+    if isinstance(value, bool):
+        return f" Write {wanted}: YAML reads unquoted true/false/yes/no/on/off as booleans."
+    if isinstance(value, str):
+        return f" Write {wanted}: a quoted value is a string."
+    return f" Write {wanted}."

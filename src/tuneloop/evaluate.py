@@ -180,23 +180,69 @@ PERTURBATIONS = {
 
 
 def load_behaviour(path: str | Path) -> dict[str, Any]:
-    """Read and check a behavioural-test YAML file."""
+    """Read and check a behavioural-test YAML file.
+
+    Raises:
+        DataError: the file is missing, not YAML, or not shaped as behaviour/demo.yaml is; the
+            message names the file, the section and the fix.
+    """
     import yaml
 
     path = Path(path)
     if not path.is_file():
         raise DataError(f"{path}: behavioural test file not found. Fix evaluate.behaviour_file or set it to null.")
-    spec = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
+    try:
+        spec = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
+    except (yaml.YAMLError, UnicodeDecodeError) as exc:
+        raise DataError(
+            f"{path}: not valid YAML ({str(exc).strip()}). Fix the syntax (behaviour/demo.yaml shows the "
+            "format) or set evaluate.behaviour_file to null."
+        ) from None
+    if not isinstance(spec, dict):
+        raise DataError(f"{path}: the top level must be a mapping with invariance: and minimum_functionality:.")
     unknown = set(spec) - {"invariance", "minimum_functionality"}
     if unknown:
-        raise DataError(f"{path}: unknown sections {sorted(unknown)}; allowed: invariance, minimum_functionality.")
-    bad = [p for p in (spec.get("invariance") or {}).get("perturbations", []) if p not in PERTURBATIONS]
+        raise DataError(
+            f"{path}: unknown sections {sorted(map(str, unknown))}; allowed: invariance, minimum_functionality."
+        )
+    _check_invariance(path, spec.get("invariance") or {})
+    spec["minimum_functionality"] = _checked_cases(path, spec.get("minimum_functionality") or [])
+    return spec
+
+
+def _check_invariance(path: Path, inv: Any) -> None:
+    if not isinstance(inv, dict):
+        raise DataError(f"{path}: invariance must be a mapping (sample:, perturbations:, neutral_suffixes:).")
+    perturbations = inv.get("perturbations") or []
+    if not isinstance(perturbations, list):
+        raise DataError(f"{path}: invariance.perturbations must be a list, e.g. [uppercase, typo].")
+    bad = [p for p in perturbations if not isinstance(p, str) or p not in PERTURBATIONS]
     if bad:
         raise DataError(f"{path}: unknown perturbations {bad}; allowed: {', '.join(PERTURBATIONS)}.")
-    for i, case in enumerate(spec.get("minimum_functionality") or [], start=1):
+    sample = inv.get("sample", 200)
+    if not isinstance(sample, int) or isinstance(sample, bool) or sample < 0:
+        raise DataError(f"{path}: invariance.sample = {sample!r} must be a whole number of texts >= 0, e.g. 200.")
+    suffixes = inv.get("neutral_suffixes") or []
+    if not isinstance(suffixes, list) or not all(isinstance(x, str) for x in suffixes):
+        raise DataError(f'{path}: invariance.neutral_suffixes must be a list of strings, e.g. [" thanks"].')
+
+
+def _checked_cases(path: Path, cases: Any) -> list[dict[str, str]]:
+    """minimum_functionality cases with text and label as strings (a YAML `label: 1` becomes "1")."""
+    if not isinstance(cases, list):
+        raise DataError(f"{path}: minimum_functionality must be a list of {{text: ..., label: ...}} cases.")
+    checked = []
+    for i, case in enumerate(cases, start=1):
         if not isinstance(case, dict) or not {"text", "label"} <= set(case):
             raise DataError(f"{path}: minimum_functionality case {i} needs 'text' and 'label'.")
-    return spec
+        text, label = case["text"], case["label"]
+        if not isinstance(text, str) or not text or isinstance(label, bool) or not isinstance(label, (str, int)):
+            raise DataError(
+                f"{path}: minimum_functionality case {i} needs a non-empty text and a label (quote a label "
+                "YAML reads as a boolean, e.g. 'yes')."
+            )
+        checked.append({**case, "text": text, "label": str(label)})
+    return checked
 
 
 def run_behaviour(predict: Any, texts: list[str], labels: list[str], spec: dict[str, Any], seed: int) -> dict[str, Any]:

@@ -99,12 +99,13 @@ def load_classifier(model_dir: str | Path) -> Classifier:
             "tool; fine-tune it with `tuneloop train --base "
             f"{path}` to get one tuneloop can evaluate and serve."
         )
-    meta = json.loads(meta_path.read_text(encoding="utf-8"))
+    meta = read_meta(meta_path)
     from safetensors import SafetensorError
     from transformers import AutoModelForSequenceClassification, AutoTokenizer
 
     try:
-        model = AutoModelForSequenceClassification.from_pretrained(path)
+        # safetensors only: a pytorch_model.bin dropped into the folder is a pickle, never loaded
+        model = AutoModelForSequenceClassification.from_pretrained(path, use_safetensors=True)
         tokenizer = AutoTokenizer.from_pretrained(path)
     except (OSError, ValueError, SafetensorError) as exc:  # SafetensorError: truncated or damaged weights
         raise ModelError(f"{path}: cannot load the model ({exc}). Re-train or restore the folder.") from None
@@ -114,6 +115,30 @@ def load_classifier(model_dir: str | Path) -> Classifier:
         raise ModelError(f"{path}: config.json's label map disagrees with {META_FILE}; the folder was edited.")
     model.eval()
     return Classifier(model=model.to(device()), tokenizer=tokenizer, labels=labels, meta=meta, path=path)
+
+
+def read_meta(meta_path: Path) -> dict[str, Any]:
+    """A model dir's tuneloop.json, checked to be the object `tuneloop train` writes.
+
+    Raises:
+        ModelError: the file is not JSON (truncated, edited by hand) or not tuneloop's shape.
+    """
+    fix = f"Re-train the model (`tuneloop train --out {meta_path.parent}`) or restore the folder from the registry."
+    try:
+        meta = json.loads(meta_path.read_text(encoding="utf-8"))
+    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+        raise ModelError(f"{meta_path}: not valid JSON ({exc}); the file is damaged. {fix}") from None
+    if not isinstance(meta, dict):
+        raise ModelError(f"{meta_path}: a JSON {type(meta).__name__}, not tuneloop's metadata object. {fix}")
+    labels = meta.get("labels")
+    if not isinstance(labels, list) or not labels or not all(isinstance(x, str) for x in labels):
+        raise ModelError(f"{meta_path}: has no 'labels' list of strings, so it was not written by tuneloop. {fix}")
+    params = meta.get("params", {})
+    train = params.get("train", {}) if isinstance(params, dict) else None
+    max_length = train.get("max_length", 128) if isinstance(train, dict) else None
+    if not isinstance(max_length, int) or isinstance(max_length, bool) or max_length < 1:
+        raise ModelError(f"{meta_path}: 'params.train.max_length' is missing its section or not a whole number. {fix}")
+    return meta
 
 
 def for_serving(clf: Classifier, quantize: str) -> Classifier:

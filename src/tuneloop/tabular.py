@@ -7,12 +7,13 @@ in every message and report.
 
 from __future__ import annotations
 
+import csv
 import io
 import json
 import os
 import re
-import tempfile
-from collections.abc import Callable
+import secrets
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import IO
@@ -118,41 +119,69 @@ def _decode(path: Path, strict: bool) -> tuple[str, list[int]]:
     return text, bad
 
 
-_C_ERROR = re.compile(r"(?:row|line) (\d+)")
-
-
 def _read_delimited(path: Path, text: str, fmt: str) -> pd.DataFrame:
+    """Parse CSV/TSV with the csv module: every cell a string, an empty cell missing.
+
+    Not pandas' C parser: it ends a field at a NUL byte, even inside quotes, and so cuts texts short
+    without a word. Records end at \n, \r\n or a bare \r, unless quoted; nothing else splits them.
+    """
     sep = "\t" if fmt == "tsv" else ","
+    csv.field_size_limit(2**31 - 1)  # the default 128 KiB cap is not ours to set: text_length judges length
+    reader = csv.reader(io.StringIO(text, newline=""), delimiter=sep, strict=True)
     try:
-        # dtype=str and only empty cells as missing: a text "NA" or "null" is a real message.
-        return pd.read_csv(io.StringIO(text), sep=sep, dtype=str, keep_default_na=False, na_values=[""], engine="c")
-    except pd.errors.EmptyDataError:
-        raise DataError(f"{path}: no header row found. The first line must name the columns.") from None
-    except pd.errors.ParserError as exc:
-        msg = str(exc)
-        if "EOF inside string" in msg:
-            where = _C_ERROR.search(msg)
-            line = _line_of_row(text, int(where.group(1))) if where else None
-            at = f" near line {line}" if line else ""
-            raise DataError(
-                f"{path}: a quoted field opened{at} never closes (broken quote). Close the quote, "
-                'or write a quote inside a field as two quotes ("").'
-            ) from None
-        raise DataError(
-            f"{path}: cannot parse as {fmt.upper()}: {msg.strip()}. Quote fields that contain "
-            f"the delimiter {sep!r}, or check that the file really is {fmt.upper()}."
-        ) from None
+        header = next((row for row in reader if row), None)
+        if header is None:
+            raise DataError(f"{path}: no header row found. The first line must name the columns.")
+        width = len(header)
+        rows = []
+        for row in reader:
+            if len(row) > width:
+                raise DataError(
+                    f"{path}: line {reader.line_num} has {len(row)} fields, the header has {width}. Quote "
+                    f"fields that contain the delimiter {sep!r}, or check that the file really is {fmt.upper()}."
+                )
+            if row:  # a blank line is no record
+                rows.append([cell if cell != "" else None for cell in row] + [None] * (width - len(row)))
+    except csv.Error as exc:
+        raise DataError(_quote_problem(path, reader.line_num, str(exc))) from None
+    return pd.DataFrame(rows, columns=_unique_names(header), dtype=object)
 
 
-def _line_of_row(text: str, row: int) -> int:
-    # pandas counts rows from 0 including the header; quoted newlines make lines differ, so
-    # report the physical line where that record starts as best we can: row + 1.
-    return row + 1
+def _quote_problem(path: Path, line: int, problem: str) -> str:
+    if "unexpected end of data" in problem:
+        return (
+            f"{path}: a quoted field opened before line {line} never closes (broken quote). Close the "
+            'quote, or write a quote inside a field as two quotes ("").'
+        )
+    return (
+        f"{path}: line {line}: {problem} (a quote ends in the middle of a field). Quote the whole "
+        'field, and write a quote inside a field as two quotes ("").'
+    )
+
+
+def _unique_names(header: list[str]) -> list[str]:
+    """Column names as pandas would give them: a blank one `Unnamed: i`, a repeat `name.1`."""
+    names: list[str] = []
+    for i, name in enumerate(header):
+        name = name or f"Unnamed: {i}"
+        base, n = name, 0
+        while name in names:
+            n += 1
+            name = f"{base}.{n}"
+        names.append(name)
+    return names
+
+
+# JSON never holds a raw CR or LF inside a value (json.loads refuses control characters in
+# strings), so these are the only record separators; str.splitlines would also split at U+2028,
+# U+0085 and other characters a JSON string may contain as they are.
+_JSONL_LINE_END = re.compile(r"\r\n|\r|\n")
+_SURROGATE_ESCAPE = re.compile(r"\\u[dD][89a-fA-F]")
 
 
 def _read_jsonl(path: Path, text: str) -> pd.DataFrame:
     records = []
-    for number, line in enumerate(text.splitlines(), start=1):
+    for number, line in enumerate(_JSONL_LINE_END.split(text), start=1):
         if not line.strip():
             continue
         try:
@@ -164,10 +193,23 @@ def _read_jsonl(path: Path, text: str) -> pd.DataFrame:
             ) from None
         if not isinstance(record, dict):
             raise DataError(f"{path}: line {number} is a JSON {type(record).__name__}, expected an object.")
+        if _SURROGATE_ESCAPE.search(line) and not _encodable(record):
+            raise DataError(
+                f"{path}: line {number} holds an unpaired surrogate escape (e.g. \\ud800), which is no "
+                "character and cannot be stored as UTF-8. Fix the exporting tool or remove the escape."
+            )
         records.append(record)
     if not records:
         raise DataError(f"{path}: no JSON records. Each line must be one JSON object.")
     return pd.DataFrame.from_records(records)
+
+
+def _encodable(record: dict[str, object]) -> bool:
+    try:
+        json.dumps(record, ensure_ascii=False).encode("utf-8")
+    except UnicodeEncodeError:
+        return False
+    return True
 
 
 def _read_parquet(path: Path) -> pd.DataFrame:
@@ -204,14 +246,42 @@ def _canonical_columns(path: Path, frame: pd.DataFrame, text_col: str, label_col
                 "at the right column or fill it."
             )
         # Labels are strings everywhere (0/1 in a Parquet int column becomes "0"/"1").
-        frame[col] = values.map(lambda v: None if pd.isna(v) else str(v)).astype(object)
+        frame[col] = values.map(lambda v: None if _missing(v) else str(v)).astype(object)
     rest = [c for c in frame.columns if c not in (TEXT, LABEL)]
     return frame[[TEXT, LABEL, *rest]].reset_index(drop=True)
 
 
+def _missing(value: object) -> bool:
+    # Not pd.isna: on a list (a JSON array cell) it answers per element, and `if` on that raises.
+    return value is None or value is pd.NA or value is pd.NaT or (isinstance(value, float) and value != value)
+
+
 def write_csv_atomic(frame: pd.DataFrame, path: str | Path) -> Path:
-    """Write `frame` as UTF-8 CSV so that a crash leaves the old file or the new one, never half."""
-    return _atomic_write(path, lambda handle: frame.to_csv(handle, index=False, lineterminator="\n"))
+    """Write `frame` as UTF-8 CSV so that a crash leaves the old file or the new one, never half.
+
+    Records end in \n; a field holding \r, \n, a quote or a comma is quoted, so `read_table`
+    gives back every text byte for byte (an empty text reads back as missing, as in any CSV).
+    """
+    return _atomic_write(path, lambda handle: frame.to_csv(_LFRecords(handle), index=False, lineterminator="\r\n"))
+
+
+class _LFRecords:
+    """A text handle that turns the csv writer's \r\n record ends into \n.
+
+    Written with lineterminator="\n", the csv module leaves a field holding a bare \r unquoted,
+    and every reader takes that \r for the end of the record (one text became two rows). With
+    "\r\n" it quotes any field holding \r or \n; it hands each record to write() whole, so the
+    last two characters of each call are the terminator.
+    """
+
+    def __init__(self, handle: IO[str]):
+        self._handle = handle
+
+    def write(self, record: str) -> int:
+        return self._handle.write(record[:-2] + "\n" if record.endswith("\r\n") else record)
+
+    def __iter__(self) -> Iterator[str]:  # pandas takes only objects with it for file-like
+        return iter(())
 
 
 def write_text_atomic(text: str, path: str | Path) -> Path:
@@ -220,14 +290,20 @@ def write_text_atomic(text: str, path: str | Path) -> Path:
 
 
 def _atomic_write(path: str | Path, write: Callable[[IO[str]], object]) -> Path:
+    """Write through a temp file beside `path`, then rename it over `path`.
+
+    The temp file is created with mode 0666 less the umask, as open() would (mkstemp's 0600 made
+    the corpus and every report readable by their owner only).
+    """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    tmp = path.with_name(f".{path.name}.{secrets.token_hex(6)}.tmp")
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666)
     try:
         with os.fdopen(fd, "w", encoding="utf-8", newline="") as handle:
             write(handle)
         os.replace(tmp, path)
     except BaseException:
-        Path(tmp).unlink(missing_ok=True)
+        tmp.unlink(missing_ok=True)
         raise
     return path

@@ -35,6 +35,7 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 
 MIN_TRAIN_ROWS_PER_CLASS = 2  # one example cannot be both learnt from and checked
+MIN_CLASSES = 2  # one label is not a classifier: it predicts that label for everything
 
 
 @dataclass
@@ -87,6 +88,32 @@ def label_space(train: pd.DataFrame, val: pd.DataFrame, train_path: Path, val_pa
             "Add examples or merge the class (validate.min_rows_per_class guards this upstream)."
         )
     return [*labels, *(s for s in seen if s not in labels)]
+
+
+def require_two_classes(train: pd.DataFrame, train_path: Path, sampled: int = 0) -> None:
+    """Refuse to train what cannot be a classifier: one class (or none) left to learn.
+
+    A one-label model predicts that label for everything and scores a macro-F1 of 1.0 on a
+    validation split holding only it, so the run would look perfect.
+
+    Raises:
+        DataError: naming the file, the classes left and the fix.
+    """
+    classes = sorted(train[LABEL].unique())
+    if len(classes) >= MIN_CLASSES:
+        return
+    held = f"only the class '{classes[0]}'" if classes else "no class"
+    if sampled:
+        raise DataError(
+            f"{train_path}: the {sampled}-row sample leaves {held} with at least "
+            f"{MIN_TRAIN_ROWS_PER_CLASS} rows; a classifier needs {MIN_CLASSES}. Raise train.max_samples "
+            "(or --max-samples), or set it to 0 to train on every row."
+        )
+    raise DataError(
+        f"{train_path}: holds {held} ({len(train)} rows); a classifier needs at least {MIN_CLASSES}. "
+        "Add rows of another class to the data (then `dvc repro prepare`), or check that "
+        "validation did not quarantine them (see reports/validation)."
+    )
 
 
 class EncodedDataset:
@@ -306,6 +333,7 @@ def build_trainer(
             )
             train_df = train_df[~train_df[LABEL].isin(thin)]
         val_df = val_df[val_df[LABEL].isin(set(train_df[LABEL]))]
+    require_two_classes(train_df, train_path, limit)
     labels = label_space(train_df, val_df, train_path, val_path)
     label2id = {label: i for i, label in enumerate(labels)}
     source = resolve_base_model(base)
@@ -319,11 +347,14 @@ def build_trainer(
             label2id=label2id,
             problem_type="single_label_classification",
             ignore_mismatched_sizes=True,
+            use_safetensors=True,  # never a pickled pytorch_model.bin (torch.load) from a base folder
         )
     except OSError as exc:
         raise ModelError(
             f"cannot load base model '{base}': {str(exc).splitlines()[0]} Offline, a base model must "
-            "be a local folder (or already in the Hugging Face cache); 'minilm' is the packaged one."
+            "be a local folder (or already in the Hugging Face cache) with model.safetensors weights "
+            "(pickled pytorch_model.bin is refused: re-save it with save_pretrained); 'minilm' is the "
+            "packaged one."
         ) from None
     except ValueError as exc:
         raise ModelError(
