@@ -212,23 +212,13 @@ def train_cmd(
     """Fine-tune a sequence classifier (the DVC `train` stage)."""
     from tuneloop.train import train
 
-    result = train(
-        _params(params, set_),
-        train_path,
-        val_path,
-        out_dir,
-        base=base,
-        resume=resume,
-        checkpoint_dir=checkpoints,
-        live_dir=live_dir or None,
-        max_samples=32 if dry_run else max_samples,
-        max_steps=2 if dry_run else -1,
-    )
+    cfg, samples, steps = _params(params, set_), 32 if dry_run else max_samples, 2 if dry_run else -1
+    where: dict[str, Any] = {"checkpoint_dir": checkpoints, "live_dir": live_dir or None, "resume": resume}
+    result = train(cfg, train_path, val_path, out_dir, base=base, max_samples=samples, max_steps=steps, **where)
     m = result.val_metrics
     out.print(
-        f"[green]trained[/] {out_dir}: val macro-F1 {m.get('macro_f1', 0):.4f}, accuracy "
-        f"{m.get('accuracy', 0):.4f}, {result.steps} steps, {result.train_samples_per_second:.1f} samples/s, "
-        f"{result.wall_time_s:.0f} s"
+        f"[green]trained[/] {out_dir}: val macro-F1 {m['macro_f1']:.4f}, accuracy {m['accuracy']:.4f}, "
+        f"{result.steps} steps, {result.train_samples_per_second:.1f} samples/s, {result.wall_time_s:.0f} s"
     )
 
 

@@ -415,13 +415,7 @@ def evaluate(
     texts = frame[TEXT].tolist()
     probs = predict_proba(clf, texts, p.batch_size)
     metrics = classification_metrics(y_true, probs, clf.labels, p.ece_bins)
-    behaviour_path = behaviour_file if behaviour_file is not None else p.behaviour_file
-    behaviour: dict[str, Any] = {}
-    if behaviour_path:
-        spec = load_behaviour(behaviour_path)
-        behaviour = run_behaviour(
-            lambda ts: predict_proba(clf, ts, p.batch_size).argmax(axis=1), texts, clf.labels, spec, params.base.seed
-        )
+    behaviour = _behaviour(clf, texts, params, behaviour_file)
     served = None
     if params.serve.quantize != "none":
         served = ServedMetrics(**served_variant_metrics(clf, texts, y_true, probs, params))
@@ -450,6 +444,20 @@ def evaluate(
         report.ece,
     )
     return report
+
+
+def _behaviour(clf: Classifier, texts: list[str], params: Params, behaviour_file: str | Path | None) -> dict[str, Any]:
+    """The behavioural tests of `behaviour_file` (default evaluate.behaviour_file; '' or null: none)."""
+    from tuneloop.model import predict_proba
+
+    path = behaviour_file if behaviour_file is not None else params.evaluate.behaviour_file
+    if not path:
+        return {}
+    spec = load_behaviour(path)
+    size = params.evaluate.batch_size
+    return run_behaviour(
+        lambda ts: predict_proba(clf, ts, size).argmax(axis=1), texts, clf.labels, spec, params.base.seed
+    )
 
 
 def _write_details(

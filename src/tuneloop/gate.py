@@ -281,15 +281,20 @@ def interleaved_latency(
     for clf in models.values():
         clf.model.to("cpu")  # type: ignore[arg-type]  # transformers' to() overloads confuse mypy
     timings: dict[str, list[float]] = {name: [] for name in models}
-    order = list(models)
-    with torch.inference_mode():
-        for i in range(requests + 5):
-            text = texts[i % len(texts)]
-            for name in order if i % 2 == 0 else order[::-1]:
-                start = time.perf_counter()
-                predict_proba(models[name], [text], batch_size=1)
-                if i >= 5:  # warm-up
-                    timings[name].append((time.perf_counter() - start) * 1000)
+    order, threads = list(models), torch.get_num_threads()
+    # One thread: on a busy machine a team of threads waits at every barrier for its slowest member, which
+    # measures the OS scheduler; a single thread measures the model's work, alike for both models.
+    torch.set_num_threads(1)
+    try:
+        with torch.inference_mode():
+            for i in range(requests + 5):
+                for name in order if i % 2 == 0 else order[::-1]:
+                    start = time.perf_counter()
+                    predict_proba(models[name], [texts[i % len(texts)]], batch_size=1)
+                    if i >= 5:  # warm-up
+                        timings[name].append((time.perf_counter() - start) * 1000)
+    finally:
+        torch.set_num_threads(threads)
     result = {f"{name}_p95_ms": float(np.percentile(t, 95)) for name, t in timings.items()}
     if champion is not None:
         result["ratio"] = result["challenger_p95_ms"] / result["champion_p95_ms"]

@@ -273,30 +273,10 @@ WINDOW_COLUMNS = [
 ]
 
 
-def read_window(
-    url: str | None = None,
-    *,
-    model_tag: str | None = None,
-    since: datetime | None = None,
-    until: datetime | None = None,
-    last: int | None = None,
-) -> Any:
-    """Logged predictions as a DataFrame (oldest first), each with its latest feedback label.
+def window_query(model_tag: str | None, since: datetime | None, until: datetime | None, last: int | None) -> Any:
+    """SELECT of the window's predictions (newest N first, when `last`), each joined to its latest feedback."""
+    from sqlalchemy import MetaData, func, select
 
-    Args:
-        url: SQLAlchemy URL (default: `database_url()`).
-        model_tag: only this model's predictions.
-        since / until: `since <= created_at < until` (timezone-aware; naive means UTC).
-        last: only the newest N rows of that selection.
-
-    Raises:
-        PredictionLogError: the database is unreachable or has no prediction log in it.
-    """
-    import pandas as pd
-    from sqlalchemy import MetaData, create_engine, func, inspect, select
-    from sqlalchemy.exc import SQLAlchemyError
-
-    url = url or database_url()
     tables = _tables(MetaData())
     predictions, feedback = tables["predictions"], tables["feedback"]
     latest = select(func.max(feedback.c.id).label("id")).group_by(feedback.c.request_id).subquery()
@@ -308,15 +288,35 @@ def read_window(
         query = query.where(predictions.c.created_at >= _utc(since))
     if until is not None:
         query = query.where(predictions.c.created_at < _utc(until))
-    query = query.order_by(predictions.c.created_at.desc(), predictions.c.request_id.desc())
-    if last is not None:
-        query = query.limit(last)
-    window = query.subquery()
-    joined = (
+    window = query.order_by(predictions.c.created_at.desc(), predictions.c.request_id.desc()).limit(last).subquery()
+    return (
         select(window, labels.c.label.label("true_label"))
         .join(labels, labels.c.request_id == window.c.request_id, isouter=True)
         .order_by(window.c.created_at, window.c.request_id)
     )
+
+
+def read_window(
+    url: str | None = None,
+    *,
+    model_tag: str | None = None,
+    since: datetime | None = None,
+    until: datetime | None = None,
+    last: int | None = None,
+) -> Any:
+    """Logged predictions as a DataFrame (oldest first), each with its latest feedback label (`true_label`).
+
+    `model_tag` keeps one model's rows, `since <= created_at < until` a time range (naive means UTC),
+    `last` the newest N of that selection; `url` defaults to `database_url()`.
+
+    Raises:
+        PredictionLogError: the database is unreachable or has no prediction log in it.
+    """
+    import pandas as pd
+    from sqlalchemy import create_engine, inspect
+    from sqlalchemy.exc import SQLAlchemyError
+
+    url = url or database_url()
     engine = create_engine(url)
     try:
         if not inspect(engine).has_table("predictions"):
@@ -325,7 +325,7 @@ def read_window(
                 "at the database the service writes (its log starts with the first request)."
             )
         with engine.connect() as conn:
-            frame = pd.DataFrame(conn.execute(joined).mappings().all(), columns=WINDOW_COLUMNS)
+            rows = conn.execute(window_query(model_tag, since, until, last)).mappings().all()
     except SQLAlchemyError as exc:
         raise PredictionLogError(
             f"prediction log {_shown(url)}: {str(exc).splitlines()[0]}. Check "
@@ -333,6 +333,7 @@ def read_window(
         ) from None
     finally:
         engine.dispose()
+    frame = pd.DataFrame(rows, columns=WINDOW_COLUMNS)
     frame["created_at"] = pd.to_datetime(frame["created_at"], utc=True)
     return frame
 

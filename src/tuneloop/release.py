@@ -19,6 +19,7 @@ from tuneloop import registry
 from tuneloop.config import Params
 from tuneloop.gate import GateFailed, GateReport, failure_message, run_gate, write_report
 from tuneloop.registry import Entry
+from tuneloop.reports import EvalReport
 
 log = logging.getLogger(__name__)
 
@@ -91,39 +92,40 @@ def release(
         register / promote: stop after the verdict (`tuneloop gate`) or after registering.
         publish: called after each step with its name and result.
     """
-    from tuneloop.provenance import weights_digest
-
     task, challenger_dir = params.task.name, Path(challenger_dir)
     current = champion_for(champion, task)
-    if current is not None and current.metadata.get("weights_sha256") == weights_digest(challenger_dir):
+    if is_champion(challenger_dir, current):
+        assert current is not None
         done = Release("no-new-model", no_new_model(challenger_dir, current, data_path), current.tag, current)
         _publish(publish, gate_dir, "verdict", done.report)
         log.info("%s", done.message)
         return done
     with tempfile.TemporaryDirectory(prefix="tuneloop-eval-") as scratch:
         evaluation = Path(eval_dir) if eval_dir is not None else _evaluate(params, challenger_dir, data_path, scratch)
-        report = run_gate(
-            params,
-            challenger_dir,
-            evaluation,
-            data_path,
-            current.path if current else None,
-            current.tag if current else None,
-        )
+        report = run_gate(params, challenger_dir, evaluation, data_path, *_path_and_tag(current))
         _publish(publish, gate_dir, "verdict", report)
         if not report.passed or not register:
-            return Release("passed" if report.passed else "refused", report, current.tag if current else None)
-        from tuneloop.reports import EvalReport
-
+            return Release("passed" if report.passed else "refused", report, _path_and_tag(current)[1])
         entry = registry.register(
             challenger_dir, task=task, metrics=EvalReport.load(evaluation).summary(), gate=report.to_dict()
         )
     _publish(publish, None, "registered", entry)
     if not promote:
-        return Release("passed", report, current.tag if current else None, entry)
+        return Release("passed", report, _path_and_tag(current)[1], entry)
     entry = registry.promote(entry.tag, reason=reason)
     _publish(publish, None, "promoted", entry)
     return Release("promoted", report, entry.tag, entry)
+
+
+def is_champion(challenger_dir: Path, champion: Entry | None) -> bool:
+    """Whether the challenger's weights are exactly the champion's (same SHA-256): nothing new to judge."""
+    from tuneloop.provenance import weights_digest
+
+    return champion is not None and champion.metadata.get("weights_sha256") == weights_digest(challenger_dir)
+
+
+def _path_and_tag(entry: Entry | None) -> tuple[Path | None, str | None]:
+    return (entry.path, entry.tag) if entry is not None else (None, None)
 
 
 def _evaluate(params: Params, model_dir: Path, data_path: str | Path, out_dir: str) -> Path:

@@ -290,35 +290,11 @@ def open_live(live_dir: Path, resume: bool = False) -> Any:
         return None
 
 
-def build_trainer(
-    params: Params,
-    train_path: Path,
-    val_path: Path,
-    base: str,
-    checkpoint_dir: Path,
-    *,
-    max_samples: int = 0,
-    max_steps: int = -1,
-    live_dir: Path | None = None,
-    resume: bool = False,
-) -> tuple[Trainer, dict[str, Any]]:
-    """Load data and base model and assemble the Trainer; returns it with run info for metadata."""
-    import torch
-    from transformers import (
-        AutoModelForSequenceClassification,
-        AutoTokenizer,
-        DataCollatorWithPadding,
-        EarlyStoppingCallback,
-        PrinterCallback,
-        Trainer,
-        set_seed,
-    )
-
-    p = params.train
-    torch.set_num_threads(p.num_threads or os.cpu_count() or 1)
-    cuda = torch.cuda.is_available()
-
-    limit = max_samples or p.max_samples
+def load_training_data(
+    params: Params, train_path: Path, val_path: Path, max_samples: int = 0
+) -> tuple[pd.DataFrame, pd.DataFrame, list[str]]:
+    """Both splits (sampled when asked) and the label space, refusing what cannot be a classifier."""
+    limit = max_samples or params.train.max_samples
     train_df = load_split(train_path, limit, params.base.seed)
     val_df = load_split(val_path, limit, params.base.seed)
     if limit:  # a small sample may hold a class once or not at all: learn and score only those it holds twice
@@ -334,17 +310,22 @@ def build_trainer(
             train_df = train_df[~train_df[LABEL].isin(thin)]
         val_df = val_df[val_df[LABEL].isin(set(train_df[LABEL]))]
     require_two_classes(train_df, train_path, limit)
-    labels = label_space(train_df, val_df, train_path, val_path)
-    label2id = {label: i for i, label in enumerate(labels)}
+    return train_df, val_df, label_space(train_df, val_df, train_path, val_path)
+
+
+def load_base_model(base: str, labels: list[str], seed: int) -> tuple[Any, Any, str]:
+    """Tokenizer and a sequence classifier with a fresh head for `labels`, from safetensors only."""
+    from transformers import AutoModelForSequenceClassification, AutoTokenizer, set_seed
+
     source = resolve_base_model(base)
-    set_seed(params.base.seed)  # the new classifier head's init depends on it
+    set_seed(seed)  # the new classifier head's init depends on it
     try:
         tokenizer = AutoTokenizer.from_pretrained(source)
         model = AutoModelForSequenceClassification.from_pretrained(
             source,
             num_labels=len(labels),
             id2label=dict(enumerate(labels)),
-            label2id=label2id,
+            label2id={label: i for i, label in enumerate(labels)},
             problem_type="single_label_classification",
             ignore_mismatched_sizes=True,
             use_safetensors=True,  # never a pickled pytorch_model.bin (torch.load) from a base folder
@@ -361,51 +342,74 @@ def build_trainer(
             f"base model '{base}' is not classifier-compatible ({str(exc).splitlines()[0]}). Use a "
             "BERT-family encoder that AutoModelForSequenceClassification supports."
         ) from None
+    return tokenizer, model, source
 
-    train_ds = encode(tokenizer, train_df, label2id, p.max_length)
-    val_ds = encode(tokenizer, val_df, label2id, p.max_length)
-    batch_size = p.cuda_batch_size if cuda else p.batch_size
-    steps_per_epoch = max(1, -(-len(train_ds) // batch_size))
-    weights = None
-    if p.class_weights:
-        counts = train_df[LABEL].map(label2id).value_counts().reindex(range(len(labels)), fill_value=1)
-        weights = torch.tensor((len(train_df) / (len(labels) * counts)).to_numpy(), dtype=torch.float32)
 
-    callbacks: list[Any] = [EarlyStoppingCallback(early_stopping_patience=p.early_stopping_patience)]
-    throughput = ThroughputCallback(batch_size)
-    callbacks.append(throughput)
+def class_weights(train_df: pd.DataFrame, labels: list[str]) -> torch.Tensor:
+    """Inverse-frequency loss weights (train.class_weights), one per label id."""
+    import torch
+
+    counts = train_df[LABEL].map({label: i for i, label in enumerate(labels)}).value_counts()
+    counts = counts.reindex(range(len(labels)), fill_value=1)
+    return torch.tensor((len(train_df) / (len(labels) * counts)).to_numpy(), dtype=torch.float32)
+
+
+def training_callbacks(patience: int, throughput: ThroughputCallback, live_dir: Path | None, resume: bool) -> list[Any]:
+    """Early stopping, the one-line-per-log progress, and dvclive when it has a folder."""
+    from transformers import EarlyStoppingCallback
+
+    callbacks: list[Any] = [EarlyStoppingCallback(early_stopping_patience=patience), throughput]
     live = open_live(live_dir, resume) if live_dir is not None else None
     if live is not None:
         from transformers.integrations import DVCLiveCallback
 
         callbacks.append(DVCLiveCallback(live=live))
-    collator = DataCollatorWithPadding(
-        tokenizer, padding="longest", pad_to_multiple_of=8 if cuda else None
-    )  # multiples of 8 suit tensor cores
+    return callbacks
+
+
+def build_trainer(
+    params: Params,
+    train_path: Path,
+    val_path: Path,
+    base: str,
+    checkpoint_dir: Path,
+    *,
+    max_samples: int = 0,
+    max_steps: int = -1,
+    live_dir: Path | None = None,
+    resume: bool = False,
+) -> tuple[Trainer, dict[str, Any]]:
+    """Load data and base model and assemble the Trainer; returns it with run info for metadata."""
+    import torch
+    from transformers import DataCollatorWithPadding, PrinterCallback, Trainer
+
+    p = params.train
+    torch.set_num_threads(p.num_threads or os.cpu_count() or 1)
+    cuda = torch.cuda.is_available()
+    train_df, val_df, labels = load_training_data(params, train_path, val_path, max_samples)
+    tokenizer, model, source = load_base_model(base, labels, params.base.seed)
+    label2id = {label: i for i, label in enumerate(labels)}
+    train_ds, val_ds = (encode(tokenizer, df, label2id, p.max_length) for df in (train_df, val_df))
+    batch_size = p.cuda_batch_size if cuda else p.batch_size
+    throughput, steps_per_epoch = ThroughputCallback(batch_size), max(1, -(-len(train_ds) // batch_size))
+    weights = class_weights(train_df, labels) if p.class_weights else None
     trainer = Trainer(
         model=model,
         args=training_arguments(params, checkpoint_dir, steps_per_epoch, cuda, max_steps),
         train_dataset=train_ds,
         eval_dataset=val_ds,
-        data_collator=collator,
+        # dynamic padding; multiples of 8 suit tensor cores
+        data_collator=DataCollatorWithPadding(tokenizer, padding="longest", pad_to_multiple_of=8 if cuda else None),
         processing_class=tokenizer,
         compute_metrics=macro_f1_metrics,
         compute_loss_func=weighted_loss(weights, p.label_smoothing),
-        callbacks=callbacks,
+        callbacks=training_callbacks(p.early_stopping_patience, throughput, live_dir, resume),
     )
     trainer.remove_callback(PrinterCallback)  # it prints raw dicts; ThroughputCallback logs one line instead
-    info = {
-        "labels": labels,
-        "base_model": base,
-        "base_model_source": source,
-        "train_rows": len(train_ds),
-        "val_rows": len(val_ds),
-        "real_tokens_per_sample": train_ds.real_tokens / max(len(train_ds), 1),
-        "device": "cuda" if cuda else "cpu",
-        "batch_size": batch_size,
-        "throughput": throughput,
-    }
-    return trainer, info
+    tokens = train_ds.real_tokens / max(len(train_ds), 1)
+    info = {"labels": labels, "base_model": base, "base_model_source": source, "real_tokens_per_sample": tokens}
+    info |= {"train_rows": len(train_ds), "val_rows": len(val_ds), "device": "cuda" if cuda else "cpu"}
+    return trainer, info | {"batch_size": batch_size, "throughput": throughput}
 
 
 def last_checkpoint(checkpoint_dir: Path) -> str | None:
@@ -429,92 +433,77 @@ def train(
     max_steps: int = -1,
     keep_checkpoints: bool = False,
 ) -> TrainResult:
-    """Fine-tune, then write a self-describing model dir to `out_dir`.
-
-    Args:
-        params: the whole config (train section plus base.seed).
-        train_path, val_path: labeled CSVs (e.g. data/prepared/train.csv and val.csv).
-        out_dir: where the model dir goes (replaced atomically at the end).
-        base: overrides train.base_model.
-        resume: continue from the newest checkpoint in `checkpoint_dir`.
-        checkpoint_dir: default `<out_dir>.checkpoints` beside the output.
-        live_dir: dvclive folder for metrics and curves (None: no dvclive).
-        max_samples, max_steps: smoke-run limits.
-        keep_checkpoints: keep the checkpoint folder after success.
-    """
-    import torch
-
+    """Fine-tune on `train_path` (early stopping on `val_path`), then write a self-describing model dir to
+    `out_dir`, replaced atomically. `base` overrides train.base_model; `resume` continues from the newest
+    checkpoint in `checkpoint_dir` (default `<out_dir>.checkpoints`); `live_dir` is dvclive's folder (None:
+    off); `max_samples` / `max_steps` bound smoke runs."""
     started = time.time()
     out_dir, train_path, val_path = Path(out_dir), Path(train_path), Path(val_path)
     checkpoints = Path(checkpoint_dir) if checkpoint_dir else out_dir.with_name(out_dir.name + ".checkpoints")
-    resume_from = None
-    if resume:
-        resume_from = last_checkpoint(checkpoints)
-        if resume_from is None:
-            raise ModelError(
-                f"--resume: no checkpoint in {checkpoints}. Start without --resume "
-                "(a run writes a checkpoint at every evaluation)."
-            )
-    elif checkpoints.exists():
-        shutil.rmtree(checkpoints)  # a fresh run must not mix with an old run's checkpoints
-    trainer, info = build_trainer(
-        params,
-        train_path,
-        val_path,
-        base or params.train.base_model,
-        checkpoints,
-        max_samples=max_samples,
-        max_steps=max_steps,
-        live_dir=Path(live_dir) if live_dir else None,
-        resume=resume,
-    )
-    try:
-        output = trainer.train(resume_from_checkpoint=resume_from)
-    except torch.OutOfMemoryError:
-        raise ModelError(
-            f"out of GPU memory at batch size {info['batch_size']} and max_length "
-            f"{params.train.max_length}: lower train.cuda_batch_size (e.g. --set train.cuda_batch_size="
-            f"{max(1, info['batch_size'] // 2)}) or train.max_length."
-        ) from None
+    resume_from = checkpoint_to_resume(checkpoints, resume)
+    opts: dict[str, Any] = {"live_dir": Path(live_dir) if live_dir else None, "resume": resume}
+    opts |= {"max_samples": max_samples, "max_steps": max_steps}
+    trainer, info = build_trainer(params, train_path, val_path, base or params.train.base_model, checkpoints, **opts)
+    steps = _fit(trainer, resume_from, info["batch_size"], params.train.max_length)
     final = trainer.evaluate()  # the restored best model on the validation split
     val_metrics = {k: float(final[f"eval_{k}"]) for k in ("loss", "accuracy", "macro_f1")}
-    throughput: ThroughputCallback = info.pop("throughput")
-    wall = time.time() - started
-    meta = {
+    speed = info.pop("throughput").samples_per_second
+    result = TrainResult(out_dir, val_metrics, speed, time.time() - started, steps)
+    meta = describe_run(params, info, {"train": train_path, "val": val_path}, result)
+    meta["best_checkpoint"] = trainer.state.best_model_checkpoint
+    _write_model_dir(trainer, out_dir, meta)
+    if not keep_checkpoints:
+        shutil.rmtree(checkpoints, ignore_errors=True)
+    log.info("model written to %s: val %s, %.1f samples/s, %.0f s", out_dir, val_metrics, speed, result.wall_time_s)
+    return result
+
+
+def describe_run(params: Params, info: dict[str, Any], inputs: dict[str, Path], run: TrainResult) -> dict[str, Any]:
+    """tuneloop.json: what the model dir says about itself (params, data hashes, git revision, run)."""
+    return {
         "tuneloop_version": _version(),
         "labels": info["labels"],
         "base_model": info["base_model"],
         "params": params.model_dump(mode="json", by_alias=True),
-        "data": data_version({"train": train_path, "val": val_path}),
+        "data": data_version(inputs),
         "git_revision": git_revision(),
         "created_at": utc_now(),
-        "wall_time_s": round(wall, 1),
+        "wall_time_s": round(run.wall_time_s, 1),
         "device": info["device"],
         "train_rows": info["train_rows"],
         "val_rows": info["val_rows"],
-        "steps": output.global_step,
-        "best_checkpoint": trainer.state.best_model_checkpoint,
-        "train_samples_per_second": round(throughput.samples_per_second, 1),
-        "val_metrics": val_metrics,
+        "steps": run.steps,
+        "train_samples_per_second": round(run.train_samples_per_second, 1),
+        "val_metrics": run.val_metrics,
     }
-    _write_model_dir(trainer, out_dir, meta)
-    if not keep_checkpoints:
-        shutil.rmtree(checkpoints, ignore_errors=True)
-    log.info(
-        "model written to %s: val macro-F1 %.4f, accuracy %.4f, %.1f samples/s, %.0f s",
-        out_dir,
-        val_metrics.get("macro_f1", float("nan")),
-        val_metrics.get("accuracy", float("nan")),
-        throughput.samples_per_second,
-        wall,
-    )
-    return TrainResult(
-        out_dir=out_dir,
-        val_metrics=val_metrics,
-        wall_time_s=wall,
-        steps=output.global_step,
-        train_samples_per_second=throughput.samples_per_second,
-    )
+
+
+def checkpoint_to_resume(checkpoints: Path, resume: bool) -> str | None:
+    """With --resume, the newest checkpoint (an error when there is none); else none, old ones cleared."""
+    if not resume:
+        if checkpoints.exists():
+            shutil.rmtree(checkpoints)  # a fresh run must not mix with an old run's checkpoints
+        return None
+    newest = last_checkpoint(checkpoints)
+    if newest is None:
+        raise ModelError(
+            f"--resume: no checkpoint in {checkpoints}. Start without --resume "
+            "(a run writes a checkpoint at every evaluation)."
+        )
+    return newest
+
+
+def _fit(trainer: Trainer, resume_from: str | None, batch_size: int, max_length: int) -> int:
+    """Run the training loop; an out-of-memory GPU is a message naming the fix. Returns the steps taken."""
+    import torch
+
+    try:
+        return int(trainer.train(resume_from_checkpoint=resume_from).global_step)
+    except torch.OutOfMemoryError:
+        raise ModelError(
+            f"out of GPU memory at batch size {batch_size} and max_length {max_length}: lower "
+            f"train.cuda_batch_size (e.g. --set train.cuda_batch_size={max(1, batch_size // 2)}) or train.max_length."
+        ) from None
 
 
 def _write_model_dir(trainer: Trainer, out_dir: Path, meta: dict[str, Any]) -> None:

@@ -28,7 +28,7 @@ def _classifier(tiny_model: Path, layers: int, hidden: int, seed: int):
         vocab_size=30522,
         hidden_size=hidden,
         num_hidden_layers=layers,
-        num_attention_heads=4,
+        num_attention_heads=4 if hidden < 384 else 12,
         intermediate_size=hidden * 4,
         max_position_embeddings=128,
         num_labels=3,
@@ -62,9 +62,10 @@ def gate_params():
 
 @pytest.mark.parametrize("busy", [False, True], ids=["idle", "busy"])
 def test_same_size_challenger_passes_and_twice_the_layers_fails(tiny_model, gate_params, busy):
-    champion = _classifier(tiny_model, layers=4, hidden=128, seed=0)
-    same_size = _classifier(tiny_model, layers=4, hidden=128, seed=1)
-    deeper = _classifier(tiny_model, layers=8, hidden=128, seed=2)
+    # MiniLM's width: at 384 the layers' work dominates a single-text call, as it does for real models
+    champion = _classifier(tiny_model, layers=3, hidden=384, seed=0)
+    same_size = _classifier(tiny_model, layers=3, hidden=384, seed=1)
+    deeper = _classifier(tiny_model, layers=6, hidden=384, seed=2)
     with busy_cores() if busy else _nothing():
         fair = interleaved_latency(same_size, champion, TEXTS, 200)
         slow = interleaved_latency(deeper, champion, TEXTS, 200)
