@@ -19,7 +19,7 @@ import pandas as pd
 
 from tuneloop.config import Params, PrepareParams
 from tuneloop.errors import DataError
-from tuneloop.tabular import LABEL, TEXT, read_table, write_csv_atomic, write_text_atomic
+from tuneloop.tabular import LABEL, ORIGIN, TEXT, read_table, write_csv_atomic, write_text_atomic
 from tuneloop.text import normalize_text
 
 log = logging.getLogger(__name__)
@@ -55,7 +55,7 @@ def dedupe(frame: pd.DataFrame) -> tuple[pd.DataFrame, pd.DataFrame]:
 def stratified_split(
     frame: pd.DataFrame, val_fraction: float, test_fraction: float, seed: int
 ) -> dict[str, pd.DataFrame]:
-    """Split each class by the same fractions, deterministically for a seed.
+    """Split each class (and each origin within it) by the same fractions, deterministically for a seed.
 
     Written out rather than taken from scikit-learn because `train_test_split(stratify=...)`
     refuses classes with fewer than two rows per split; here a small class keeps at least one
@@ -63,7 +63,10 @@ def stratified_split(
     """
     rng = np.random.default_rng(seed)
     parts: dict[str, list[int]] = {name: [] for name in SPLITS}
-    for _, group in frame.groupby(LABEL, sort=True):
+    # With an `origin` column (corpus / production rows, see tuneloop.retrain), each origin is split alike:
+    # the test split holds out the same share of production traffic as of the corpus.
+    keys = [LABEL, ORIGIN] if ORIGIN in frame.columns else [LABEL]
+    for _, group in frame.groupby(keys, sort=True, dropna=False):
         order = group.index.to_numpy()[rng.permutation(len(group))]
         n = len(order)
         n_test = min(round(n * test_fraction), max(n - 1, 0))

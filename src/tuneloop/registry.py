@@ -264,6 +264,7 @@ def register(
             "base_model": meta.get("base_model"),
             "labels": meta.get("labels", []),
             "trained_at": meta.get("created_at"),
+            "production_train_rows": meta.get("production_train_rows", 0),
             "registered_at": utc_now(),
             "weights_sha256": digest,
         }

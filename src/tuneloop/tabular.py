@@ -23,6 +23,7 @@ import pandas as pd
 from tuneloop.errors import DataError
 
 TEXT, LABEL = "text", "label"
+ORIGIN = "origin"  # where a row came from: corpus, or production feedback merged by tuneloop.retrain
 FORMATS = {".csv": "csv", ".tsv": "tsv", ".parquet": "parquet", ".pq": "parquet", ".jsonl": "jsonl", ".ndjson": "jsonl"}
 REPLACEMENT_CHAR = "\ufffd"
 

@@ -1,0 +1,52 @@
+"""Retraining data: labeled production rows join the raw corpus once each, with their origin, and the
+split holds out production rows in the same share as corpus rows."""
+
+import pandas as pd
+
+from tuneloop.predlog import Prediction, PredictionLog, new_request_id
+from tuneloop.prepare import stratified_split
+from tuneloop.retrain import feedback_rows, merge_production
+from tuneloop.tabular import ORIGIN
+
+
+def _logged(plog: PredictionLog, text: str, predicted: str = "a") -> str:
+    rid = new_request_id()
+    plog.log(Prediction(request_id=rid, text=text, predicted=predicted, confidence=0.6,
+                        top_k=[{"label": predicted, "score": 0.6}], model_tag="m:1", latency_ms=1.0))
+    return rid
+
+
+def test_only_labeled_rows_with_text_come_back_with_their_latest_label(tmp_path):
+    url = f"sqlite:///{tmp_path / 'log.db'}"
+    plog = PredictionLog(url)
+    labeled, unlabeled, relabeled = _logged(plog, "where is my card"), _logged(plog, "hi"), _logged(plog, "refund")
+    plog.record_feedback_many([(labeled, "card"), (relabeled, "card"), (relabeled, "refund")])
+    private = PredictionLog(url, store_text=False)
+    hidden = _logged(private, "secret text")
+    private.record_feedback_many([(hidden, "card")])
+    plog.close()
+    private.close()
+    rows, without_text = feedback_rows(url)
+    assert dict(zip(rows["request_id"], rows["label"])) == {labeled: "card", relabeled: "refund"}
+    assert unlabeled not in set(rows["request_id"]) and without_text == 1
+    assert set(rows[ORIGIN]) == {"production"}
+
+
+def test_merge_adds_each_production_row_once_and_marks_origins():
+    raw = pd.DataFrame({"text": ["a1", "b1"], "label": ["a", "b"], "channel": ["chat", "mail"]})
+    production = pd.DataFrame({"text": ["p1", "p2"], "label": ["a", "c"], ORIGIN: "production",
+                               "request_id": ["r1", "r2"]})
+    merged, added = merge_production(raw, production)
+    assert added == 2 and len(merged) == 4 and list(merged.columns[:2]) == ["text", "label"]
+    assert merged[ORIGIN].tolist() == ["corpus", "corpus", "production", "production"]
+    again, added_again = merge_production(merged, production)  # the same feedback a second time
+    assert added_again == 0 and len(again) == 4
+
+
+def test_split_holds_out_production_rows_like_corpus_rows():
+    frame = pd.DataFrame({"text": [f"t{i}" for i in range(200)], "label": ["a", "b"] * 100,
+                          ORIGIN: ["corpus"] * 160 + ["production"] * 40})
+    splits = stratified_split(frame, 0.1, 0.2, seed=0)
+    test = splits["test"]
+    assert (test[ORIGIN] == "production").sum() == 8  # 20% of the 40 production rows (4 per class)
+    assert (test[ORIGIN] == "corpus").sum() == 32
