@@ -28,6 +28,10 @@ data_app = typer.Typer(help="Demo data, import and validation.", no_args_is_help
 app.add_typer(data_app, name="data")
 models_app = typer.Typer(help="The model registry (BentoML's model store).", no_args_is_help=True)
 app.add_typer(models_app, name="models")
+feedback_app = typer.Typer(
+    help="Labels for logged predictions: what to label, and labels from a file.", no_args_is_help=True
+)
+app.add_typer(feedback_app, name="feedback")
 pipeline_app = typer.Typer(help="Prefect flows.", no_args_is_help=True)
 app.add_typer(pipeline_app, name="pipeline")
 
@@ -427,6 +431,38 @@ def package_cmd(
     from tuneloop.package import build_bento
 
     out.print(build_bento(registry.resolve(tag, _task(task), purpose="package").tag))
+
+
+@feedback_app.command("queue")
+@user_errors
+def feedback_queue(
+    n: Annotated[int, typer.Option("--n", min=1, help="how many predictions to offer.")] = 200,
+    out_path: Annotated[Path, typer.Option("--out", help="CSV to write.")] = Path("feedback-queue.csv"),
+    model: Annotated[str | None, typer.Option("--model", help="only this model's predictions.")] = None,
+) -> None:
+    """Export the logged predictions most worth a human label (fill in the `label` column)."""
+    from tuneloop.feedback import queue
+
+    written = queue(out_path, n, model_tag=model)
+    out.print(f"wrote {written} predictions to {out_path}: fill in `label`, then `tuneloop feedback import {out_path}`")
+
+
+@feedback_app.command("import")
+@user_errors
+def feedback_import(
+    path: Annotated[Path, typer.Argument(help="CSV with request_id and label columns.")],
+    model: Annotated[str | None, typer.Option("--model", help="whose label set (default: the champion).")] = None,
+    task: TaskOpt = None,
+) -> None:
+    """Record labels from a file as feedback, with the checks of POST /feedback (all or nothing)."""
+    from tuneloop import registry
+    from tuneloop.feedback import import_labels
+
+    labels = registry.resolve(model, _task(task), purpose="label for").metadata.get("labels", [])
+    done = import_labels(path, labels)
+    out.print(
+        f"recorded {done.recorded} labels" + (f"; {done.skipped_blank} rows left blank" if done.skipped_blank else "")
+    )
 
 
 @pipeline_app.command("run")

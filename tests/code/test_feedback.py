@@ -1,0 +1,82 @@
+"""`tuneloop feedback queue` offers the predictions most worth a label; `feedback import` records an
+annotated file with the /feedback checks, all or nothing."""
+
+import pandas as pd
+import pytest
+
+from tuneloop.errors import DataError
+from tuneloop.feedback import import_labels, pick, queue
+from tuneloop.predlog import Prediction, PredictionLog, new_request_id, read_window
+
+
+def _log(url, rows):
+    plog = PredictionLog(url)
+    ids = []
+    for text, predicted, confidence in rows:
+        ids.append(new_request_id())
+        plog.log(
+            Prediction(
+                request_id=ids[-1],
+                text=text,
+                predicted=predicted,
+                confidence=confidence,
+                top_k=[{"label": predicted, "score": confidence}],
+                model_tag="m:1",
+                latency_ms=1.0,
+            )
+        )
+    plog.close()
+    return ids
+
+
+def test_queue_covers_every_predicted_class_then_the_least_confident(tmp_path):
+    url = f"sqlite:///{tmp_path / 'log.db'}"
+    rows = [(f"a {i}", "a", 0.5 + i / 100) for i in range(20)] + [("b sure", "b", 0.99), ("c sure", "c", 0.97)]
+    ids = _log(url, rows)
+    plog = PredictionLog(url)
+    plog.record_feedback_many([(ids[0], "a")])  # already labeled: never offered again
+    plog.close()
+    chosen = pick(read_window(url), 6)
+    assert len(chosen) == 6 and {"a", "b", "c"} <= set(chosen["predicted"])
+    assert ids[0] not in set(chosen["request_id"]) and ids[1] in set(chosen["request_id"])  # least confident left
+    written = queue(tmp_path / "q.csv", 6, url)
+    frame = pd.read_csv(tmp_path / "q.csv", dtype=str, keep_default_na=False)
+    assert written == 6 and list(frame.columns) == [
+        "request_id",
+        "text",
+        "predicted",
+        "confidence",
+        "model_tag",
+        "label",
+    ]
+
+
+def test_import_records_annotated_rows_and_skips_blanks(tmp_path):
+    url = f"sqlite:///{tmp_path / 'log.db'}"
+    ids = _log(url, [("one", "a", 0.6), ("two", "a", 0.7), ("three", "b", 0.8)])
+    path = tmp_path / "done.csv"
+    pd.DataFrame({"request_id": ids, "text": ["one", "two\r\nmore", "three"], "label": ["b", "", "a"]}).to_csv(
+        path, index=False
+    )
+    done = import_labels(path, ["a", "b"], url)
+    assert done.recorded == 2 and done.skipped_blank == 1
+    labels = dict(zip(read_window(url)["request_id"], read_window(url)["true_label"]))
+    assert labels[ids[0]] == "b" and labels[ids[2]] == "a" and labels[ids[1]] is None
+
+
+@pytest.mark.parametrize(
+    "content, message",
+    [
+        ("request_id,label\nX,a\n", "not in the prediction log"),
+        ("request_id,label\n{id},zebra\n", "not one of this model's labels"),
+        ("id,label\n{id},a\n", "needs request_id and label"),
+    ],
+)
+def test_bad_annotation_files_record_nothing(tmp_path, content, message):
+    url = f"sqlite:///{tmp_path / 'log.db'}"
+    (rid,) = _log(url, [("one", "a", 0.6)])
+    path = tmp_path / "bad.csv"
+    path.write_text(content.format(id=rid) + f"{rid},a\n" if "zebra" in content else content.format(id=rid))
+    with pytest.raises(DataError, match=message):
+        import_labels(path, ["a", "b"], url)
+    assert read_window(url)["true_label"].isna().all()
