@@ -32,6 +32,20 @@ def _stage(stage: str, force: bool) -> dict[str, Any]:
     return {"stage": stage, "ran": run.ran, "seconds": run.seconds}
 
 
+@task(name="collect-feedback", retries=2, retry_delay_seconds=5)
+def collect_feedback(raw_path: str) -> dict[str, Any]:
+    """Merge labeled production rows into the raw corpus as a new DVC data version (retried: database, remote)."""
+    from tuneloop.retrain import merge_feedback_into_raw
+
+    merged = merge_feedback_into_raw(raw_path)
+    note = f"{merged.production_added} new labeled production rows ({merged.production_total} in all) -> {raw_path}"
+    if merged.labeled_without_text:
+        note += f"; {merged.labeled_without_text} labeled rows were logged without text (serve.store_text false)"
+    create_markdown_artifact(f"# Feedback for the retrain\n\n{note}.", key="retrain-data", description=note[:150])
+    get_run_logger().info("%s", note)
+    return {"stage": "collect-feedback", "added": merged.production_added, "total": merged.production_total}
+
+
 @task(name="validate")
 def validate(force: bool = False) -> dict[str, Any]:
     """Great Expectations validation of the raw corpus (DVC stage `validate`)."""
@@ -142,14 +156,16 @@ def package(tag: str) -> str:
 
 
 @flow(name="tuneloop-training", log_prints=True)
-def training_pipeline(overrides: list[str] | None = None, force: bool = False) -> dict[str, Any]:
-    """validate -> prepare -> train -> evaluate (DVC) -> release (gate, register, promote) -> package."""
+def training_pipeline(overrides: list[str] | None = None, force: bool = False, retrain: bool = False) -> dict[str, Any]:
+    """[collect feedback] -> validate -> prepare -> train -> evaluate (DVC) -> release (gate, register, promote)
+    -> package. `retrain` (set by the drift trigger) first merges labeled production rows into the corpus."""
     from tuneloop.config import load_params
     from tuneloop.pipeline import apply_overrides
 
     apply_overrides(overrides or [])
     params = load_params()
-    stages = [validate(force), prepare(force), train(force), evaluate(force)]
+    stages = [collect_feedback(params.data.raw_path)] if retrain else []
+    stages += [validate(force), prepare(force), train(force), evaluate(force)]
     released = release(params)
     bento = package(released["champion"])
     stages.append({"stage": "release", "seconds": released["seconds"]})

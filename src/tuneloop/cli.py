@@ -507,10 +507,10 @@ def deploy_cmd(params: ParamsOpt = Path("params.yaml"), set_: SetOpt = None) -> 
     from tuneloop.orchestration import deploy_training
 
     cfg = _params(params, set_)
-    deployment_id = deploy_training(cfg.deploy, Path.cwd())
+    deployment_id = deploy_training(cfg, Path.cwd())
     out.print(
         f"deployment tuneloop-training/training ({deployment_id}): cron '{cfg.deploy.training_cron}' "
-        f"{cfg.deploy.timezone} on work pool {cfg.deploy.work_pool}.\n"
+        f"{cfg.deploy.timezone} and on drift of task '{cfg.task.name}' (retrain), pool {cfg.deploy.work_pool}.\n"
         f"Start a worker: prefect worker start --pool {cfg.deploy.work_pool}"
     )
 

@@ -10,7 +10,7 @@ import asyncio
 from pathlib import Path
 from typing import Any
 
-from tuneloop.config import DeployParams
+from tuneloop.config import Params
 
 TRAINING_ENTRYPOINT = "flows/training.py:training_pipeline"
 
@@ -27,18 +27,41 @@ async def _ensure_pool(name: str) -> None:
             pass
 
 
-def deploy_training(cfg: DeployParams, project_root: Path) -> str:
-    """Create (or update) `tuneloop-training/training` on the server PREFECT_API_URL points at."""
+DRIFT_EVENT = "tuneloop.drift.detected"
+
+
+def task_resource(task: str) -> dict[str, str]:
+    """The Prefect event resource naming one task (one classifier)."""
+    return {"prefect.resource.id": f"tuneloop.task.{task}", "prefect.resource.name": task}
+
+
+def drift_trigger(task: str) -> Any:
+    """Run the training deployment with `retrain=True` when monitoring reports drift for this task."""
+    from prefect.events import DeploymentEventTrigger
+
+    return DeploymentEventTrigger(
+        name=f"retrain {task} on drift",
+        expect={DRIFT_EVENT},
+        match={"prefect.resource.id": f"tuneloop.task.{task}"},
+        parameters={"retrain": True},
+    )
+
+
+def deploy_training(params: Params, project_root: Path) -> str:
+    """Create (or update) `tuneloop-training/training` on the server PREFECT_API_URL points at: the cron
+    schedule, and a trigger that retrains when the monitoring flow emits `tuneloop.drift.detected` for the task."""
     from prefect import flow
     from prefect.schedules import Cron
 
+    cfg = params.deploy
     asyncio.run(_ensure_pool(cfg.work_pool))
     remote: Any = flow.from_source(source=str(project_root), entrypoint=TRAINING_ENTRYPOINT)  # sync here
     deployment_id = remote.deploy(
         name="training",
         work_pool_name=cfg.work_pool,
         schedules=[Cron(cfg.training_cron, timezone=cfg.timezone)],
-        description="validate -> prepare -> train -> evaluate -> gate -> register -> promote -> package",
+        triggers=[drift_trigger(params.task.name)],
+        description="[collect feedback] -> validate -> prepare -> train -> evaluate -> release -> package",
         print_next_steps=False,
     )
     return str(deployment_id)

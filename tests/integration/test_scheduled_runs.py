@@ -116,6 +116,10 @@ def test_scheduled_deployment_runs_on_a_real_worker(database, project, cli, tiny
                 timeout=120,
             )
             assert deployed.returncode == 0, deployed.stdout + deployed.stderr[-2000:]
+            automations = httpx.post(f"{api}/automations/filter", json={}, timeout=10).json()
+            trigger = next(a for a in automations if a["name"] == "retrain classifier on drift")
+            assert "tuneloop.drift.detected" in trigger["trigger"]["expect"]
+            assert trigger["actions"][0]["parameters"] == {"retrain": True}  # the drift event retrains
             with process_group(
                 [sys.executable, "-m", "prefect", "worker", "start", "--pool", "tuneloop-local", "--limit", "1"],
                 client,
