@@ -67,7 +67,7 @@ def _wait_for_run(api: str, run_id: str, seconds: float) -> dict:
 
 def _run_deployment(api: str, env: dict[str, str], cwd: str) -> dict:
     done = subprocess.run(
-        [sys.executable, "-m", "prefect", "deployment", "run", "tuneloop-training/training", "--json"],
+        [sys.executable, "-m", "prefect", "deployment", "run", "tuneloop-training/training"],
         env=env,
         cwd=cwd,
         capture_output=True,
