@@ -67,17 +67,9 @@ def _wait_ok(url: str, seconds: float) -> None:
 
 def _one_run(api: str, env: dict[str, str], deployment_id: str) -> dict:
     started = time.perf_counter()
-    subprocess.run(
-        [sys.executable, "-m", "prefect", "deployment", "run", "tuneloop-training/training"],
-        env=env,
-        capture_output=True,
-        check=True,
-        timeout=120,
-    )
-    runs = httpx.post(
-        f"{api}/flow_runs/filter",
-        json={"deployments": {"id": {"any_": [deployment_id]}}, "sort": "EXPECTED_START_TIME_DESC", "limit": 1},
-    ).json()
+    # what `prefect deployment run` does, keeping the run's id (the cron schedule queues runs of its own)
+    created = httpx.post(f"{api}/deployments/{deployment_id}/create_flow_run", json={}, timeout=30).json()
+    runs = [created]
     while True:
         run = httpx.get(f"{api}/flow_runs/{runs[0]['id']}").json()
         if run["state_type"] in ("COMPLETED", "FAILED", "CRASHED", "CANCELLED"):
