@@ -16,13 +16,14 @@ export DVC_NO_ANALYTICS := 1
 export BENTOML_DO_NOT_TRACK := true
 export PREFECT_SERVER_ANALYTICS_ENABLED := false
 
-.PHONY: install demo test test-fast lint lock clean help
+.PHONY: install demo test test-fast lint lock clean help fuzz
 
 help:
 	@echo "make demo   set up and run the pipeline on the demo data"
 	@echo "make test   set up and run the tests (what CI runs, after make lint)"
 	@echo "make test-fast  the inner loop: no DVC, Prefect or BentoML servers, no shared data (< 90 s)"
 	@echo "make lint   ruff (lint + format) and mypy on src/ and flows/"
+	@echo "make fuzz   the service's fuzz tests (Schemathesis + hostile requests), 2000 examples each"
 	@echo "make lock   re-resolve requirements.lock from pyproject.toml"
 
 $(VENV)/.installed: pyproject.toml requirements.lock
@@ -62,6 +63,10 @@ test: install
 # servers and workers, `bentoml serve` processes) and `slow` (full weights, ../shared/data) are left out.
 test-fast: install
 	$(BIN)/python -m pytest -q -m "not integration and not slow"
+
+# The CI run of tests/serve/test_fuzz.py takes 60 seeded examples per test; this one 2000 (minutes).
+fuzz: install
+	TUNELOOP_FUZZ_EXAMPLES=2000 $(BIN)/python -m pytest -q tests/serve/test_fuzz.py
 
 lint: install
 	$(BIN)/ruff check src flows

@@ -523,12 +523,15 @@ def serve_cmd(
     model: Annotated[str | None, typer.Option("--model", help="model tag (default: the champion).")] = None,
     workers: Annotated[int, typer.Option(min=1, help="worker processes, each loading the model once.")] = 1,
 ) -> None:
-    """Serve the classifier over HTTP with `bentoml serve` (/classify, /feedback, /metadata, /readyz)."""
+    """Serve the classifier over HTTP with `bentoml serve` (/classify, /feedback, /metadata, /readyz).
+
+    SIGTERM or Ctrl-C stops the whole process tree gracefully (the prediction log is flushed).
+    """
     import os
-    import subprocess
 
-    from tuneloop import registry
+    from tuneloop import procs, registry
 
+    procs.require_free_port(host, port, "tuneloop serve")
     chosen = registry.resolve(model, _task(None), purpose="serve")
     env = {
         **os.environ,
@@ -541,22 +544,11 @@ def serve_cmd(
         f"  curl -s -X POST http://{host}:{port}/classify -H 'content-type: application/json' "
         '-d \'{"texts": ["I lost my card"]}\''
     )
-    raise typer.Exit(
-        subprocess.call(
-            [
-                sys.executable,
-                "-m",
-                "bentoml",
-                "serve",
-                "tuneloop.serve.service:TextClassifier",
-                "--host",
-                host,
-                "--port",
-                str(port),
-            ],
-            env=env,
-        )
+    serve = [sys.executable, "-m", "bentoml", "serve", "tuneloop.serve.service:TextClassifier"]
+    code = procs.run_tree(
+        [*serve, "--host", host, "--port", str(port)], env, "tuneloop serve", lambda cmd: "--worker-id" in cmd
     )
+    raise typer.Exit(code)
 
 
 @app.command("dashboard")
@@ -565,10 +557,15 @@ def dashboard(
     host: Annotated[str, typer.Option(help="interface to listen on.")] = "127.0.0.1",
     port: Annotated[int, typer.Option(help="port.")] = 4200,
 ) -> None:
-    """Start a Prefect server (SQLite by default; PostgreSQL via PREFECT_API_DATABASE_CONNECTION_URL)."""
-    import os
-    import subprocess
+    """Start a Prefect server (SQLite by default; PostgreSQL via PREFECT_API_DATABASE_CONNECTION_URL).
 
+    SIGTERM or Ctrl-C stops the server and everything it started.
+    """
+    import os
+
+    from tuneloop import procs
+
+    procs.require_free_port(host, port, "tuneloop dashboard")
     url = f"http://{host}:{port}"
     db = os.environ.get("PREFECT_API_DATABASE_CONNECTION_URL", "SQLite (~/.prefect/prefect.db)")
     out.print(
@@ -576,11 +573,8 @@ def dashboard(
         f"Point flows at it with: export PREFECT_API_URL={url}/api"
     )
     env = {**os.environ, "PREFECT_SERVER_ANALYTICS_ENABLED": "false"}
-    raise typer.Exit(
-        subprocess.call(
-            [sys.executable, "-m", "prefect", "server", "start", "--host", host, "--port", str(port)], env=env
-        )
-    )
+    prefect = [sys.executable, "-m", "prefect", "server", "start", "--host", host, "--port", str(port)]
+    raise typer.Exit(procs.run_tree(prefect, env, "tuneloop dashboard"))
 
 
 def main(argv: list[str] | None = None) -> None:

@@ -7,12 +7,13 @@ every `flush_interval_s` (or sooner when `max_buffer` rows wait), and `close()` 
 left, so a graceful stop loses nothing. The schema is created on first use and carries a version
 row; older versions are migrated forward in place (each step idempotent), a database written by a
 newer version is refused with a message instead of being guessed at. With `store_text=False` only
-a SHA-256 of each text is kept (privacy).
+a digest of each text is kept (privacy); see `text_digest`.
 """
 
 from __future__ import annotations
 
 import hashlib
+import hmac
 import logging
 import os
 import threading
@@ -29,6 +30,18 @@ log = logging.getLogger(__name__)
 # 1: predictions + feedback. 2: composite index (model_tag, created_at) for windowed reads.
 SCHEMA_VERSION = 2
 DEFAULT_URL = "sqlite:///predictions.db"
+TEXT_HASH_KEY_ENV = "TUNELOOP_TEXT_HASH_KEY"
+
+
+def text_digest(text: str, key: bytes | None) -> str:
+    """The `text_sha256` column: HMAC-SHA256 of the UTF-8 text under `key`, or plain SHA-256 without one.
+
+    A plain hash of a short text ("yes", a card number's last digits) is recovered by hashing guesses;
+    keyed, the digest still matches equal texts (duplicates, joins across tables) but cannot be
+    checked against a guess without the key. Changing the key changes every digest from then on.
+    """
+    data = text.encode("utf-8", "surrogatepass")  # a lone surrogate must not fail the whole flush
+    return hmac.new(key, data, hashlib.sha256).hexdigest() if key else hashlib.sha256(data).hexdigest()
 
 
 class PredictionLogError(TuneloopError):
@@ -101,6 +114,14 @@ class PredictionLog:
 
         self.url = url or database_url()
         self.store_text = store_text
+        self._hash_key = os.environ.get(TEXT_HASH_KEY_ENV, "").encode() or None
+        if not store_text and self._hash_key is None:
+            log.warning(
+                "store_text is off but %s is not set: text_sha256 is an unkeyed SHA-256, and short texts can "
+                "be recovered from it by hashing guesses; set %s to a long random secret to key it (HMAC)",
+                TEXT_HASH_KEY_ENV,
+                TEXT_HASH_KEY_ENV,
+            )
         self.flush_interval_s = flush_interval_s
         self.max_buffer = max_buffer
         self._insert, self._select = insert, select
@@ -150,7 +171,7 @@ class PredictionLog:
                 "request_id": p.request_id,
                 "created_at": p.created_at,
                 "text": p.text if self.store_text else None,
-                "text_sha256": hashlib.sha256(p.text.encode("utf-8")).hexdigest(),
+                "text_sha256": text_digest(p.text, self._hash_key),
                 "text_chars": len(p.text),
                 "predicted": p.predicted,
                 "confidence": float(p.confidence),

@@ -60,11 +60,47 @@ def test_classify_feedback_and_metadata_in_process(client, served):
         ({"items": []}, 400, "expected"),
         ({"items": [{"request_id": ids[0], "label": "pos", "extra": 1}]}, 400, "items[0]: expected"),
         ({"items": [{"request_id": ids[0], "label": ""}]}, 400, "non-empty strings"),
-        ({"request_id": ids[0], "label": "maybe"}, 400, "label 'maybe' is not one of"),
-        ({"request_id": "no-such-id", "label": "pos"}, 404, "'no-such-id' is not in the prediction log"),
+        ({"request_id": ids[0], "label": "maybe"}, 400, "label is not one of this model's labels: neg, neu, pos"),
+        ({"request_id": "f" * 32, "label": "pos"}, 404, f"'{'f' * 32}' is not in the prediction log"),
+        ({"request_id": "no-such-id", "label": "pos"}, 400, "request_id is not an id /classify returned"),
     ):
         response = client.post("/feedback", json=body)
         assert response.status_code == status and words in response.json()["error"], body
     meta = client.get("/metadata").json()
     assert meta["model"] == tag and meta["labels"] == ["neg", "neu", "pos"]
     assert client.get("/readyz").status_code == 200
+
+
+# ------------------------------------------------------------ issue 9 through the real BentoML app
+
+
+@pytest.mark.parametrize(
+    "content_type", ["application/x-www-form-urlencoded", "multipart/form-data; boundary=b", "text/plain"]
+)
+def test_only_json_reaches_bentoml(client, content_type):
+    """Before: a form-encoded JSON body was answered with the example texts (limits bypassed), and
+    multipart was a 500."""
+    body = b'{"texts": ["' + b"x" * 5000 + b'", "a", "b", "c", "d", "e"]}'
+    response = client.post("/classify", content=body, headers={"content-type": content_type})
+    assert response.status_code == 415 and "application/json" in response.json()["error"]
+
+
+def test_every_error_status_is_json_in_one_shape(client):
+    answers = {
+        404: client.get("/no/such/route"),
+        405: client.get("/classify"),
+        "feedback without a body": client.post("/feedback", headers={"content-type": "application/json"}),
+        "feedback not JSON": client.post("/feedback", content=b"{", headers={"content-type": "application/json"}),
+    }
+    for case, response in answers.items():
+        assert 400 <= response.status_code < 500 and set(response.json()) == {"error"}, case
+    assert answers[404].status_code == 404 and answers[405].status_code == 405
+    assert answers["feedback without a body"].status_code == 400  # FastAPI's 422 {"detail": ...} before
+
+
+def test_texts_are_checked_the_same_under_any_spelling(client):
+    nested = client.post("/classify", content=b"[" * 1000 + b"]" * 1000, headers={"content-type": "application/json"})
+    assert nested.status_code == 400
+    blank = client.post("/classify", json={"texts": ["\u200b\ufeff"]})
+    assert blank.status_code == 400 and "texts[0] is empty" in blank.json()["error"]
+    assert client.post("/classify", content=b'{"texts":["ok"]}').status_code == 200  # no Content-Type: JSON

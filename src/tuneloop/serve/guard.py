@@ -1,28 +1,58 @@
-"""Request guard for the service: API key, body size and input shape, checked before BentoML.
+"""Request guard for the service: API key, headers, body size and input shape, checked before BentoML.
 
-A pure ASGI middleware. Bad input gets a 4xx JSON `{"error": ...}` naming the problem, never a
-5xx, and never reaches BentoML's own validation (which answers 400 too, but logs a traceback per
-request). Health and readiness probes and the docs stay open without a key.
+A pure ASGI middleware and the only parser of a request body. `/classify` and `/feedback` take
+`application/json` (UTF-8) alone; the guard parses the body, checks it, and hands BentoML the
+*re-serialised checked value* (never the client's bytes), so BentoML's own decoding can neither
+disagree with the checks nor fail on what passed them. Every other request reaches BentoML with
+an empty body.
+
+Every answer that is not a success is JSON `{"error": "..."}`: the guard's own refusals (4xx
+naming the problem, never echoing the client's text), and any other error answer from below it
+(Starlette's 404/405, FastAPI's 422, BentoML's 503), rewritten on the way out. An exception that
+escapes the guard or the app is a genuine bug: a JSON 500 at once (never a hang until BentoML's
+timeout) and a logged traceback.
 
 Limits come from params.yaml's `serve:` section (see service.py); the API key from the
-`TUNELOOP_API_KEY` environment variable: when set, every route but the probes needs
-`Authorization: Bearer <key>` (else 401). `feedback_pairs` checks /feedback bodies the same way
-(the service calls it: it needs the model's labels).
+`TUNELOOP_API_KEY` environment variable: when set, every route but the probes (`PROBES`) needs
+`Authorization: Bearer <key>` (else 401), compared as bytes in constant time. `feedback_pairs`
+checks /feedback bodies against the model's labels (the service calls it: it needs the labels).
 """
 
 from __future__ import annotations
 
 import hmac
 import json
+import logging
+import re
+import unicodedata
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
+from http import HTTPStatus
 from typing import Any
 
-Scope = dict[str, Any]
-Receive = Callable[[], Awaitable[dict[str, Any]]]
-Send = Callable[[dict[str, Any]], Awaitable[None]]
+from tuneloop.serve.logs import log_bug
 
-OPEN_PATHS = ("/livez", "/readyz", "/healthz", "/metrics", "/docs", "/docs.json", "/schema.json", "/")
+Scope = dict[str, Any]
+Message = dict[str, Any]
+Receive = Callable[[], Awaitable[Message]]
+Send = Callable[[Message], Awaitable[None]]
+App = Callable[[Scope, Receive, Send], Awaitable[None]]
+
+log = logging.getLogger(__name__)
+
+# Open without the API key: orchestrators probe these without credentials. /metrics is *not* open:
+# it tells anyone the traffic, the model and the error rates; Prometheus sends the key
+# (`authorization: {credentials: ...}` in its scrape config).
+PROBES = frozenset({"/livez", "/readyz", "/healthz"})
+MAX_HEADERS = 64  # browsers send ~20; a client sending hundreds is hostile or broken
+MAX_JSON_DEPTH = 16  # the deepest legal body is {"items": [{...}]}: 3 levels
+# Characters that render as nothing: a text made only of these (and whitespace) is empty.
+INVISIBLE = frozenset("\u115f\u1160\u3164\uffa0\u2800")  # Hangul fillers and the blank Braille cell (letters!)
+# The request ids /classify hands out (tuneloop.predlog.new_request_id): 32 lowercase hex digits.
+REQUEST_ID = re.compile(r"[0-9a-f]{32}")
+MAX_FEEDBACK_ITEMS = 1000  # one transaction, one IN (...) query: well under SQLite's and PostgreSQL's limits
+FEEDBACK_SHAPE = '{"request_id": "...", "label": "..."} or {"items": [{"request_id": "...", "label": "..."}, ...]}'
+MAX_LABEL_CHARS = 200
 
 
 @dataclass(frozen=True)
@@ -34,18 +64,28 @@ class Limits:
     max_texts: int = 64
     max_chars: int = 2000
     overlong: str = "truncate"
+    max_header_bytes: int = 8192  # all header names and values together; uvicorn itself stops at 64 KiB
+    private: bool = False  # serve.store_text false: no exception message (it may quote a text) is logged
 
 
 class Rejected(Exception):
-    def __init__(self, status: int, message: str):
+    def __init__(self, status: int, message: str, headers: tuple[tuple[bytes, bytes], ...] = ()):
         super().__init__(message)
-        self.status, self.message = status, message
+        self.status, self.message, self.headers = status, message, headers
+
+
+def is_blank(text: str) -> bool:
+    """True when a text shows nothing: only whitespace, control and format characters (zero-width
+    spaces and joiners, BOMs, bidi marks) and the few letters that render as blanks."""
+    return all(c.isspace() or c in INVISIBLE or unicodedata.category(c) in ("Cc", "Cf") for c in text)
 
 
 def check_classify(payload: Any, limits: Limits) -> dict[str, Any]:
-    """Validate a /classify body; returns it with overlong texts truncated (when so configured)."""
+    """Validate a /classify body; returns `{"texts": [...]}` with overlong texts truncated (when so configured)."""
     if not isinstance(payload, dict) or "texts" not in payload:
         raise Rejected(400, 'expected a JSON object {"texts": ["...", ...]}')
+    if len(payload) > 1:
+        raise Rejected(400, 'unexpected keys beside "texts": the body is {"texts": ["...", ...]} and nothing else')
     texts = payload["texts"]
     if not isinstance(texts, list):
         raise Rejected(400, f"'texts' must be a list of strings, got {type(texts).__name__}")
@@ -57,18 +97,61 @@ def check_classify(payload: Any, limits: Limits) -> dict[str, Any]:
     for i, text in enumerate(texts):
         if not isinstance(text, str):
             raise Rejected(400, f"texts[{i}] is a {type(text).__name__}, not a string")
-        if not text.strip():
-            raise Rejected(400, f"texts[{i}] is empty")
+        if is_blank(text):
+            raise Rejected(400, f"texts[{i}] is empty (nothing but whitespace or invisible characters)")
         if len(text) > limits.max_chars:
             if limits.overlong == "reject":
                 raise Rejected(400, f"texts[{i}] has {len(text)} characters; the limit is {limits.max_chars}")
             text = text[: limits.max_chars]
+        if _has_surrogate(text):
+            raise Rejected(400, f"texts[{i}] is not valid Unicode (a lone surrogate escape such as \\ud800)")
         cleaned.append(text)
-    return {**payload, "texts": cleaned}
+    return {"texts": cleaned}
 
 
-MAX_FEEDBACK_ITEMS = 1000  # one transaction, one IN (...) query: well under SQLite's and PostgreSQL's limits
-FEEDBACK_SHAPE = '{"request_id": "...", "label": "..."} or {"items": [{"request_id": "...", "label": "..."}, ...]}'
+def _has_surrogate(text: str) -> bool:
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        return True
+    return False
+
+
+def check_feedback(payload: Any) -> list[dict[str, str]]:
+    """The items of a /feedback body, checked for shape, size and id format (labels: `feedback_pairs`).
+
+    Raises:
+        Rejected: 400 naming the item and the problem; the client's values are never quoted back.
+    """
+    keys = set(payload) if isinstance(payload, dict) else None
+    if keys == {"items"} and isinstance(payload["items"], list) and payload["items"]:
+        items, where = payload["items"], "items[{}]: "
+    elif keys == {"request_id", "label"}:
+        items, where = [payload], ""
+    else:
+        raise Rejected(400, f"expected {FEEDBACK_SHAPE}")
+    if len(items) > MAX_FEEDBACK_ITEMS:
+        raise Rejected(
+            400, f"'items' has {len(items)} entries; at most {MAX_FEEDBACK_ITEMS} per request (split the batch)"
+        )
+    seen: dict[str, int] = {}
+    for i, item in enumerate(items):
+        if not (
+            isinstance(item, dict)
+            and set(item) == {"request_id", "label"}
+            and all(isinstance(v, str) and v for v in item.values())
+        ):
+            raise Rejected(
+                400, f'{where.format(i)}expected {{"request_id": "...", "label": "..."}} with non-empty strings'
+            )
+        if not REQUEST_ID.fullmatch(item["request_id"]):
+            raise Rejected(400, f"{where.format(i)}request_id is not an id /classify returned (32 hex digits)")
+        if len(item["label"]) > MAX_LABEL_CHARS or _has_surrogate(item["label"]):
+            raise Rejected(400, f"{where.format(i)}label is not one of this model's labels")
+        if item["request_id"] in seen:
+            raise Rejected(400, f"{where.format(i)}request_id repeats items[{seen[item['request_id']]}]'s: one each")
+        seen[item["request_id"]] = i
+    return [{"request_id": item["request_id"], "label": item["label"]} for item in items]
 
 
 def feedback_pairs(body: Any, labels: list[str]) -> list[tuple[str, str]]:
@@ -77,73 +160,108 @@ def feedback_pairs(body: Any, labels: list[str]) -> list[tuple[str, str]]:
     Raises:
         ValueError: the body has another shape, or a label is not one of `labels` (both named).
     """
-    keys = set(body) if isinstance(body, dict) else None
-    if keys == {"items"} and isinstance(body["items"], list) and len(body["items"]) > MAX_FEEDBACK_ITEMS:
-        raise ValueError(
-            f"'items' has {len(body['items'])} entries; at most {MAX_FEEDBACK_ITEMS} per request (split the batch)"
-        )
-    if keys == {"items"} and isinstance(body["items"], list) and body["items"]:
-        items, where = body["items"], "items[{}]: "
-    elif keys == {"request_id", "label"}:
-        items, where = [body], ""
-    else:
-        raise ValueError(f"expected {FEEDBACK_SHAPE}")
-    pairs = []
+    try:
+        items = check_feedback(body)
+    except Rejected as exc:
+        raise ValueError(exc.message) from None
+    where = "items[{}]: " if len(items) > 1 or (isinstance(body, dict) and "items" in body) else ""
     for i, item in enumerate(items):
-        if not (
-            isinstance(item, dict)
-            and set(item) == {"request_id", "label"}
-            and all(isinstance(v, str) and v for v in item.values())
-        ):
-            raise ValueError(
-                f'{where.format(i)}expected {{"request_id": "...", "label": "..."}} with non-empty strings'
-            )
         if item["label"] not in labels:
-            raise ValueError(
-                f"{where.format(i)}label {item['label']!r} is not one of this model's labels: {', '.join(labels)}"
-            )
-        pairs.append((item["request_id"], item["label"]))
-    return pairs
+            raise ValueError(f"{where.format(i)}label is not one of this model's labels: {', '.join(labels)}")
+    return [(item["request_id"], item["label"]) for item in items]
+
+
+def _feedback_body(payload: Any, _: Limits) -> Any:
+    """What BentoML's /feedback route receives: the checked items, in the shape they came."""
+    items = check_feedback(payload)
+    return {"items": items} if "items" in payload else items[0]
+
+
+# The routes that take a body, and the check whose result BentoML receives instead of the client's bytes.
+CHECKS: dict[str, Callable[[Any, Limits], Any]] = {"/classify": check_classify, "/feedback": _feedback_body}
+
+
+def parse_json(body: bytes) -> Any:
+    """The JSON value of a UTF-8 body; `Rejected` (400) for anything else, never another exception."""
+    try:
+        text = body.decode("utf-8")
+    except UnicodeDecodeError:
+        raise Rejected(400, "body is not UTF-8 text: send JSON encoded as UTF-8") from None
+    try:
+        value = json.loads(text)
+    except RecursionError:
+        raise Rejected(400, f"body nests deeper than {MAX_JSON_DEPTH} levels") from None
+    except ValueError as exc:  # JSONDecodeError, and integers past Python's 4300-digit limit
+        where = f" at line {exc.lineno} column {exc.colno}" if isinstance(exc, json.JSONDecodeError) else ""
+        raise Rejected(400, f"body is not valid JSON{where}") from None
+    if _depth(value) > MAX_JSON_DEPTH:
+        raise Rejected(400, f"body nests deeper than {MAX_JSON_DEPTH} levels")
+    return value
+
+
+def _depth(value: Any, level: int = 1) -> int:
+    if level > MAX_JSON_DEPTH:
+        return level
+    children = value.values() if isinstance(value, dict) else value if isinstance(value, list) else ()
+    return max((_depth(child, level + 1) for child in children), default=level)
 
 
 class Guard:
     """ASGI middleware enforcing `Limits` (BentoML: `Service.add_asgi_middleware(Guard)`)."""
 
-    def __init__(self, app: Callable[..., Awaitable[None]], limits: Limits | None = None):
+    def __init__(self, app: App, limits: Limits | None = None):
         self.app = app
         self.limits = limits or Limits()
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] != "http" or scope["path"] in OPEN_PATHS:
+        if scope["type"] != "http" or scope["path"] in PROBES:
             await self.app(scope, receive, send)
             return
+        reply = JsonErrors(send)
         try:
-            self._authorise(scope)
-            if scope["method"] != "POST":
-                await self.app(scope, receive, send)
-                return
-            body = await self._read(receive)
-            if scope["path"] == "/classify":
-                body = json.dumps(check_classify(self._parse(body), self.limits)).encode()
-            elif body:
-                self._parse(body)  # every API takes JSON: refuse garbage before BentoML does
+            scope, body = await self._check(scope, receive)
+            await self.app(scope, _replay(body), reply)
         except Rejected as exc:
-            await _respond(send, exc.status, exc.message)
-            return
-        await self.app(_with_length(scope, len(body)), _replay(body), send)
+            await reply.error(exc.status, exc.message, exc.headers)
+        except Exception as exc:  # a bug, in the guard or below it: answer now, keep the traceback
+            log_bug(log, f"unexpected error on {scope.get('method')} {scope.get('path')!r}", exc, self.limits.private)
+            await reply.error(500, "internal error: the server log has the traceback (nothing was recorded)")
 
-    def _authorise(self, scope: Scope) -> None:
+    async def _check(self, scope: Scope, receive: Receive) -> tuple[Scope, bytes]:
+        """The scope and body BentoML gets: headers checked, and for the body routes a checked JSON
+        value re-serialised; other requests get no body at all (nothing below the guard parses one)."""
+        headers = scope.get("headers") or []
+        if len(headers) > MAX_HEADERS or sum(len(k) + len(v) for k, v in headers) > self.limits.max_header_bytes:
+            raise Rejected(431, f"request headers over {MAX_HEADERS} or {self.limits.max_header_bytes} bytes in all")
+        self._authorise(headers)
+        check = CHECKS.get(scope["path"])
+        if scope["method"] != "POST" or check is None:
+            return _with_body(scope, b""), b""
+        _require_json(headers)
+        declared = _header(headers, b"content-length")
+        if declared.isdigit() and int(declared) > self.limits.max_body_bytes:
+            raise Rejected(413, f"request body over {self.limits.max_body_bytes} bytes")
+        value = check(parse_json(await self._read(receive)), self.limits)
+        body = json.dumps(value).encode()
+        return _with_body(scope, body), body
+
+    def _authorise(self, headers: list[tuple[bytes, bytes]]) -> None:
         if not self.limits.api_key:
             return
-        headers = dict(scope.get("headers") or [])
-        given = headers.get(b"authorization", b"").decode("latin-1")
-        if not hmac.compare_digest(given, f"Bearer {self.limits.api_key}"):
-            raise Rejected(401, "missing or wrong API key: send 'Authorization: Bearer <TUNELOOP_API_KEY>'")
+        expected = b"Bearer " + self.limits.api_key.encode()
+        if not hmac.compare_digest(_header(headers, b"authorization", raw=True), expected):
+            raise Rejected(
+                401,
+                "missing or wrong API key: send 'Authorization: Bearer <TUNELOOP_API_KEY>'",
+                ((b"www-authenticate", b"Bearer"),),
+            )
 
     async def _read(self, receive: Receive) -> bytes:
         chunks, size = [], 0
         while True:
             message = await receive()
+            if message["type"] == "http.disconnect":
+                raise Rejected(400, "the client closed the connection before the body ended")
             chunk = message.get("body", b"")
             size += len(chunk)
             if size > self.limits.max_body_bytes:
@@ -152,23 +270,35 @@ class Guard:
             if not message.get("more_body"):
                 return b"".join(chunks)
 
-    @staticmethod
-    def _parse(body: bytes) -> Any:
-        try:
-            return json.loads(body)
-        except (json.JSONDecodeError, UnicodeDecodeError) as exc:
-            raise Rejected(400, f"body is not valid JSON ({exc})") from None
+
+def _header(headers: list[tuple[bytes, bytes]], name: bytes, raw: bool = False) -> Any:
+    """The first value of header `name` (lower-case): bytes when `raw`, else ASCII text ('' if absent)."""
+    value = next((v for k, v in headers if k.lower() == name), b"")
+    return value if raw else value.decode("latin-1").strip()
 
 
-def _with_length(scope: Scope, length: int) -> Scope:
-    headers = [(k, v) for k, v in scope.get("headers") or [] if k != b"content-length"]
-    return {**scope, "headers": [*headers, (b"content-length", str(length).encode())]}
+def _require_json(headers: list[tuple[bytes, bytes]]) -> None:
+    """415 unless the body is declared JSON in UTF-8 (no Content-Type at all counts as JSON, as BentoML does)."""
+    media, _, params = _header(headers, b"content-type").partition(";")
+    charset = re.search(r"charset\s*=\s*\"?([\w-]+)", params, re.IGNORECASE)
+    if media.strip().lower() not in ("", "application/json") or (charset and charset[1].lower() != "utf-8"):
+        raise Rejected(415, "this route takes 'Content-Type: application/json' (UTF-8) only")
+
+
+def _with_body(scope: Scope, body: bytes) -> Scope:
+    """`scope` describing `body` as JSON: the client's length, type and transfer headers replaced."""
+    dropped = (b"content-length", b"content-type", b"transfer-encoding")
+    headers = [(k, v) for k, v in scope.get("headers") or [] if k.lower() not in dropped]
+    headers.append((b"content-length", str(len(body)).encode()))
+    if body:
+        headers.append((b"content-type", b"application/json"))
+    return {**scope, "headers": headers}
 
 
 def _replay(body: bytes) -> Receive:
     sent = False
 
-    async def receive() -> dict[str, Any]:
+    async def receive() -> Message:
         nonlocal sent
         if sent:
             return {"type": "http.disconnect"}
@@ -178,13 +308,68 @@ def _replay(body: bytes) -> Receive:
     return receive
 
 
-async def _respond(send: Send, status: int, message: str) -> None:
-    payload = json.dumps({"error": message}).encode()
-    await send(
-        {
-            "type": "http.response.start",
-            "status": status,
-            "headers": [(b"content-type", b"application/json"), (b"content-length", str(len(payload)).encode())],
-        }
-    )
-    await send({"type": "http.response.body", "body": payload})
+class JsonErrors:
+    """An ASGI `send` that lets successes through and turns every error answer into `{"error": ...}`.
+
+    Starlette's 404/405 are plain text and FastAPI's 422 is `{"detail": [...]}` (quoting the input);
+    an error body that is already `{"error": "..."}` passes unchanged. A 503 always carries Retry-After.
+    """
+
+    def __init__(self, send: Send):
+        self.send = send
+        self.started = False
+        self._held: Message | None = None
+        self._chunks: list[bytes] = []
+
+    async def __call__(self, message: Message) -> None:
+        if message["type"] == "http.response.start":
+            self.started = True
+            if message["status"] >= 400:
+                self._held = message
+                return
+        elif message["type"] == "http.response.body" and self._held is not None:
+            self._chunks.append(message.get("body", b""))
+            if not message.get("more_body"):
+                held, self._held = self._held, None
+                await self._rewrite(held, b"".join(self._chunks))
+            return
+        await self.send(message)
+
+    async def _rewrite(self, start: Message, body: bytes) -> None:
+        status, headers = start["status"], list(start.get("headers") or [])
+        keep = [(k, v) for k, v in headers if k.lower() not in (b"content-type", b"content-length")]
+        message = _error_text(status, body)
+        if status == 503 and not any(k.lower() == b"retry-after" for k, _ in keep):
+            keep.append((b"retry-after", b"1"))
+        await self._send_json(status, message, keep)
+
+    async def error(self, status: int, message: str, headers: Any = ()) -> None:
+        """Answer `{"error": message}` unless a response has begun (then the client sees a cut connection)."""
+        if self.started:
+            return
+        self.started = True
+        await self._send_json(status, message, list(headers))
+
+    async def _send_json(self, status: int, message: str, headers: list[tuple[bytes, bytes]]) -> None:
+        payload = json.dumps({"error": message}).encode()
+        headers += [(b"content-type", b"application/json"), (b"content-length", str(len(payload)).encode())]
+        await self.send({"type": "http.response.start", "status": status, "headers": headers})
+        await self.send({"type": "http.response.body", "body": payload})
+
+
+def _error_text(status: int, body: bytes) -> str:
+    """The message of an error answer from below the guard, without quoting the request back."""
+    try:
+        value = json.loads(body)
+    except ValueError:
+        value = None
+    if isinstance(value, dict) and isinstance(value.get("error"), str) and status not in (500, 503):
+        return value["error"]
+    phrase = HTTPStatus(status).phrase if status in HTTPStatus._value2member_map_ else "error"
+    return {
+        404: "not found: the routes are POST /classify, POST /feedback, GET /metadata (see /docs.json)",
+        405: "method not allowed on this route (POST /classify, POST /feedback, GET /metadata)",
+        422: "the body does not match this route's schema (see /docs.json)",
+        500: "internal error: the server log has the traceback",
+        503: "the service is overloaded: retry after the number of seconds in Retry-After",
+    }.get(status, phrase)

@@ -1,0 +1,100 @@
+"""Admission control and the service's log filter: past the bound a JSON 503 with Retry-After at
+once, one log line per interval (never a traceback per refusal), and the bound is freed on errors."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from types import SimpleNamespace
+
+import httpx
+import pytest
+
+from tuneloop.serve.admission import Admission
+from tuneloop.serve.logs import BENTOML_REQUEST_ERRORS, BentoErrors
+
+pytestmark = pytest.mark.anyio
+
+
+@pytest.fixture
+def anyio_backend():
+    return "asyncio"
+
+
+class Slow:
+    """Stands in for the model: holds each request until released; /boom raises."""
+
+    def __init__(self) -> None:
+        self.release = asyncio.Event()
+        self.entered = 0
+
+    async def __call__(self, scope, receive, send):
+        if scope["path"] == "/boom":
+            raise RuntimeError("boom")
+        if scope["path"] != "/readyz":
+            self.entered += 1
+            await self.release.wait()
+        await send({"type": "http.response.start", "status": 200, "headers": [(b"content-type", b"application/json")]})
+        await send({"type": "http.response.body", "body": b"[]"})
+
+
+async def test_past_the_bound_requests_get_503_with_retry_after_and_one_log_line(caplog):
+    slow = Slow()
+    gate = Admission(slow, limit=3, log_interval_s=3600)
+    async with httpx.AsyncClient(transport=httpx.ASGITransport(app=gate), base_url="http://t") as c:
+        held = [asyncio.create_task(c.post("/classify", json={"texts": ["a"]})) for _ in range(3)]
+        while slow.entered < 3:
+            await asyncio.sleep(0.01)
+        refused = [await c.post("/classify", json={"texts": ["a"]}) for _ in range(50)]
+        assert (await c.get("/readyz")).status_code == 200  # probes bypass the bound
+        slow.release.set()
+        assert [r.status_code for r in await asyncio.gather(*held)] == [200] * 3
+        assert (await c.post("/classify", json={"texts": ["a"]})).status_code == 200  # capacity is back
+    assert {r.status_code for r in refused} == {503}
+    assert all(r.headers["retry-after"] == "1" and "overloaded" in r.json()["error"] for r in refused)
+    lines = [r for r in caplog.records if r.name == "tuneloop.serve.admission"]
+    assert len(lines) == 1 and lines[0].exc_info is None and gate.refused_total == 50
+    assert gate.in_flight == 0
+
+
+async def test_a_failing_request_frees_its_slot():
+    gate = Admission(Slow(), limit=1)
+    async with httpx.AsyncClient(transport=httpx.ASGITransport(app=gate), base_url="http://t") as c:
+        for _ in range(3):
+            with pytest.raises(RuntimeError):
+                await c.post("/boom")
+    assert gate.in_flight == 0
+
+
+def test_counts_follow_once_per_interval(caplog, monkeypatch):
+    gate = Admission(Slow(), limit=0, log_interval_s=10)
+    clock = iter([0.0, 1.0, 2.0, 11.0, 12.0])
+    monkeypatch.setattr("tuneloop.serve.admission.time", SimpleNamespace(monotonic=lambda: next(clock)))
+    for _ in range(5):
+        gate.refused += 1
+        gate._report()
+    lines = [r.getMessage() for r in caplog.records if r.name == "tuneloop.serve.admission"]
+    assert len(lines) == 2 and "refused 3 requests in the last 11 s" in lines[1]
+
+
+def _shed_record(exc: BaseException) -> logging.LogRecord:
+    try:
+        raise exc
+    except BaseException as raised:
+        exc_info = (type(raised), raised, raised.__traceback__)
+    return logging.LogRecord(BENTOML_REQUEST_ERRORS, logging.ERROR, __file__, 1, "Exception on %s", ("/x",), exc_info)
+
+
+def test_bentoml_sheds_are_counted_not_traced_and_private_messages_withheld():
+    from bentoml.exceptions import ServiceUnavailable
+
+    quiet = BentoErrors(private=True, interval_s=3600)
+    quiet._last -= 7200  # the first shed is past an interval: it becomes the count line
+    kept = [quiet.filter(r) for r in (_shed_record(ServiceUnavailable("process is overloaded")) for _ in range(100))]
+    assert kept.count(True) == 1
+    decode = _shed_record(ValueError("Expecting value: line 1 column 1: 'my secret text'"))
+    assert quiet.filter(decode)
+    text = logging.Formatter().format(decode)
+    assert "Traceback" in text and "ValueError" in text and "secret" not in text
+    loud = _shed_record(ValueError("'my secret text'"))
+    assert BentoErrors(private=False).filter(loud) and "secret" in logging.Formatter().format(loud)
