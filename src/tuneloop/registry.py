@@ -139,9 +139,17 @@ def champion() -> Entry | None:
 
 
 def register(
-    model_dir: str | Path, *, metrics: dict[str, Any] | None = None, gate: dict[str, Any] | None = None
+    model_dir: str | Path,
+    *,
+    metrics: dict[str, Any] | None = None,
+    gate: dict[str, Any] | None = None,
+    reference: Path | None = None,
 ) -> Entry:
-    """Save a model dir into the store as a challenger; an identical model is not saved twice."""
+    """Save a model dir into the store as a challenger; an identical model is not saved twice.
+
+    `reference`: the monitoring reference (tuneloop.monitor.reference), stored in the entry as
+    reference.parquet with its SHA-256 in the metadata.
+    """
     import bentoml
 
     model_dir = Path(model_dir)
@@ -171,11 +179,26 @@ def register(
         "weights_sha256": digest,
     }
     metadata = _no_nulls(metadata)
+    metadata.update(_reference_metadata(reference))
     labels = {"stage": "challenger", "data_version": str(meta.get("data", {}).get("id")), "weights": digest[:16]}
     with bentoml.models.create(MODEL_NAME, labels=labels, metadata=metadata) as model:
         shutil.copytree(model_dir, model.path, dirs_exist_ok=True)
+        if reference is not None:
+            shutil.copyfile(reference, Path(model.path) / REFERENCE_FILE)
     log.info("registered %s", model.tag)
     return get(str(model.tag))
+
+
+# ---- monitoring reference (issue 12): stored beside the weights, content-hashed
+REFERENCE_FILE = "reference.parquet"
+
+
+def _reference_metadata(reference: Path | None) -> dict[str, Any]:
+    if reference is None:
+        return {}
+    if not Path(reference).is_file():
+        raise RegistryError(f"{reference}: monitoring reference not found (build it with `tuneloop monitor reference`)")
+    return {"reference": REFERENCE_FILE, "reference_sha256": provenance.file_digest(reference)}
 
 
 def _no_nulls(value: Any) -> Any:
