@@ -10,7 +10,7 @@ import asyncio
 from pathlib import Path
 from typing import Any
 
-from tuneloop.config import DeployParams
+from tuneloop.config import DeployParams, Params
 
 TRAINING_ENTRYPOINT = "flows/training.py:training_pipeline"
 
@@ -39,6 +39,28 @@ def deploy_training(cfg: DeployParams, project_root: Path) -> str:
         work_pool_name=cfg.work_pool,
         schedules=[Cron(cfg.training_cron, timezone=cfg.timezone)],
         description="validate -> prepare -> train -> evaluate -> gate -> register -> promote -> package",
+        print_next_steps=False,
+    )
+    return str(deployment_id)
+
+
+MONITORING_ENTRYPOINT = "flows/monitoring.py:monitoring"
+
+
+def deploy_monitoring(params: Params, project_root: Path) -> str:
+    """Create (or update) `tuneloop-monitoring/monitoring`: every monitor.schedule_minutes, same work pool."""
+    from datetime import timedelta
+
+    from prefect import flow
+    from prefect.schedules import Interval
+
+    asyncio.run(_ensure_pool(params.deploy.work_pool))
+    remote: Any = flow.from_source(source=str(project_root), entrypoint=MONITORING_ENTRYPOINT)
+    deployment_id = remote.deploy(
+        name="monitoring",
+        work_pool_name=params.deploy.work_pool,
+        schedules=[Interval(timedelta(minutes=params.monitor.schedule_minutes))],
+        description="prediction-log window vs the champion's reference -> verdict (Evidently snapshot)",
         print_next_steps=False,
     )
     return str(deployment_id)
