@@ -156,6 +156,7 @@ SignalName = Literal[
     "word_count",
     "unk_rate",
     "non_letter_share",
+    "new_tokens",
     "estimated_accuracy",
 ]
 

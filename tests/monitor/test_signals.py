@@ -31,7 +31,7 @@ def test_a_reference_window_does_not_flag_and_a_drifted_one_does(tiny_classifier
     drifted = assess(reference, windows["m:long"], params, tokenizer)
     assert not [s.name for s in clean.signals if s.drifted and s.counts]
     flagged = {s.name for s in drifted.signals if s.drifted and s.counts}
-    assert {"text_chars", "word_count"} <= flagged
+    assert {"text_chars", "word_count", "new_tokens"} <= flagged
     assert {s.name for s in drifted.signals} >= {"novelty", "embedding", "predicted_label", "confidence", "unk_rate"}
     assert drifted.embedded_rows == 300
 
@@ -55,3 +55,13 @@ def test_a_window_logged_without_embeddings_says_so(tiny_classifier, reference, 
     result = assess(reference, window, params, AutoTokenizer.from_pretrained(tiny_classifier))
     novelty = next(s for s in result.signals if s.name == "novelty")
     assert novelty.value is None and not novelty.drifted and "schema v3" in novelty.detail
+
+
+def test_new_tokens_count_pieces_the_reference_never_used_numbers_aside(tiny_classifier):
+    from tuneloop.monitor.signals import new_token_counts
+
+    tokenizer = AutoTokenizer.from_pretrained(tiny_classifier)
+    reference = ["i lost my card", "my card was stolen", "where is order 123"]
+    ref_counts, counts = new_token_counts(reference, ["my card 98765", "my crypto wallet was stolen"], tokenizer)
+    assert ref_counts.tolist() == [2.0, 2.0, 3.0]  # leave-one-out: i, lost / was, stolen / where, is, order
+    assert counts[0] == 0 and counts[1] >= 2  # numbers never count; crypto and wallet (pieces) are new

@@ -22,6 +22,7 @@ from tuneloop.monitor.signals import (
     distribution_signals,
     embedding_signal,
     labeled_metrics,
+    new_token_counts,
     novelty_flags,
     parse_top_k,
     reference_features,
@@ -55,6 +56,7 @@ def assess(
     ref = reference_features(reference)
     cur = window_features(window, tokenizer, ref.embeddings.shape[1] if ref.embeddings is not None else 0)
     signals = _embedding_signals(ref, cur, params)
+    _add_new_tokens(reference, window, ref, cur, tokenizer)
     extra = _embedding_widget(ref, cur) if render and cur.embeddings is not None else []
     snapshot, distribution = distribution_signals(ref, cur, params, extra)
     labeled_snapshot, labeled = labeled_metrics(window)
@@ -86,6 +88,18 @@ def _embedding_signals(ref: Features, cur: Features, params: MonitorParams) -> l
     ref_flags, cur_flags, _ = novelty_flags(ref.embeddings, cur.embeddings, params.novelty_quantile)
     ref.frame["novelty"], cur.frame["novelty"] = ref_flags, cur_flags
     return [embedding_signal(ref.embeddings, cur.embeddings, params)]
+
+
+def _add_new_tokens(
+    reference: pd.DataFrame, window: pd.DataFrame, ref: Features, cur: Features, tokenizer: Any
+) -> None:
+    """The new_tokens column in both frames (only when the window's texts were logged)."""
+    if "word_count" not in cur.descriptors:
+        return
+    ref_counts, cur_counts = new_token_counts(
+        reference["text"].astype(str).tolist(), window["text"].astype(str).tolist(), tokenizer
+    )
+    ref.frame["new_tokens"], cur.frame["new_tokens"] = ref_counts, cur_counts
 
 
 def _embedding_widget(ref: Features, cur: Features) -> list[Any]:
@@ -231,5 +245,5 @@ def _publish(
     reports.mkdir(parents=True, exist_ok=True)
     html = reports / f"{now.strftime('%Y%m%dT%H%M%SZ')}.html"
     assessment.snapshots[0].save_html(str(html))
-    add_snapshot(Path(params.workspace), verdict, assessment.snapshots[0])
+    add_snapshot(Path(params.workspace), verdict, assessment.snapshots[0], tuple(assessment.snapshots[1:]))
     return verdict.model_copy(update={"report": str(html)})
