@@ -33,9 +33,12 @@ sys.path.insert(0, str(Path(__file__).parent))
 import monitor_pools as pools
 
 
-def embedding_cost(model: Path, quantize: str, rounds: int) -> dict:
+def embedding_cost(model: Path, quantize: str, rounds: int, threads: int) -> dict:
+    import torch
+
     from tuneloop.model import for_serving, load_classifier, predict_proba, predict_with_embedding
 
+    torch.set_num_threads(threads)  # on a loaded machine 2 spinning threads stall each other (measured 0.5-0.9 s/text)
     clf = for_serving(load_classifier(model), quantize)
     texts = pools.pool_rows("none")["text"].tolist()[:512]
     timings: dict[str, list[float]] = {k: [] for k in ("proba_1", "embed_1", "proba_16", "embed_16")}
@@ -56,6 +59,7 @@ def embedding_cost(model: Path, quantize: str, rounds: int) -> dict:
         "overhead_batch16_pct": round(100 * (median["embed_16"] / median["proba_16"] - 1), 1),
         "bytes_per_row": 32 * 4,
         "recompute_100k_s": round(per_text * 100_000, 1),
+        "threads": threads,
     }
 
 
@@ -142,11 +146,14 @@ def main() -> None:
     parser.add_argument("--quantize", default="int8")
     parser.add_argument("--rows", type=int, default=100_000)
     parser.add_argument("--rounds", type=int, default=5)
+    parser.add_argument("--threads", type=int, default=1, help="torch threads for the embedding section")
     parser.add_argument("--sections", nargs="*", default=["embedding", "window"])
     args = parser.parse_args()
     print(json.dumps({"load_average": os.getloadavg(), "cpus": os.cpu_count()}), flush=True)
     if "embedding" in args.sections:
-        print(json.dumps({"embedding": embedding_cost(args.model, args.quantize, args.rounds)}), flush=True)
+        print(
+            json.dumps({"embedding": embedding_cost(args.model, args.quantize, args.rounds, args.threads)}), flush=True
+        )
     if "window" in args.sections:
         with tempfile.TemporaryDirectory() as tmp:
             os.environ["BENTOML_HOME"] = str(Path(tmp) / "bentoml")

@@ -49,16 +49,13 @@ class Assessment:
     snapshots: list[Any] = field(default_factory=list)
 
 
-def assess(
-    reference: pd.DataFrame, window: pd.DataFrame, params: MonitorParams, tokenizer: Any, render: bool = False
-) -> Assessment:
+def assess(reference: pd.DataFrame, window: pd.DataFrame, params: MonitorParams, tokenizer: Any) -> Assessment:
     """Every signal of `window` (a `read_window` frame) against `reference` (pure: no files)."""
     ref = reference_features(reference)
     cur = window_features(window, tokenizer, ref.embeddings.shape[1] if ref.embeddings is not None else 0)
     signals = _embedding_signals(ref, cur, params)
     _add_new_tokens(reference, window, ref, cur, tokenizer)
-    extra = _embedding_widget(ref, cur) if render and cur.embeddings is not None else []
-    snapshot, distribution = distribution_signals(ref, cur, params, extra)
+    snapshot, distribution = distribution_signals(ref, cur, params)
     labeled_snapshot, labeled = labeled_metrics(window)
     est = estimate(
         window["predicted"].astype(str).tolist(),
@@ -100,11 +97,6 @@ def _add_new_tokens(
         reference["text"].astype(str).tolist(), window["text"].astype(str).tolist(), tokenizer
     )
     ref.frame["new_tokens"], cur.frame["new_tokens"] = ref_counts, cur_counts
-
-
-def _embedding_widget(ref: Features, cur: Features) -> list[Any]:
-    """Evidently's EmbeddingsDrift metric for the report's picture (t-SNE; display only)."""
-    return []  # added by the UI step
 
 
 def _estimate_signal(accuracy: float, params: MonitorParams) -> SignalResult:
@@ -181,7 +173,7 @@ def run_monitoring(
     if len(frame) < params.min_rows:
         verdict = not_enough_data(tag, frame, params, now)
     else:
-        assessment = assess(reference, frame, params, _tokenizer(tag), render)
+        assessment = assess(reference, frame, params, _tokenizer(tag))
         verdict = judged(tag, frame, assessment, params, state_dir, now)
         if render:
             verdict = _publish(verdict, assessment, params, state_dir, now)

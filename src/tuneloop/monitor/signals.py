@@ -3,9 +3,10 @@ reports (explicit DataDefinition; every result looked up by its metric's id, nev
 
 Per window: text descriptors, predicted labels, confidences and novelty are tested with
 Evidently's `ValueDrift`; the embedding drift decision is Evidently's embedding drift method
-itself (`ModelDriftMethod`: a domain classifier's held-out ROC AUC). The report for the UI adds
-Evidently's `EmbeddingsDrift` metric only when rendering, because its t-SNE picture costs 10-20 s
-per run on this CPU even for 600 rows (measured), which the decision does not need.
+itself (`ModelDriftMethod`: a domain classifier's held-out ROC AUC), called directly: Evidently's
+`EmbeddingsDrift` metric runs the same method but always adds a t-SNE picture of up to 5,000
+points, 10-20 s per run on this CPU even for 600 rows (measured), which would spend the 60 s budget
+of a 100k-row window on a plot. Its score is in the verdict, not in the snapshot.
 
 Novelty is the signal for "a share of the traffic is unlike anything in the reference": each
 text's distance to its nearest reference embedding, flagged beyond the `novelty_quantile` of the
