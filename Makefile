@@ -54,6 +54,9 @@ demo: install
 	@echo "Serve the champion: tuneloop serve --port 3000   (same as: bentoml serve tuneloop.serve.service:TextClassifier)"
 	@echo "   and try:         curl -s -X POST http://127.0.0.1:3000/classify -H 'content-type: application/json' -d '{\"texts\": [\"I lost my card\"]}'"
 	@echo "                    curl -s http://127.0.0.1:3000/metadata   (load test: .venv/bin/python bench/serve_load.py)"
+	@echo "Drifted traffic:    tuneloop simulate --url http://127.0.0.1:3000 --rows 500 --drift vocabulary --share 0.2 --feedback 0.3"
+	@echo "Monitor:            tuneloop monitor run   (verdict: monitoring/state/<task>/verdict.json + summary.md)"
+	@echo "Monitoring UI:      tuneloop monitor ui --port 8000   (then open http://127.0.0.1:8000: Evidently, one project per task)"
 	@tuneloop models list
 
 test: install

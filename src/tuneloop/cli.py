@@ -363,16 +363,17 @@ def models_register(
     eval_dir: Annotated[
         Path | None, typer.Option("--eval", help="its evaluation folder (metrics go into the metadata).")
     ] = None,
+    reference: Annotated[Path | None, typer.Option("--reference", help="`tuneloop monitor reference` file.")] = None,
     task: TaskOpt = None,
 ) -> None:
-    """Save a model dir into the task's registry as a challenger."""
+    """Save a model dir into the task's registry as a challenger (with its monitoring reference when given)."""
     from tuneloop import registry
     from tuneloop.model import load_classifier
     from tuneloop.reports import EvalReport
 
     load_classifier(model)  # refuse foreign or broken dirs before they enter the store
     metrics = EvalReport.load(eval_dir).summary() if eval_dir else None
-    out.print(f"registered {registry.register(model, task=_task(task), metrics=metrics).tag}")
+    out.print(f"registered {registry.register(model, task=_task(task), metrics=metrics, reference=reference).tag}")
 
 
 @models_app.command("promote")
@@ -504,10 +505,12 @@ def _load_flow(path: str, name: str) -> Any:
 @user_errors
 def deploy_cmd(params: ParamsOpt = Path("params.yaml"), set_: SetOpt = None) -> None:
     """Create the process work pool and the scheduled training deployment on the Prefect server."""
-    from tuneloop.orchestration import deploy_training
+    from tuneloop.orchestration import deploy_monitoring, deploy_training
 
     cfg = _params(params, set_)
     deployment_id = deploy_training(cfg, Path.cwd())
+    monitoring_id = deploy_monitoring(cfg, Path.cwd())
+    out.print(f"deployment tuneloop-monitoring/monitoring ({monitoring_id}): every {cfg.monitor.schedule_minutes} min")
     out.print(
         f"deployment tuneloop-training/training ({deployment_id}): cron '{cfg.deploy.training_cron}' "
         f"{cfg.deploy.timezone} and on drift of task '{cfg.task.name}' (retrain), pool {cfg.deploy.work_pool}.\n"
@@ -575,6 +578,13 @@ def dashboard(
     env = {**os.environ, "PREFECT_SERVER_ANALYTICS_ENABLED": "false"}
     prefect = [sys.executable, "-m", "prefect", "server", "start", "--host", host, "--port", str(port)]
     raise typer.Exit(procs.run_tree(prefect, env, "tuneloop dashboard"))
+
+
+# Monitoring (issue 12): its own module; imported last because it reuses the helpers above.
+from tuneloop.monitor.cli import monitor_app, simulate_cmd  # noqa: E402
+
+app.add_typer(monitor_app, name="monitor")
+app.command("simulate")(simulate_cmd)
 
 
 def main(argv: list[str] | None = None) -> None:

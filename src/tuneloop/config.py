@@ -158,6 +158,39 @@ class ServeParams(_Section):
     log_flush_s: float = Field(gt=0)
 
 
+SignalName = Literal[
+    "novelty",
+    "embedding",
+    "predicted_label",
+    "confidence",
+    "text_chars",
+    "word_count",
+    "unk_rate",
+    "non_letter_share",
+    "new_tokens",
+    "estimated_accuracy",
+]
+
+
+class MonitorParams(_Section):
+    """The `monitor:` section: window, minimum rows, signal thresholds, hysteresis, cooldown."""
+
+    window: int = Field(ge=1, description="rows per monitoring window (the newest N of one model)")
+    min_rows: int = Field(ge=1, description="fewer rows in a window: verdict 'not enough data'")
+    alpha: float = Field(gt=0, lt=1, description="p-value under which a distribution test flags drift")
+    signals: list[SignalName] = Field(min_length=1, description="signals that count towards a drift verdict")
+    novelty_quantile: float = Field(gt=0.5, lt=1, description="reference quantile of nearest-neighbour distance")
+    embedding_method: Literal["model", "mmd"]
+    max_embedding_rows: int = Field(ge=50, description="window rows sampled for the embedding drift method")
+    min_estimated_accuracy: float = Field(ge=0, le=1, description="label-free estimate under this flags")
+    min_labeled_rows: int = Field(ge=1, description="labeled rows needed before labeled metrics count")
+    hysteresis: int = Field(ge=1, description="drifted windows in a row before a verdict says retrain")
+    cooldown_hours: float = Field(ge=0, description="no retrain verdict this long after the last retrain")
+    schedule_minutes: int = Field(ge=1, description="interval of the monitoring deployment")
+    workspace: str = Field(min_length=1, description="Evidently workspace folder (UI and snapshots)")
+    state_dir: str = Field(min_length=1, description="verdict history (hysteresis) and reports")
+
+
 class Params(_Section):
     """Every section of params.yaml."""
 
@@ -171,6 +204,7 @@ class Params(_Section):
     gate: GateParams
     deploy: DeployParams
     serve: ServeParams
+    monitor: MonitorParams
 
     model_config = ConfigDict(extra="forbid", frozen=True, strict=True, populate_by_name=True)
 

@@ -182,3 +182,48 @@ def predict_proba(clf: Classifier, texts: list[str], batch_size: int = 64) -> np
             logits = clf.model(**batch).logits.float()
             probs[idx] = torch.softmax(logits, dim=-1).cpu().numpy()
     return probs
+
+
+EMBEDDING_DIM = 32  # logged per prediction: a few dozen numbers keep the row small (128 bytes as float32)
+PROJECTION_SEED = 20261128  # fixed: the service, the reference and monitoring must project alike
+
+
+def projection_matrix(hidden_size: int, dim: int = EMBEDDING_DIM) -> np.ndarray:
+    """A fixed Gaussian random projection hidden_size -> dim (Johnson-Lindenstrauss: distances
+    between texts are kept up to a small factor, so drift and nearest-neighbour tests still work)."""
+    import numpy as np
+
+    rng = np.random.default_rng(PROJECTION_SEED)
+    return (rng.standard_normal((hidden_size, dim)) / np.sqrt(dim)).astype(np.float32)
+
+
+def predict_with_embedding(
+    clf: Classifier, texts: list[str], batch_size: int = 64, dim: int = EMBEDDING_DIM
+) -> tuple[np.ndarray, np.ndarray]:
+    """Class probabilities and a projected text embedding from the same forward pass.
+
+    The embedding is the encoder's last hidden state, mean-pooled over real tokens, projected to
+    `dim` numbers by `projection_matrix` and scaled to unit length. Returns (probs (n, labels),
+    embeddings (n, dim) float32), both in input order.
+    """
+    import numpy as np
+    import torch
+
+    order = sorted(range(len(texts)), key=lambda i: len(texts[i]))
+    probs = np.zeros((len(texts), len(clf.labels)), dtype=np.float64)
+    embeddings = np.zeros((len(texts), dim), dtype=np.float32)
+    projection = torch.from_numpy(projection_matrix(int(clf.model.config.hidden_size), dim))
+    dev = next(clf.model.parameters()).device
+    with torch.inference_mode():
+        for start in range(0, len(order), batch_size):
+            idx = order[start : start + batch_size]
+            batch = clf.tokenizer(
+                [texts[i] for i in idx], truncation=True, max_length=clf.max_length, padding=True, return_tensors="pt"
+            ).to(dev)
+            out = clf.model(**batch, output_hidden_states=True)
+            probs[idx] = torch.softmax(out.logits.float(), dim=-1).cpu().numpy()
+            mask = batch["attention_mask"].unsqueeze(-1).float()
+            pooled = (out.hidden_states[-1].float() * mask).sum(1) / mask.sum(1).clamp(min=1)
+            projected = torch.nn.functional.normalize(pooled.cpu() @ projection, dim=-1)
+            embeddings[idx] = projected.numpy()
+    return probs, embeddings

@@ -65,3 +65,25 @@ def deploy_training(params: Params, project_root: Path) -> str:
         print_next_steps=False,
     )
     return str(deployment_id)
+
+
+MONITORING_ENTRYPOINT = "flows/monitoring.py:monitoring"
+
+
+def deploy_monitoring(params: Params, project_root: Path) -> str:
+    """Create (or update) `tuneloop-monitoring/monitoring`: every monitor.schedule_minutes, same work pool."""
+    from datetime import timedelta
+
+    from prefect import flow
+    from prefect.schedules import Interval
+
+    asyncio.run(_ensure_pool(params.deploy.work_pool))
+    remote: Any = flow.from_source(source=str(project_root), entrypoint=MONITORING_ENTRYPOINT)
+    deployment_id = remote.deploy(
+        name="monitoring",
+        work_pool_name=params.deploy.work_pool,
+        schedules=[Interval(timedelta(minutes=params.monitor.schedule_minutes))],
+        description="prediction-log window vs the champion's reference -> verdict (Evidently snapshot)",
+        print_next_steps=False,
+    )
+    return str(deployment_id)

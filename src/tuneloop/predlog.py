@@ -28,7 +28,8 @@ from tuneloop.errors import TuneloopError
 log = logging.getLogger(__name__)
 
 # 1: predictions + feedback. 2: composite index (model_tag, created_at) for windowed reads.
-SCHEMA_VERSION = 2
+# 3: nullable `embedding` (float32 bytes: the projected text embedding monitoring compares).
+SCHEMA_VERSION = 3
 DEFAULT_URL = "sqlite:///predictions.db"
 TEXT_HASH_KEY_ENV = "TUNELOOP_TEXT_HASH_KEY"
 
@@ -58,7 +59,7 @@ def database_url() -> str:
 
 
 def _tables(metadata: Any) -> dict[str, Any]:
-    from sqlalchemy import JSON, Column, DateTime, Float, Index, Integer, String, Table, Text
+    from sqlalchemy import JSON, Column, DateTime, Float, Index, Integer, LargeBinary, String, Table, Text
 
     return {
         "schema": Table("tuneloop_schema", metadata, Column("version", Integer, primary_key=True)),
@@ -75,6 +76,7 @@ def _tables(metadata: Any) -> dict[str, Any]:
             Column("top_k", JSON, nullable=False),
             Column("model_tag", String(200), nullable=False, index=True),
             Column("latency_ms", Float, nullable=False),
+            Column("embedding", LargeBinary, nullable=True),  # v3; None when the service did not log one
             # A monitoring window is "one model, a time range or the last N rows": one index walk.
             Index("ix_predictions_model_created", "model_tag", "created_at"),
         ),
@@ -101,6 +103,7 @@ class Prediction:
     model_tag: str
     latency_ms: float
     created_at: datetime = field(default_factory=lambda: datetime.now(UTC))
+    embedding: bytes | None = None  # float32 little-endian (tuneloop.model.predict_with_embedding)
 
 
 class PredictionLog:
@@ -178,6 +181,7 @@ class PredictionLog:
                 "top_k": p.top_k,
                 "model_tag": p.model_tag,
                 "latency_ms": float(p.latency_ms),
+                "embedding": p.embedding,
             }
             for p in batch
         ]
@@ -275,8 +279,19 @@ def migrate(engine: Any, metadata: Any, tables: dict[str, Any], shown_url: str) 
             return
         for index in tables["predictions"].indexes:  # version 1 -> 2: the window index
             index.create(conn, checkfirst=True)
+        _add_embedding_column(conn)  # version 2 -> 3
         conn.execute(delete(schema))
         conn.execute(insert(schema).values(version=SCHEMA_VERSION))
+
+
+def _add_embedding_column(conn: Any) -> None:
+    """Add the nullable `embedding` column to an older predictions table (skipped when present)."""
+    from sqlalchemy import LargeBinary, inspect, text
+
+    if "embedding" in {c["name"] for c in inspect(conn).get_columns("predictions")}:
+        return
+    kind = LargeBinary().compile(dialect=conn.dialect)  # BLOB on SQLite, BYTEA on PostgreSQL
+    conn.execute(text(f"ALTER TABLE predictions ADD COLUMN embedding {kind}"))
 
 
 WINDOW_COLUMNS = [
@@ -290,6 +305,7 @@ WINDOW_COLUMNS = [
     "top_k",
     "model_tag",
     "latency_ms",
+    "embedding",
     "true_label",
 ]
 

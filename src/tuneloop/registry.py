@@ -235,10 +235,13 @@ def register(
     task: str = DEFAULT_TASK,
     metrics: dict[str, Any] | None = None,
     gate: dict[str, Any] | None = None,
+    reference: Path | None = None,
 ) -> Entry:
     """Save a model dir into the task's registry as a challenger; an identical model is not saved twice.
 
-    `metrics` are the evaluation's headline numbers (`EvalReport.summary()`), `gate` the verdict.
+    `metrics` are the evaluation's headline numbers (`EvalReport.summary()`), `gate` the verdict,
+    `reference` the monitoring reference (tuneloop.monitor.reference), stored in the entry as
+    reference.parquet with its SHA-256 in the metadata.
     """
     import bentoml
 
@@ -275,8 +278,11 @@ def register(
         "data_version": str(meta.get("data", {}).get("id")),
         "weights": digest[:16],
     }
+    metadata.update(_reference_metadata(reference))
     with bentoml.models.create(model_name(task), labels=labels, metadata=metadata) as model:
         shutil.copytree(model_dir, model.path, dirs_exist_ok=True)
+        if reference is not None:
+            shutil.copyfile(reference, Path(model.path) / REFERENCE_FILE)
     log.info("registered %s", model.tag)
     return get(str(model.tag))
 
@@ -292,6 +298,18 @@ def _model_meta(model_dir: Path) -> dict[str, Any]:
     if not isinstance(meta, dict):
         raise RegistryError(f"{path}: expected a JSON object. Re-run `tuneloop train`.")
     return meta
+
+
+# ---- monitoring reference (issue 12): stored beside the weights, content-hashed
+REFERENCE_FILE = "reference.parquet"
+
+
+def _reference_metadata(reference: Path | None) -> dict[str, Any]:
+    if reference is None:
+        return {}
+    if not Path(reference).is_file():
+        raise RegistryError(f"{reference}: monitoring reference not found (build it with `tuneloop monitor reference`)")
+    return {"reference": REFERENCE_FILE, "reference_sha256": provenance.file_digest(reference)}
 
 
 def _no_nulls(value: Any) -> Any:

@@ -142,16 +142,17 @@ class TextClassifier:
     )
     def classify(self, texts: list[str] = EXAMPLE) -> list[dict[str, Any]]:
         """Label, confidence and the top-k labels for each text, with a request id for feedback."""
-        from tuneloop.model import predict_proba
+        from tuneloop.model import predict_with_embedding
         from tuneloop.predlog import Prediction, new_request_id
 
         started = time.perf_counter()
-        # predict_proba sorts the batch by length and runs sub-batches of forward_batch_size, each padded
-        # only to its own longest text (bench/serve_load.py, fp32: 193 vs 151 req/s for one pass of 32).
-        probs = predict_proba(self.clf, list(texts), batch_size=SETTINGS.forward_batch_size)
+        # Sorted by length, sub-batches of forward_batch_size each padded only to its own longest text
+        # (bench/serve_load.py, fp32: 193 vs 151 req/s for one pass of 32). The same pass yields the
+        # projected embedding monitoring compares (bench/monitor_cost.py: logging it vs recomputing).
+        probs, embeddings = predict_with_embedding(self.clf, list(texts), batch_size=SETTINGS.forward_batch_size)
         latency_ms = (time.perf_counter() - started) * 1000
         out = []
-        for text, row in zip(texts, probs):
+        for text, row, embedding in zip(texts, probs, embeddings):
             top = row.argsort()[::-1][: SETTINGS.top_k]
             result = {
                 "label": self.clf.labels[top[0]],
@@ -169,6 +170,7 @@ class TextClassifier:
                     top_k=result["top_k"],
                     model_tag=self.tag,
                     latency_ms=latency_ms,
+                    embedding=embedding.astype("<f4").tobytes(),
                 )
             )
             out.append(result)

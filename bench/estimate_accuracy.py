@@ -1,0 +1,96 @@
+"""Label-free performance estimate (CBPE) vs the naive estimate (mean top-class confidence), side by side.
+
+Method: the champion's reference (val + test, served int8 variant) fits the Platt calibration, as
+registration does. For each kind (reference traffic, vocabulary, length, label-mix, new-intents;
+every row of the window of that kind) --windows windows of --size rows are sampled from the scored
+pools (bench/monitor_pools.py; windows of one kind share rows, the pools hold 2000-4000), every
+row labeled. Per window: true accuracy and macro-F1 from the labels, CBPE's estimates
+(tuneloop.monitor.estimate.estimate, the code `tuneloop monitor run` runs) and the naive one.
+Prints per kind the median and worst absolute error in accuracy points for both, and their ratio.
+
+    PYTHONPATH=src .venv/bin/python bench/estimate_accuracy.py --model /tmp/mon-demo/models/candidate \\
+        --data /tmp/mon-demo/data/prepared/val.csv /tmp/mon-demo/data/prepared/test.csv
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+import numpy as np
+
+sys.path.insert(0, str(Path(__file__).parent))
+import monitor_pools as pools
+
+
+def kind_errors(scored, calibration, args, rng) -> dict:
+    from sklearn.metrics import f1_score
+
+    from tuneloop.monitor.estimate import estimate
+
+    cbpe, naive, f1_err, true_acc = [], [], [], []
+    for _ in range(args.windows):
+        window = scored.iloc[rng.choice(len(scored), args.size, replace=False)]
+        top_k = [json.loads(t) for t in window["top_k"]]
+        est = estimate(window["predicted"].tolist(), window["confidence"].to_numpy(), top_k, calibration)
+        accuracy = float((window["predicted"] == window["label"]).mean())
+        macro_f1 = f1_score(window["label"], window["predicted"], average="macro")
+        true_acc.append(accuracy)
+        cbpe.append(abs(est.accuracy - accuracy) * 100)
+        naive.append(abs(est.naive_accuracy - accuracy) * 100)
+        f1_err.append(abs(est.macro_f1 - macro_f1) * 100)
+    return {
+        "true_accuracy_mean": round(float(np.mean(true_acc)), 4),
+        "cbpe_error_points": {"median": round(float(np.median(cbpe)), 2), "worst": round(float(np.max(cbpe)), 2)},
+        "naive_error_points": {"median": round(float(np.median(naive)), 2), "worst": round(float(np.max(naive)), 2)},
+        "median_error_ratio_cbpe_to_naive": round(float(np.median(cbpe) / max(np.median(naive), 1e-9)), 2),
+        "cbpe_macro_f1_error_points": {
+            "median": round(float(np.median(f1_err)), 2),
+            "worst": round(float(np.max(f1_err)), 2),
+        },
+    }
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--model", type=Path, required=True)
+    parser.add_argument("--data", type=Path, nargs="+", required=True)
+    parser.add_argument("--quantize", default="int8")
+    parser.add_argument("--size", type=int, default=500)
+    parser.add_argument("--windows", type=int, default=40)
+    parser.add_argument("--seed", type=int, default=0)
+    args = parser.parse_args()
+    from tuneloop.monitor.reference import calibration_of
+
+    ref = pools.reference(args.model, args.data, args.quantize)
+    calibration = calibration_of(ref)
+    rng = np.random.default_rng(args.seed)
+    print(
+        json.dumps(
+            {
+                "reference_rows": len(ref),
+                "calibration": calibration.to_dict(),
+                "reference_accuracy": ref.attrs["tuneloop_reference"]["accuracy"],
+                "reference_mean_confidence": round(float(ref["confidence"].mean()), 4),
+            }
+        )
+    )
+    for kind in pools.POOLS:
+        scored = pools.scored_pool(args.model, kind, args.quantize)
+        print(
+            json.dumps(
+                {
+                    "kind": kind,
+                    "windows": args.windows,
+                    "size": args.size,
+                    **kind_errors(scored, calibration, args, rng),
+                }
+            ),
+            flush=True,
+        )
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,241 @@
+"""One monitoring run: read a window of the prediction log, compare it with the model's
+reference, estimate its performance without labels, apply the policy, write the verdict.
+
+`assess` is the pure core (reference + window frame in, signals out); `run_monitoring` adds the
+I/O: registry, prediction log, verdict files, history, HTML report and the Evidently workspace.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from tuneloop.monitor import MonitorError
+from tuneloop.monitor import policy as pol
+from tuneloop.monitor.estimate import estimate
+from tuneloop.monitor.reference import calibration_of
+from tuneloop.monitor.signals import (
+    Features,
+    distribution_signals,
+    embedding_signal,
+    labeled_metrics,
+    new_token_counts,
+    novelty_flags,
+    parse_top_k,
+    reference_features,
+    window_features,
+)
+from tuneloop.monitor.verdict import Estimate, LabeledMetrics, SignalResult, Verdict, Window, write_verdict
+
+if TYPE_CHECKING:
+    import pandas as pd
+
+    from tuneloop.config import MonitorParams
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class Assessment:
+    """Signals, estimate and labeled metrics of one window, with the Evidently snapshots behind them."""
+
+    signals: list[SignalResult]
+    estimate: Estimate | None
+    labeled: LabeledMetrics
+    embedded_rows: int
+    snapshots: list[Any] = field(default_factory=list)
+
+
+def assess(reference: pd.DataFrame, window: pd.DataFrame, params: MonitorParams, tokenizer: Any) -> Assessment:
+    """Every signal of `window` (a `read_window` frame) against `reference` (pure: no files)."""
+    ref = reference_features(reference)
+    cur = window_features(window, tokenizer, ref.embeddings.shape[1] if ref.embeddings is not None else 0)
+    signals = _embedding_signals(ref, cur, params)
+    _add_new_tokens(reference, window, ref, cur, tokenizer)
+    snapshot, distribution = distribution_signals(ref, cur, params)
+    labeled_snapshot, labeled = labeled_metrics(window)
+    est = estimate(
+        window["predicted"].astype(str).tolist(),
+        window["confidence"].to_numpy(float),
+        parse_top_k(window["top_k"]),
+        calibration_of(reference),
+    )
+    signals += [*distribution, _estimate_signal(est.accuracy, params)]
+    return Assessment(
+        signals=pol.with_counts(signals, params),
+        estimate=Estimate(accuracy=est.accuracy, macro_f1=est.macro_f1, naive_accuracy=est.naive_accuracy),
+        labeled=labeled if labeled.rows >= params.min_labeled_rows else LabeledMetrics(rows=labeled.rows),
+        embedded_rows=0 if cur.embeddings is None else len(cur.embeddings),
+        snapshots=[s for s in (snapshot, labeled_snapshot) if s is not None],
+    )
+
+
+def _embedding_signals(ref: Features, cur: Features, params: MonitorParams) -> list[SignalResult]:
+    """Novelty flags go into both frames (a ValueDrift column); the embedding drift method runs here."""
+    if ref.embeddings is None or cur.embeddings is None or len(cur.embeddings) != len(cur.frame):
+        missing = "no embeddings logged for (all) its rows: the service predates prediction-log schema v3"
+        return [
+            SignalResult(name=n, method="n/a", value=None, threshold=0, rule="n/a", drifted=False, counts=False,
+                         detail=missing)
+            for n in ("novelty", "embedding")
+        ]  # fmt: skip
+    ref_flags, cur_flags, _ = novelty_flags(ref.embeddings, cur.embeddings, params.novelty_quantile)
+    ref.frame["novelty"], cur.frame["novelty"] = ref_flags, cur_flags
+    return [embedding_signal(ref.embeddings, cur.embeddings, params)]
+
+
+def _add_new_tokens(
+    reference: pd.DataFrame, window: pd.DataFrame, ref: Features, cur: Features, tokenizer: Any
+) -> None:
+    """The new_tokens column in both frames (only when the window's texts were logged)."""
+    if "word_count" not in cur.descriptors:
+        return
+    ref_counts, cur_counts = new_token_counts(
+        reference["text"].astype(str).tolist(), window["text"].astype(str).tolist(), tokenizer
+    )
+    ref.frame["new_tokens"], cur.frame["new_tokens"] = ref_counts, cur_counts
+
+
+def _estimate_signal(accuracy: float, params: MonitorParams) -> SignalResult:
+    return SignalResult(
+        name="estimated_accuracy",
+        method="CBPE (Platt-calibrated confidence)",
+        value=accuracy,
+        threshold=params.min_estimated_accuracy,
+        rule="value < threshold",
+        drifted=bool(accuracy < params.min_estimated_accuracy),
+        counts=False,
+    )
+
+
+def window_summary(tag: str, window: pd.DataFrame, embedded_rows: int = 0) -> Window:
+    return Window(
+        model_tag=tag,
+        rows=len(window),
+        labeled_rows=int(window["true_label"].notna().sum()) if len(window) else 0,
+        first=window["created_at"].min().to_pydatetime() if len(window) else None,
+        last=window["created_at"].max().to_pydatetime() if len(window) else None,
+        embedded_rows=embedded_rows,
+    )
+
+
+def monitored_tag(model_tag: str | None) -> str:
+    """The tag to monitor: the one given (full or version only), else the registry's champion."""
+    from tuneloop import registry
+
+    if model_tag:
+        return registry.get(model_tag).tag
+    tag = registry.champion_tag()
+    if tag is None:
+        raise MonitorError("no champion to monitor: promote a model first, or pass --model TAG")
+    return tag
+
+
+def read_log_window(
+    params: MonitorParams, tag: str, db_url: str | None, last: int | None, since: datetime | None
+) -> pd.DataFrame:
+    """The window: rows of `tag` since `since` (a time range), else its newest `last` (or monitor.window)."""
+    from tuneloop.predlog import read_window
+
+    if since is not None:
+        return read_window(db_url, model_tag=tag, since=since)
+    return read_window(db_url, model_tag=tag, last=last or params.window)
+
+
+def run_monitoring(
+    params: MonitorParams,
+    *,
+    model_tag: str | None = None,
+    db_url: str | None = None,
+    last: int | None = None,
+    since: datetime | None = None,
+    now: datetime | None = None,
+    render: bool = True,
+) -> Verdict:
+    """Monitor one window of the prediction log; writes verdict.json + summary.md under
+    `state_dir/<task>/`, appends the run to the history and, with `render`, saves the HTML report
+    and adds the snapshot to the Evidently workspace.
+
+    Raises:
+        MonitorError: no champion / unknown tag, or the model has no reference.
+        PredictionLogError: the database is unreachable or holds no prediction log.
+    """
+    from tuneloop.monitor.reference import reference_for
+
+    tag = monitored_tag(model_tag)
+    now = now or datetime.now(UTC)
+    state_dir = Path(params.state_dir) / tag.split(":")[0]
+    reference = reference_for(tag)
+    frame = read_log_window(params, tag, db_url, last, since)
+    if len(frame) < params.min_rows:
+        verdict = not_enough_data(tag, frame, params, now)
+    else:
+        assessment = assess(reference, frame, params, _tokenizer(tag))
+        verdict = judged(tag, frame, assessment, params, state_dir, now)
+        if render:
+            verdict = _publish(verdict, assessment, params, state_dir, now)
+    write_verdict(verdict, state_dir)
+    pol.append_history(state_dir, {"at": now, "model_tag": tag, "status": verdict.status, "drift": verdict.drift})
+    return verdict
+
+
+def not_enough_data(tag: str, frame: pd.DataFrame, params: MonitorParams, now: datetime) -> Verdict:
+    """The verdict for a window under monitor.min_rows: nothing is judged."""
+    return Verdict(
+        created_at=now,
+        status="not-enough-data",
+        drift=False,
+        retrain=False,
+        consecutive_drifted=0,
+        reason=(
+            f"not enough data: {len(frame)} predictions of {tag} in the window, monitor.min_rows is "
+            f"{params.min_rows}. Wait for more traffic or widen the window (--window N / --since)."
+        ),
+        window=window_summary(tag, frame),
+    )
+
+
+def judged(
+    tag: str, frame: pd.DataFrame, assessment: Assessment, params: MonitorParams, state_dir: Path, now: datetime
+) -> Verdict:
+    """Apply the policy (hysteresis over this model's history, cooldown) to an assessed window."""
+    decision = pol.decide(
+        assessment.signals, params, pol.previous_drifted(state_dir, tag), pol.last_retrain(state_dir), now
+    )
+    return Verdict(
+        created_at=now,
+        status=decision.status,
+        drift=decision.drift,
+        retrain=decision.retrain,
+        consecutive_drifted=decision.consecutive,
+        reason=decision.reason,
+        window=window_summary(tag, frame, assessment.embedded_rows),
+        signals=assessment.signals,
+        estimate=assessment.estimate,
+        labeled=assessment.labeled,
+    )
+
+
+def _tokenizer(tag: str) -> Any:
+    from transformers import AutoTokenizer
+
+    from tuneloop import registry
+
+    return AutoTokenizer.from_pretrained(registry.get(tag).path)
+
+
+def _publish(
+    verdict: Verdict, assessment: Assessment, params: MonitorParams, state_dir: Path, now: datetime
+) -> Verdict:
+    """Save the HTML report and add the snapshot to the Evidently workspace; the verdict names the report."""
+    from tuneloop.monitor.workspace import add_snapshot
+
+    reports = state_dir / "reports"
+    reports.mkdir(parents=True, exist_ok=True)
+    html = reports / f"{now.strftime('%Y%m%dT%H%M%SZ')}.html"
+    assessment.snapshots[0].save_html(str(html))
+    add_snapshot(Path(params.workspace), verdict, assessment.snapshots[0], tuple(assessment.snapshots[1:]))
+    return verdict.model_copy(update={"report": str(html)})

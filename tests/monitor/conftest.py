@@ -1,0 +1,95 @@
+"""Monitoring fixtures: a tiny tuneloop classifier over the demo's ten intents (random weights,
+no training), its reference, and prediction-log windows written the way the service writes them."""
+
+from __future__ import annotations
+
+import json
+import shutil
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+
+import pytest
+
+from tuneloop.config import load_params
+from tuneloop.demo import INTENTS
+
+REPO = Path(__file__).resolve().parents[2]
+
+
+@pytest.fixture(scope="session")
+def tiny_classifier(tiny_model: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The tiny random BERT as a tuneloop model dir with the demo's labels."""
+    import torch
+    from transformers import BertForSequenceClassification
+
+    labels = list(INTENTS)
+    path = tmp_path_factory.mktemp("tiny-classifier")
+    torch.manual_seed(0)
+    model = BertForSequenceClassification.from_pretrained(
+        tiny_model,
+        num_labels=len(labels),
+        id2label=dict(enumerate(labels)),
+        label2id={k: i for i, k in enumerate(labels)},
+        ignore_mismatched_sizes=True,
+    )
+    model.save_pretrained(path)
+    for name in ("tokenizer.json", "tokenizer_config.json", "vocab.txt", "special_tokens_map.json"):
+        if (tiny_model / name).is_file():
+            shutil.copy(tiny_model / name, path / name)
+    meta = {"labels": labels, "params": {"train": {"max_length": 64}}, "created_at": "2026-11-29T00:00:00Z"}
+    (path / "tuneloop.json").write_text(json.dumps(meta))
+    return path
+
+
+@pytest.fixture(scope="session")
+def reference_rows():
+    from tuneloop.demo import generate
+
+    return generate(400, seed=11)
+
+
+@pytest.fixture(scope="session")
+def reference(tiny_classifier: Path, reference_rows):
+    from tuneloop.monitor.reference import build_reference
+
+    return build_reference(tiny_classifier, reference_rows, quantize="none")
+
+
+@pytest.fixture
+def monitor_params():
+    return load_params(REPO / "params.yaml").monitor
+
+
+def log_predictions(url: str, model_dir: Path, tag: str, frame, feedback_share: float = 0.0, start=None) -> None:
+    """Classify `frame.text` with the model and log each prediction (with its embedding) as the
+    service does; a share of rows gets its true label as feedback."""
+    from tuneloop.model import load_classifier, predict_with_embedding
+    from tuneloop.monitor.reference import top_k_lists
+    from tuneloop.predlog import Prediction, PredictionLog, new_request_id
+
+    clf = load_classifier(model_dir)
+    texts = frame["text"].tolist()
+    probs, embeddings = predict_with_embedding(clf, texts)
+    start = start or datetime.now(UTC) - timedelta(hours=1)
+    plog = PredictionLog(url, flush_interval_s=60)
+    ids = []
+    for i, (text, row, emb, top) in enumerate(zip(texts, probs, embeddings, top_k_lists(probs, clf.labels))):
+        ids.append(new_request_id() + f"{i:06d}")
+        plog.log(
+            Prediction(
+                request_id=ids[-1],
+                text=text,
+                predicted=top[0]["label"],
+                confidence=float(row.max()),
+                top_k=top,
+                model_tag=tag,
+                latency_ms=1.0,
+                created_at=start + timedelta(seconds=i),
+                embedding=emb.astype("<f4").tobytes(),
+            )
+        )
+    plog.flush()
+    labeled = int(len(ids) * feedback_share)
+    if labeled:
+        plog.record_feedback_many(list(zip(ids[:labeled], frame["label"].tolist()[:labeled])))
+    plog.close()

@@ -1,0 +1,85 @@
+"""A monitoring run end to end: registry, prediction log, verdict files; and its failure modes."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+from tests.monitor.conftest import log_predictions
+from tuneloop.demo import generate
+from tuneloop.monitor import MonitorError
+from tuneloop.monitor.reference import write_reference
+from tuneloop.monitor.run import run_monitoring
+from tuneloop.monitor.verdict import read_verdict
+from tuneloop.predlog import PredictionLogError
+
+
+@pytest.fixture
+def champion(tiny_classifier, reference, tmp_path, store):
+    from tuneloop import registry
+
+    entry = registry.register(tiny_classifier, reference=write_reference(reference, tmp_path / "ref.parquet"))
+    registry.promote(entry.tag, reason="test")
+    return entry.tag
+
+
+@pytest.fixture
+def params(monitor_params, tmp_path):
+    return monitor_params.model_copy(
+        update={
+            "min_estimated_accuracy": 0.0,  # a random tiny model: its accuracy says nothing
+            "min_rows": 50,
+            "workspace": str(tmp_path / "workspace"),
+            "state_dir": str(tmp_path / "state"),
+        }
+    )
+
+
+def test_a_run_writes_verdict_history_report_and_workspace_snapshot(champion, params, tiny_classifier, tmp_path):
+    url = f"sqlite:///{tmp_path}/log.db"
+    log_predictions(url, tiny_classifier, champion, generate(120, seed=3), feedback_share=0.5)
+    verdict = run_monitoring(params, db_url=url)
+    assert verdict.status == "ok" and verdict.window.rows == 120 and verdict.window.labeled_rows == 60
+    state = Path(params.state_dir) / champion.split(":")[0]
+    assert read_verdict(state / "verdict.json") == verdict
+    assert "Monitoring verdict: OK" in (state / "summary.md").read_text()
+    assert json.loads((state / "history.jsonl").read_text().splitlines()[-1])["status"] == "ok"
+    assert verdict.report and Path(verdict.report).stat().st_size > 10_000
+    assert any(Path(params.workspace).rglob("*.json"))  # the snapshot is in the Evidently workspace
+
+
+def test_an_empty_or_small_window_is_not_enough_data(champion, params, tiny_classifier, tmp_path):
+    url = f"sqlite:///{tmp_path}/log.db"
+    log_predictions(url, tiny_classifier, "another:model", generate(60, seed=3))  # a log, but not of this model
+    empty = run_monitoring(params, db_url=url)
+    assert empty.status == "not-enough-data" and empty.window.rows == 0 and "min_rows is 50" in empty.reason
+    log_predictions(url, tiny_classifier, champion, generate(20, seed=4))
+    small = run_monitoring(params, db_url=url)
+    assert (small.status, small.window.rows, small.retrain) == ("not-enough-data", 20, False)
+
+
+def test_an_unreachable_database_is_named(champion, params):
+    with pytest.raises(PredictionLogError, match=r"127\.0\.0\.1:1"):
+        run_monitoring(params, db_url="postgresql+psycopg://postgres@127.0.0.1:1/nothing")
+
+
+def test_a_model_without_reference_is_an_error_naming_it(tiny_classifier, params, tmp_path, store):
+    from tuneloop import registry
+
+    entry = registry.register(tiny_classifier)
+    with pytest.raises(MonitorError, match=f"model {entry.tag} has no monitoring reference"):
+        run_monitoring(params, model_tag=entry.tag, db_url=f"sqlite:///{tmp_path}/log.db")
+
+
+def test_cli_prints_the_verdict_or_the_cause(cli, champion, tiny_classifier, tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "params.yaml").write_text((Path(__file__).parents[2] / "params.yaml").read_text())
+    url = f"sqlite:///{tmp_path}/log.db"
+    log_predictions(url, tiny_classifier, champion, generate(30, seed=3))
+    result = cli("monitor", "run", "--db", url, "--window", "500")
+    assert result.exit_code == 0 and "NOT-ENOUGH-DATA" in result.stdout
+    assert (tmp_path / "monitoring" / "state" / "tuneloop-classifier" / "verdict.json").is_file()
+    failed = cli("monitor", "run", "--db", "postgresql+psycopg://postgres@127.0.0.1:1/x")
+    assert failed.exit_code == 1 and "127.0.0.1:1" in failed.stderr

@@ -1,0 +1,67 @@
+"""Signals: a drifted window flags, a reference window does not; labeled metrics equal sklearn's."""
+
+from __future__ import annotations
+
+import pytest
+from transformers import AutoTokenizer
+
+from tests.monitor.conftest import log_predictions
+from tuneloop.demo import generate
+from tuneloop.monitor.run import assess
+from tuneloop.predlog import read_window
+
+
+@pytest.fixture
+def windows(tiny_classifier, tmp_path):
+    url = f"sqlite:///{tmp_path}/log.db"
+    log_predictions(url, tiny_classifier, "m:ref", generate(300, seed=5), feedback_share=0.5)
+    log_predictions(url, tiny_classifier, "m:long", generate(300, seed=6, drift="length"))
+    return {tag: read_window(url, model_tag=tag) for tag in ("m:ref", "m:long")}
+
+
+@pytest.fixture
+def params(monitor_params):
+    # The tiny model is random: its accuracy says nothing, so the estimate must not decide here.
+    return monitor_params.model_copy(update={"min_estimated_accuracy": 0.0})
+
+
+def test_a_reference_window_does_not_flag_and_a_drifted_one_does(tiny_classifier, reference, windows, params):
+    tokenizer = AutoTokenizer.from_pretrained(tiny_classifier)
+    clean = assess(reference, windows["m:ref"], params, tokenizer)
+    drifted = assess(reference, windows["m:long"], params, tokenizer)
+    assert not [s.name for s in clean.signals if s.drifted and s.counts]
+    flagged = {s.name for s in drifted.signals if s.drifted and s.counts}
+    assert {"text_chars", "word_count", "new_tokens"} <= flagged
+    assert {s.name for s in drifted.signals} >= {"novelty", "embedding", "predicted_label", "confidence", "unk_rate"}
+    assert drifted.embedded_rows == 300
+
+
+def test_labeled_window_metrics_equal_sklearn(tiny_classifier, reference, windows, params):
+    from sklearn.metrics import accuracy_score, f1_score, recall_score
+
+    result = assess(reference, windows["m:ref"], params, AutoTokenizer.from_pretrained(tiny_classifier))
+    rows = windows["m:ref"].dropna(subset=["true_label"])
+    assert result.labeled.rows == len(rows) == 150
+    assert result.labeled.accuracy == pytest.approx(accuracy_score(rows["true_label"], rows["predicted"]))
+    assert result.labeled.macro_f1 == pytest.approx(f1_score(rows["true_label"], rows["predicted"], average="macro"))
+    labels = sorted(set(rows["true_label"]) | set(rows["predicted"]))
+    recalls = recall_score(rows["true_label"], rows["predicted"], labels=labels, average=None, zero_division=0)
+    for label, value in zip(labels, recalls):
+        assert result.labeled.per_class_recall[label] == pytest.approx(value), label
+
+
+def test_a_window_logged_without_embeddings_says_so(tiny_classifier, reference, windows, params):
+    window = windows["m:ref"].assign(embedding=None)
+    result = assess(reference, window, params, AutoTokenizer.from_pretrained(tiny_classifier))
+    novelty = next(s for s in result.signals if s.name == "novelty")
+    assert novelty.value is None and not novelty.drifted and "schema v3" in novelty.detail
+
+
+def test_new_tokens_count_pieces_the_reference_never_used_numbers_aside(tiny_classifier):
+    from tuneloop.monitor.signals import new_token_counts
+
+    tokenizer = AutoTokenizer.from_pretrained(tiny_classifier)
+    reference = ["i lost my card", "my card was stolen", "where is order 123"]
+    ref_counts, counts = new_token_counts(reference, ["my card 98765", "my crypto wallet was stolen"], tokenizer)
+    assert ref_counts.tolist() == [2.0, 2.0, 3.0]  # leave-one-out: i, lost / was, stolen / where, is, order
+    assert counts[0] == 0 and counts[1] >= 2  # numbers never count; crypto and wallet (pieces) are new

@@ -1,0 +1,48 @@
+"""`tuneloop monitor ui` serves Evidently's UI on the workspace a monitoring run filled (HTTP API)."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import httpx
+import pytest
+
+from tests.conftest import free_port, wait_http_ok
+from tests.monitor.conftest import log_predictions
+from tuneloop.demo import generate
+from tuneloop.monitor.reference import write_reference
+from tuneloop.monitor.run import run_monitoring
+
+pytestmark = pytest.mark.integration
+REPO = Path(__file__).resolve().parents[2]
+
+
+def test_ui_lists_the_task_project_with_its_runs(tiny_classifier, reference, monitor_params, tmp_path, store):
+    from tuneloop import registry
+
+    entry = registry.register(tiny_classifier, reference=write_reference(reference, tmp_path / "ref.parquet"))
+    registry.promote(entry.tag, reason="test")
+    params = monitor_params.model_copy(
+        update={"min_rows": 50, "min_estimated_accuracy": 0.0, "workspace": str(tmp_path / "monitoring/workspace")}
+    )
+    url = f"sqlite:///{tmp_path}/log.db"
+    log_predictions(url, tiny_classifier, entry.tag, generate(80, seed=2))
+    run_monitoring(params, db_url=url)
+    (tmp_path / "params.yaml").write_text((REPO / "params.yaml").read_text())
+    port = free_port()
+    env = {**os.environ, "PYTHONPATH": str(REPO / "src")}
+    server = subprocess.Popen(
+        [sys.executable, "-m", "tuneloop", "monitor", "ui", "--port", str(port)], cwd=tmp_path, env=env
+    )
+    try:
+        wait_http_ok(f"http://127.0.0.1:{port}/api/projects", 90)
+        projects = httpx.get(f"http://127.0.0.1:{port}/api/projects").json()
+        project = next(p for p in projects if p["name"] == "tuneloop-classifier")
+        runs = httpx.get(f"http://127.0.0.1:{port}/api/projects/{project['id']}/snapshots").json()
+        assert len(runs) >= 1
+    finally:
+        server.terminate()
+        server.wait(timeout=30)
