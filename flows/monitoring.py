@@ -2,9 +2,11 @@
 
 Library calls only (tuneloop.monitor.run.run_monitoring does the work and is tested without
 Prefect). Publishes the verdict (Markdown summary + table of signals) and a link to the Evidently
-report as artifacts. A cause the user can fix (no champion, no reference, database unreachable)
-ends the run Failed with that message; a window below monitor.min_rows completes with the verdict
-"not-enough-data".
+report as artifacts. When the policy asks for a retrain, it emits `tuneloop.drift.detected`
+(resource: the task) for the training deployment's trigger, or, with no Prefect server (the
+embedded default), runs the training flow in-process as a subflow with `retrain=True`. A cause the
+user can fix (no champion, no reference, database unreachable) ends the run Failed with that
+message; a window below monitor.min_rows completes with the verdict "not-enough-data".
 """
 
 from __future__ import annotations
@@ -38,9 +40,24 @@ def monitor_window(
     from tuneloop.config import load_params
     from tuneloop.monitor.run import run_monitoring
 
-    params = load_params(overrides=overrides).monitor
-    verdict = run_monitoring(params, model_tag=model_tag, db_url=db_url, last=window, since=since)
+    params = load_params(overrides=overrides)
+    verdict = run_monitoring(
+        params.monitor, model_tag=model_tag, db_url=db_url, last=window, since=since, task=params.task.name
+    )
     return verdict.model_dump(mode="json")
+
+
+@task(name="request-retrain")
+def request_retrain(verdict: dict[str, Any], overrides: list[str]) -> str:
+    """Start the cooldown, then emit `tuneloop.drift.detected` for the task (a Prefect server's deployment
+    trigger retrains); without a server the flow retrains in-process. Returns which of the two."""
+    from tuneloop.config import load_params
+    from tuneloop.orchestration import emit_drift
+
+    params = load_params(overrides=overrides)
+    how = emit_drift(params, verdict)
+    get_run_logger().info("drift verdict for task %s: %s", params.task.name, how)
+    return how
 
 
 @task(name="publish-verdict")
@@ -71,9 +88,14 @@ def monitoring(
     since: datetime | None = None,
     db_url: str | None = None,
 ) -> dict[str, Any]:
-    """prediction-log window -> signals + estimate -> policy -> verdict (artifacts)."""
+    """prediction-log window -> signals + estimate -> policy -> verdict (artifacts) -> retrain when the policy says."""
     verdict = monitor_window(overrides or [], model_tag, window, since, db_url)
     publish(verdict)
+    if verdict["retrain"] and request_retrain(verdict, overrides or []) == "in-process":
+        from tuneloop.cli import _load_flow
+
+        training = _load_flow("flows/training.py", "training_pipeline")
+        verdict["retrained"] = training(overrides=overrides or [], retrain=True)  # a subflow: one causal chain
     return verdict
 
 

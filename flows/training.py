@@ -21,6 +21,7 @@ from prefect.artifacts import create_markdown_artifact, create_table_artifact
 CANDIDATE = Path("models/candidate")
 EVAL_DIR = Path("reports/eval")
 TEST_DATA = Path("data/prepared/test.csv")
+VAL_DATA = Path("data/prepared/val.csv")
 GATE_DIR = Path("reports/gate")
 
 
@@ -129,6 +130,7 @@ def release(params: Any) -> dict[str, Any]:
         gate_dir=GATE_DIR,
         publish=_publish,
         reason="passed the gate in the training pipeline",
+        reference_data=[VAL_DATA, TEST_DATA],  # the monitoring reference: held-out rows, never trained on
     )
     done.raise_if_refused()
     if done.outcome == "no-new-model":

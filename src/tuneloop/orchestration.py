@@ -87,3 +87,28 @@ def deploy_monitoring(params: Params, project_root: Path) -> str:
         print_next_steps=False,
     )
     return str(deployment_id)
+
+
+def server_configured() -> bool:
+    """Whether flows talk to a Prefect server (PREFECT_API_URL) rather than an ephemeral in-process API."""
+    from prefect.settings import PREFECT_API_URL
+
+    return bool(PREFECT_API_URL.value())
+
+
+def emit_drift(params: Params, verdict: dict[str, Any]) -> str:
+    """Start the retrain cooldown for the monitored model, then emit the drift event when a server is there.
+
+    Returns "event" (a deployment trigger on the server retrains) or "in-process" (the caller retrains).
+    """
+    from prefect.events import emit_event
+
+    from tuneloop.monitor.policy import record_retrain
+
+    tag = verdict["window"]["model_tag"]
+    record_retrain(Path(params.monitor.state_dir) / tag.split(":")[0], tag)
+    if not server_configured():
+        return "in-process"
+    payload = {"model_tag": tag, "status": verdict["status"], "reason": verdict["reason"][:500]}
+    emit_event(DRIFT_EVENT, resource=task_resource(params.task.name), payload=payload)
+    return "event"

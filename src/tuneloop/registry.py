@@ -252,7 +252,27 @@ def register(
     if known is not None:
         log.info("model already registered as %s", known.tag)
         return known
-    metadata = _no_nulls(
+    metadata = _metadata(meta, task, metrics, gate, digest)
+    labels = {
+        "stage": "challenger",
+        "task": task,
+        "data_version": str(meta.get("data", {}).get("id")),
+        "weights": digest[:16],
+    }
+    metadata.update(_reference_metadata(reference))
+    with bentoml.models.create(model_name(task), labels=labels, metadata=metadata) as model:
+        shutil.copytree(model_dir, model.path, dirs_exist_ok=True)
+        if reference is not None:
+            shutil.copyfile(reference, Path(model.path) / REFERENCE_FILE)
+    log.info("registered %s", model.tag)
+    return get(str(model.tag))
+
+
+def _metadata(
+    meta: dict[str, Any], task: str, metrics: dict[str, Any] | None, gate: dict[str, Any] | None, digest: str
+) -> dict[str, Any]:
+    """The entry's metadata: evaluation headline, gate verdict and the model's own provenance."""
+    return _no_nulls(
         {
             "task": task,
             "metrics": {
@@ -272,19 +292,6 @@ def register(
             "weights_sha256": digest,
         }
     )
-    labels = {
-        "stage": "challenger",
-        "task": task,
-        "data_version": str(meta.get("data", {}).get("id")),
-        "weights": digest[:16],
-    }
-    metadata.update(_reference_metadata(reference))
-    with bentoml.models.create(model_name(task), labels=labels, metadata=metadata) as model:
-        shutil.copytree(model_dir, model.path, dirs_exist_ok=True)
-        if reference is not None:
-            shutil.copyfile(reference, Path(model.path) / REFERENCE_FILE)
-    log.info("registered %s", model.tag)
-    return get(str(model.tag))
 
 
 def _model_meta(model_dir: Path) -> dict[str, Any]:

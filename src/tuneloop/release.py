@@ -82,6 +82,7 @@ def release(
     promote: bool = True,
     reason: str = "passed the gate",
     publish: Publish | None = None,
+    reference_data: list[Path] | None = None,
 ) -> Release:
     """Judge `challenger_dir` on `data_path` against the champion, then register and promote it if it passes.
 
@@ -91,6 +92,7 @@ def release(
         gate_dir: where gate.json and gate.md go (None: not written).
         register / promote: stop after the verdict (`tuneloop gate`) or after registering.
         publish: called after each step with its name and result.
+        reference_data: labeled files the monitoring reference is built from (default: `data_path`).
     """
     task, challenger_dir = params.task.name, Path(challenger_dir)
     current = champion_for(champion, task)
@@ -106,8 +108,10 @@ def release(
         _publish(publish, gate_dir, "verdict", report)
         if not report.passed or not register:
             return Release("passed" if report.passed else "refused", report, _path_and_tag(current)[1])
+        reference = build_reference(params, challenger_dir, reference_data or [Path(data_path)], Path(scratch))
+        metrics = EvalReport.load(evaluation).summary()
         entry = registry.register(
-            challenger_dir, task=task, metrics=EvalReport.load(evaluation).summary(), gate=report.to_dict()
+            challenger_dir, task=task, metrics=metrics, gate=report.to_dict(), reference=reference
         )
     _publish(publish, None, "registered", entry)
     if not promote:
@@ -126,6 +130,19 @@ def is_champion(challenger_dir: Path, champion: Entry | None) -> bool:
 
 def _path_and_tag(entry: Entry | None) -> tuple[Path | None, str | None]:
     return (entry.path, entry.tag) if entry is not None else (None, None)
+
+
+def build_reference(params: Params, model_dir: Path, files: list[Path], scratch: Path) -> Path:
+    """The monitoring reference of the model (its held-out rows, scored by the variant the service runs)."""
+    import pandas as pd
+
+    from tuneloop.monitor.reference import build_reference as build
+    from tuneloop.monitor.reference import write_reference
+    from tuneloop.tabular import read_labeled
+
+    frame = pd.concat([read_labeled(f) for f in files], ignore_index=True)
+    reference = build(model_dir, frame, quantize=params.serve.quantize, batch_size=params.evaluate.batch_size)
+    return write_reference(reference, scratch / "reference.parquet")
 
 
 def _evaluate(params: Params, model_dir: Path, data_path: str | Path, out_dir: str) -> Path:

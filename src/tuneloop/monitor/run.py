@@ -122,15 +122,16 @@ def window_summary(tag: str, window: pd.DataFrame, embedded_rows: int = 0) -> Wi
     )
 
 
-def monitored_tag(model_tag: str | None) -> str:
-    """The tag to monitor: the one given (full or version only), else the registry's champion."""
+def monitored_tag(model_tag: str | None, task: str | None = None) -> str:
+    """The tag to monitor: the one given (full or version only), else the task's champion."""
     from tuneloop import registry
 
+    task = task or registry.DEFAULT_TASK
     if model_tag:
-        return registry.get(model_tag).tag
-    tag = registry.champion_tag()
+        return registry.get(model_tag, task).tag
+    tag = registry.champion_tag(task)
     if tag is None:
-        raise MonitorError("no champion to monitor: promote a model first, or pass --model TAG")
+        raise MonitorError(f"task '{task}' has no champion to monitor: promote a model first, or pass --model TAG")
     return tag
 
 
@@ -154,6 +155,7 @@ def run_monitoring(
     since: datetime | None = None,
     now: datetime | None = None,
     render: bool = True,
+    task: str | None = None,
 ) -> Verdict:
     """Monitor one window of the prediction log; writes verdict.json + summary.md under
     `state_dir/<task>/`, appends the run to the history and, with `render`, saves the HTML report
@@ -165,7 +167,7 @@ def run_monitoring(
     """
     from tuneloop.monitor.reference import reference_for
 
-    tag = monitored_tag(model_tag)
+    tag = monitored_tag(model_tag, task)
     now = now or datetime.now(UTC)
     state_dir = Path(params.state_dir) / tag.split(":")[0]
     reference = reference_for(tag)
