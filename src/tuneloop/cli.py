@@ -536,12 +536,14 @@ def serve_cmd(
 
     procs.require_free_port(host, port, "tuneloop serve")
     chosen = registry.resolve(model, _task(None), purpose="serve")
-    env = {
-        **os.environ,
-        "TUNELOOP_MODEL_TAG": chosen.tag,
-        "BENTOML_DO_NOT_TRACK": "true",
-        "BENTOML_CONFIG_OPTIONS": f"services.tuneloop_classifier.workers={workers}",
-    }
+    from tuneloop.package import bento_name
+
+    env = {**os.environ, "BENTOML_DO_NOT_TRACK": "true"}
+    env["BENTOML_CONFIG_OPTIONS"] = f"services.{bento_name(chosen.task)}.workers={workers}"
+    if model:  # pinned; without --model the service follows the task's champion as it changes
+        env["TUNELOOP_MODEL_TAG"] = chosen.tag
+    else:
+        env.pop("TUNELOOP_MODEL_TAG", None)
     out.print(
         f"serving {chosen.tag} on http://{host}:{port} ({workers} worker(s)); try:\n"
         f"  curl -s -X POST http://{host}:{port}/classify -H 'content-type: application/json' "

@@ -156,6 +156,7 @@ class ServeParams(_Section):
     top_k: int = Field(ge=1)
     store_text: bool
     log_flush_s: float = Field(gt=0)
+    follow_champion_s: float = Field(ge=0, description="how often the service checks for a new champion; 0 = never")
 
 
 SignalName = Literal[

@@ -1,7 +1,9 @@
 """The BentoML service: classify texts with the champion model from the store.
 
-Which model: in a built Bento the model it was packed with; otherwise `TUNELOOP_MODEL_TAG` when
-set, else the registry's champion, else the newest `tuneloop-classifier` in the store.
+Which model (`resolve`, the one place that decides): in a built Bento the model it was packed with;
+otherwise `TUNELOOP_MODEL_TAG` when set (pinned), else the champion of params.yaml's task, which the
+service then follows: each new champion is loaded, verified and switched in atomically while requests
+in flight finish on the old one (`serve.follow_champion_s`). The service is named per task.
 Settings come from the `serve:` section of params.yaml (`TUNELOOP_PARAMS` names another file);
 in a Bento they are baked in as Bento arguments by `tuneloop package`. The API key is a secret
 and stays an environment variable (`TUNELOOP_API_KEY`).
@@ -15,8 +17,11 @@ Run with `tuneloop serve`, `bentoml serve tuneloop.serve.service:TextClassifier`
 from __future__ import annotations
 
 import gc
+import logging
 import os
+import threading
 import time
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -27,91 +32,121 @@ from fastapi.responses import JSONResponse
 
 from tuneloop.config import ServeParams
 from tuneloop.errors import TuneloopError
-from tuneloop.registry import MODEL_NAME
 from tuneloop.serve.admission import BATCHES_IN_FLIGHT, Admission
 from tuneloop.serve.guard import Guard, Limits, feedback_pairs
+
+log = logging.getLogger(__name__)
 
 
 class ServiceError(TuneloopError):
     """The service cannot start: no model to serve, or the model does not load."""
 
 
-# Bento arguments: `tuneloop package` bakes in the serve settings and the packed model's tag.
-ARGUMENTS = dict(vars(bentoml.use_arguments()))
+@dataclass(frozen=True)
+class Resolved:
+    """What this service serves, decided once when BentoML imports the module."""
+
+    tag: str  # the model loaded first
+    task: str
+    settings: ServeParams
+    follow: bool  # switch to each new champion of the task (never for a Bento or a pinned tag)
 
 
-def model_tag() -> str:
-    """The model this service loads (resolved once, when BentoML imports the service): the model
-    a built Bento was packed with (a Bento serves nothing else), else `TUNELOOP_MODEL_TAG`, else
-    the registry's champion, else the newest `tuneloop-classifier` in the store.
+def resolve() -> Resolved:
+    """The one place the service decides its model and settings.
+
+    Model: the one a built Bento was packed with (a Bento serves nothing else), else
+    `TUNELOOP_MODEL_TAG` (pinned), else the champion of params.yaml's task (followed as it changes).
+    Settings: Bento arguments when given (a built Bento, or `--arg`), else params.yaml's `serve:`
+    (`TUNELOOP_PARAMS` names another file).
 
     Raises:
-        ServiceError: the tag is not in the model store (the server then never starts, so it
-            never reports ready).
+        ServiceError: the tag is not in the model store (the server then never starts, so it never reports ready).
     """
     from bentoml.exceptions import NotFound
 
-    from tuneloop.registry import champion_tag
+    from tuneloop.config import load_params
+    from tuneloop.registry import DEFAULT_TASK, champion_tag, full_tag, model_name, task_of
 
-    tag = ARGUMENTS.get("model_tag") or os.environ.get("TUNELOOP_MODEL_TAG") or champion_tag() or f"{MODEL_NAME}:latest"
-    tag = tag if ":" in tag else f"{MODEL_NAME}:{tag}"
+    arguments = dict(vars(bentoml.use_arguments()))  # `tuneloop package` bakes in settings and the model tag
+    values = {k: v for k, v in arguments.items() if k != "model_tag"}
+    params_file = Path(os.environ.get("TUNELOOP_PARAMS", "params.yaml"))
+    params = load_params(params_file) if not values or params_file.is_file() else None
+    settings = ServeParams.model_validate(values, strict=False) if values else params.serve  # type: ignore[union-attr]
+    pinned = arguments.get("model_tag") or os.environ.get("TUNELOOP_MODEL_TAG")
+    task = task_of(full_tag(pinned)) if pinned else params.task.name if params else DEFAULT_TASK
+    tag = full_tag(pinned or champion_tag(task) or f"{model_name(task)}:latest", task)
     try:
-        return str(bentoml.models.get(tag).tag)
+        tag = str(bentoml.models.get(tag).tag)
     except NotFound:
         raise ServiceError(
             f"model {tag} is not in the BentoML model store: set TUNELOOP_MODEL_TAG to a tag from "
             "`tuneloop models list`, or promote one (`tuneloop models promote TAG`)."
         ) from None
+    return Resolved(tag=tag, task=task, settings=settings, follow=not pinned and settings.follow_champion_s > 0)
 
 
-def serve_settings() -> ServeParams:
-    """Bento arguments when given (a built Bento, or `--arg`), else params.yaml's `serve:` section."""
-    settings = {k: v for k, v in ARGUMENTS.items() if k != "model_tag"}
-    if settings:
-        return ServeParams.model_validate(settings)
-    from tuneloop.config import load_params
-
-    return load_params(os.environ.get("TUNELOOP_PARAMS", "params.yaml")).serve
+RESOLVED = resolve()
+SETTINGS = RESOLVED.settings
 
 
-SETTINGS = serve_settings()
+@dataclass(frozen=True)
+class Loaded:
+    """A model ready to serve: tag, the classifier in its served variant, its registry info."""
+
+    tag: str
+    clf: Any
+    info: Any
+
+
+def load_verified(tag: str) -> Loaded:
+    """Load a registered model and prove it: weights' SHA-256 as registered, a finite, normalised smoke prediction.
+
+    Raises:
+        ServiceError: naming the model and what is wrong with it.
+    """
+    from tuneloop.model import ModelError, for_serving, load_classifier, predict_proba
+    from tuneloop.provenance import weights_digest
+
+    stored = bentoml.models.get(tag)
+    expected = stored.info.metadata.get("weights_sha256")
+    if expected and weights_digest(Path(stored.path)) != expected:
+        raise ServiceError(
+            f"model {tag}: the weights' SHA-256 differs from the one recorded at registration; "
+            "the files were damaged or edited. Serve another tag or re-register the model."
+        )
+    try:
+        clf = for_serving(load_classifier(stored.path), SETTINGS.quantize)
+        probs = predict_proba(clf, EXAMPLE)
+    except (ModelError, OSError, RuntimeError, ValueError) as exc:
+        raise ServiceError(
+            f"model {tag} does not load or predict ({exc}); serve another tag or re-register it"
+        ) from None
+    if not (np.isfinite(probs).all() and np.allclose(probs.sum(axis=1), 1, atol=1e-3)):
+        raise ServiceError(
+            f"model {tag} predicts non-finite or unnormalised scores on a smoke test; "
+            "its weights are damaged: serve another tag or re-register the model"
+        )
+    return Loaded(tag=str(stored.tag), clf=clf, info=stored.info)
+
+
 EXAMPLE = ["I lost my card yesterday", "where is my parcel?"]
 # GET routes: BentoML APIs are POST only, so read-only endpoints live in a FastAPI app mounted beside them.
 http = FastAPI(title="tuneloop", docs_url=None, redoc_url=None, openapi_url=None)
 
 
 @bentoml.asgi_app(http, path="/")
-@bentoml.service(name="tuneloop_classifier", traffic={"timeout": 30})
+@bentoml.service(name=f"tuneloop_{RESOLVED.task.replace('-', '_')}", traffic={"timeout": 30})
 class TextClassifier:
     """Loads the model once per worker; `classify` batches concurrent requests adaptively."""
 
-    model = bentoml.models.BentoModel(model_tag())
+    model = bentoml.models.BentoModel(RESOLVED.tag)
 
     def __init__(self) -> None:
         """Load the model and prove it predicts; any failure stops the worker, so it never reports ready."""
-        from tuneloop.model import ModelError, for_serving, load_classifier, predict_proba
         from tuneloop.predlog import PredictionLog
-        from tuneloop.provenance import weights_digest
 
-        self.tag = str(self.model.tag)
-        expected = self.model.info.metadata.get("weights_sha256")
-        if expected and weights_digest(Path(self.model.path)) != expected:
-            raise ServiceError(
-                f"model {self.tag}: the weights' SHA-256 differs from the one recorded at registration; "
-                "the files were damaged or edited. Serve another tag or re-register the model."
-            )
-        try:
-            self.clf = for_serving(load_classifier(self.model.path), SETTINGS.quantize)
-            probs = predict_proba(self.clf, EXAMPLE)
-        except (ModelError, OSError, RuntimeError, ValueError) as exc:
-            raise ServiceError(
-                f"model {self.tag} does not load or predict ({exc}); serve another tag or re-register the model"
-            ) from None
-        if not (np.isfinite(probs).all() and np.allclose(probs.sum(axis=1), 1, atol=1e-3)):
-            raise ServiceError(
-                f"model {self.tag} predicts non-finite or unnormalised scores on a smoke test; "
-                "its weights are damaged: serve another tag or re-register the model"
-            )
+        self.current = load_verified(str(self.model.tag))  # one attribute, swapped whole when the champion changes
         from bentoml._internal.context import server_context
 
         from tuneloop.procs import exit_with_parent
@@ -127,6 +162,33 @@ class TextClassifier:
         gc.collect()
         gc.freeze()
         self.ready = True
+        if RESOLVED.follow:
+            threading.Thread(target=self._follow_champion, name="follow-champion", daemon=True).start()
+
+    def _follow_champion(self) -> None:
+        """Load each new champion of the task, verify it (weights' SHA-256, smoke prediction), then switch in one
+        assignment: requests already running finish on the model they started with. A model that fails to load
+        leaves the current one serving, and is not tried again until the pointer moves."""
+        from tuneloop.registry import champion_tag
+
+        failed: str | None = None
+        while True:
+            time.sleep(SETTINGS.follow_champion_s)
+            try:
+                tag = champion_tag(RESOLVED.task)
+            except TuneloopError as exc:  # a damaged pointer: keep serving, say why
+                log.warning("champion pointer unreadable, still serving %s: %s", self.current.tag, exc)
+                continue
+            if tag is None or tag in (self.current.tag, failed):
+                continue
+            try:
+                loaded = load_verified(tag)
+            except ServiceError as exc:
+                failed = tag
+                log.error("new champion %s not served, still serving %s: %s", tag, self.current.tag, exc)
+                continue
+            previous, self.current = self.current.tag, loaded
+            log.info("now serving champion %s (was %s)", tag, previous)
 
     def __is_ready__(self) -> bool:
         """`/readyz`: only once the model has loaded and passed the smoke prediction."""
@@ -149,16 +211,17 @@ class TextClassifier:
         # Sorted by length, sub-batches of forward_batch_size each padded only to its own longest text
         # (bench/serve_load.py, fp32: 193 vs 151 req/s for one pass of 32). The same pass yields the
         # projected embedding monitoring compares (bench/monitor_cost.py: logging it vs recomputing).
-        probs, embeddings = predict_with_embedding(self.clf, list(texts), batch_size=SETTINGS.forward_batch_size)
+        current = self.current  # the model this batch runs on, whatever a switch does meanwhile
+        probs, embeddings = predict_with_embedding(current.clf, list(texts), batch_size=SETTINGS.forward_batch_size)
         latency_ms = (time.perf_counter() - started) * 1000
         out = []
         for text, row, embedding in zip(texts, probs, embeddings):
             top = row.argsort()[::-1][: SETTINGS.top_k]
             result = {
-                "label": self.clf.labels[top[0]],
+                "label": current.clf.labels[top[0]],
                 "confidence": float(row[top[0]]),
-                "top_k": [{"label": self.clf.labels[k], "score": float(row[k])} for k in top],
-                "model": self.tag,
+                "top_k": [{"label": current.clf.labels[k], "score": float(row[k])} for k in top],
+                "model": current.tag,
                 "request_id": new_request_id(),
             }
             self.predictions.log(
@@ -168,7 +231,7 @@ class TextClassifier:
                     predicted=result["label"],
                     confidence=result["confidence"],
                     top_k=result["top_k"],
-                    model_tag=self.tag,
+                    model_tag=current.tag,
                     latency_ms=latency_ms,
                     embedding=embedding.astype("<f4").tobytes(),
                 )
@@ -186,7 +249,7 @@ class TextClassifier:
         from tuneloop.predlog import UnknownRequest
 
         try:
-            pairs = feedback_pairs(body, self.clf.labels)
+            pairs = feedback_pairs(body, self.current.clf.labels)
             self.predictions.record_feedback_many(pairs)
         except ValueError as exc:
             return JSONResponse({"error": str(exc)}, status_code=400)
@@ -201,13 +264,16 @@ class TextClassifier:
         """GET /metadata: model tag, label set, metrics, data version and when it was promoted."""
         from tuneloop.registry import champion_tag, history
 
-        stored = dict(self.model.info.metadata)
-        promotions = [h for h in history() if h["tag"] == self.tag]
+        current = self.current
+        stored = dict(current.info.metadata)
+        promotions = [h for h in history(RESOLVED.task) if h["tag"] == current.tag]
         return {
-            "model": self.tag,
-            "labels": self.clf.labels,
+            "model": current.tag,
+            "task": RESOLVED.task,
+            "follows_champion": RESOLVED.follow,
+            "labels": current.clf.labels,
             "quantize": SETTINGS.quantize,
-            "stage": "champion" if champion_tag() == self.tag else self.model.info.labels.get("stage"),
+            "stage": "champion" if champion_tag(RESOLVED.task) == current.tag else current.info.labels.get("stage"),
             "promoted_at": promotions[-1]["at"] if promotions else None,
             "metrics": stored.get("metrics", {}),
             "val_metrics": stored.get("val_metrics", {}),
