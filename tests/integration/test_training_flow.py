@@ -9,14 +9,6 @@ from tests.conftest import TINY_TRAIN, write
 from tuneloop import registry
 
 
-@pytest.fixture(scope="session")
-def prefect_harness():
-    from prefect.testing.utilities import prefect_test_harness
-
-    with prefect_test_harness(server_startup_timeout=120):
-        yield
-
-
 def _configure(project, tiny_model, extra=()):
     params = yaml.safe_load((project / "params.yaml").read_text())
     for item in [
