@@ -16,7 +16,7 @@ export DVC_NO_ANALYTICS := 1
 export BENTOML_DO_NOT_TRACK := true
 export PREFECT_SERVER_ANALYTICS_ENABLED := false
 
-.PHONY: install demo test test-fast lint lock clean help fuzz
+.PHONY: install demo loop-demo test test-fast lint lock clean help fuzz
 
 help:
 	@echo "make demo   set up and run the pipeline on the demo data"
@@ -24,6 +24,7 @@ help:
 	@echo "make test-fast  the inner loop: no DVC, Prefect or BentoML servers, no shared data (< 90 s)"
 	@echo "make lint   ruff (lint + format) and mypy on src/ and flows/"
 	@echo "make fuzz   the service's fuzz tests (Schemathesis + hostile requests), 2000 examples each"
+	@echo "make loop-demo  after make demo: drift -> monitor -> retrain -> gate -> promote -> the service switches"
 	@echo "make lock   re-resolve requirements.lock from pyproject.toml"
 
 $(VENV)/.installed: pyproject.toml requirements.lock
@@ -58,6 +59,11 @@ demo: install
 	@echo "Monitor:            tuneloop monitor run   (verdict: monitoring/state/<task>/verdict.json + summary.md)"
 	@echo "Monitoring UI:      tuneloop monitor ui --port 8000   (then open http://127.0.0.1:8000: Evidently, one project per task)"
 	@tuneloop models list
+
+# The closed loop on the demo champion (run `make demo` first): serve, drifted traffic with feedback, monitor,
+# retrain, gate, promote, and the running service switches; prints accuracy before and after.
+loop-demo: install
+	bash scripts/loop-demo.sh
 
 test: install
 	$(BIN)/python -m pytest -q

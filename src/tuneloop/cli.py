@@ -487,6 +487,23 @@ def pipeline_run(
     out.print(f"[green]pipeline completed[/]: champion {result['champion']}, Bento {result['bento']}")
 
 
+@pipeline_app.command("monitor")
+@user_errors
+def pipeline_monitor(set_: SetOpt = None) -> None:
+    """Run the monitoring flow once: verdict, and a retrain when the policy says (in-process without a server)."""
+    flow = _load_flow("flows/monitoring.py", "monitoring")
+    state = flow(overrides=set_ or [], return_state=True)
+    if not state.is_completed():
+        from tuneloop.errors import TuneloopError
+
+        raise TuneloopError(f"monitoring flow run ended {state.name}: {state.message}")
+    verdict = state.result()
+    out.print(f"monitoring verdict: {verdict['status']}: {verdict['reason']}")
+    if verdict.get("retrained"):
+        done = verdict["retrained"]
+        out.print(f"retrained: {done['outcome']}, champion {done['champion']}")
+
+
 def _load_flow(path: str, name: str) -> Any:
     import importlib.util
 
