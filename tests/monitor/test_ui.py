@@ -26,7 +26,12 @@ def test_ui_lists_the_task_project_with_its_runs(tiny_classifier, reference, mon
     entry = registry.register(tiny_classifier, reference=write_reference(reference, tmp_path / "ref.parquet"))
     registry.promote(entry.tag, reason="test")
     params = monitor_params.model_copy(
-        update={"min_rows": 50, "min_estimated_accuracy": 0.0, "workspace": str(tmp_path / "monitoring/workspace")}
+        update={
+            "min_rows": 50,
+            "min_estimated_accuracy": 0.0,
+            "workspace": str(tmp_path / "monitoring/workspace"),
+            "state_dir": str(tmp_path / "monitoring/state"),
+        }
     )
     url = f"sqlite:///{tmp_path}/log.db"
     log_predictions(url, tiny_classifier, entry.tag, generate(80, seed=2))

@@ -27,12 +27,17 @@ DESCRIPTORS = ("text_chars", "word_count", "unk_rate", "non_letter_share")
 EMBEDDING_PREFIX = "emb_"
 
 
-def text_descriptors(texts: list[str], tokenizer: Any) -> pd.DataFrame:
+def token_ids(texts: list[str], tokenizer: Any) -> list[list[int]]:
+    """Wordpiece ids of each whole text (no special tokens, no truncation): tokenised once per run."""
+    return tokenizer(texts, add_special_tokens=False, truncation=False)["input_ids"] if texts else []
+
+
+def text_descriptors(texts: list[str], tokenizer: Any, ids: list[list[int]] | None = None) -> pd.DataFrame:
     """Per text: characters, words, share of [UNK] tokens (characters outside the tokenizer's
     alphabet: emoji, scripts it never saw) and share of characters that are neither letters nor spaces."""
     import pandas as pd
 
-    ids = tokenizer(texts, add_special_tokens=False, truncation=False)["input_ids"] if texts else []
+    ids = token_ids(texts, tokenizer) if ids is None else ids
     unk = tokenizer.unk_token_id
     return pd.DataFrame(
         {

@@ -93,9 +93,8 @@ def _add_new_tokens(
     """The new_tokens column in both frames (only when the window's texts were logged)."""
     if "word_count" not in cur.descriptors:
         return
-    ref_counts, cur_counts = new_token_counts(
-        reference["text"].astype(str).tolist(), window["text"].astype(str).tolist(), tokenizer
-    )
+    texts = window["text"].astype(str).tolist()
+    ref_counts, cur_counts = new_token_counts(reference["text"].astype(str).tolist(), texts, tokenizer, cur.token_ids)
     ref.frame["new_tokens"], cur.frame["new_tokens"] = ref_counts, cur_counts
 
 

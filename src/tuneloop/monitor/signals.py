@@ -29,7 +29,7 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from tuneloop.monitor.reference import DESCRIPTORS, EMBEDDING_PREFIX, text_descriptors
+from tuneloop.monitor.reference import DESCRIPTORS, EMBEDDING_PREFIX, text_descriptors, token_ids
 from tuneloop.monitor.verdict import LabeledMetrics, SignalResult
 
 if TYPE_CHECKING:
@@ -51,6 +51,7 @@ class Features:
     frame: pd.DataFrame  # descriptors (those computable), predicted, confidence, novelty
     embeddings: np.ndarray | None  # (rows with an embedding, dim) or None
     descriptors: tuple[str, ...]
+    token_ids: list[list[int]] | None = None  # each text's wordpiece ids, when texts were logged
 
 
 def reference_features(reference: pd.DataFrame) -> Features:
@@ -66,34 +67,39 @@ def window_features(window: pd.DataFrame, tokenizer: Any, dim: int) -> Features:
     import pandas as pd
 
     has_text = bool(len(window)) and window["text"].notna().all()
+    ids = token_ids(window["text"].astype(str).tolist(), tokenizer) if has_text else None
     if has_text:
-        frame = text_descriptors(window["text"].astype(str).tolist(), tokenizer)
+        frame = text_descriptors(window["text"].astype(str).tolist(), tokenizer, ids)
     else:
         frame = pd.DataFrame({"text_chars": window["text_chars"].astype(int).to_numpy()})
     frame["predicted"] = window["predicted"].astype(str).to_numpy()
     frame["confidence"] = window["confidence"].astype(float).to_numpy()
     blobs = [b for b in window.get("embedding", pd.Series(dtype=object)) if b is not None and len(b) == 4 * dim]
     embeddings = np.frombuffer(b"".join(blobs), dtype="<f4").reshape(-1, dim) if blobs else None
-    return Features(frame, embeddings, DESCRIPTORS if has_text else ("text_chars",))
+    return Features(frame, embeddings, DESCRIPTORS if has_text else ("text_chars",), ids)
 
 
-def new_token_counts(reference_texts: list[str], texts: list[str] | None, tokenizer: Any) -> tuple[Any, Any]:
+def new_token_counts(
+    reference_texts: list[str], texts: list[str] | None, tokenizer: Any, ids: list[list[int]] | None = None
+) -> tuple[Any, Any]:
     """Per text, its non-numeric wordpiece tokens absent from the reference texts: for the reference
-    (leave-one-out: absent from every other reference text) and for `texts` (None: no texts logged)."""
+    (leave-one-out: absent from every other reference text) and for `texts` (None: no texts logged;
+    `ids`: their token ids when already computed)."""
     from collections import Counter
 
-    def tokens(batch: list[str]) -> list[set[int]]:
-        ids = tokenizer(batch, add_special_tokens=False, truncation=False)["input_ids"] if batch else []
-        pieces = tokenizer.convert_ids_to_tokens(sorted({i for row in ids for i in row}))
-        numeric = {i for i, p in zip(sorted({i for row in ids for i in row}), pieces) if any(c.isdigit() for c in p)}
-        return [set(row) - numeric for row in ids]
+    def tokens(rows: list[list[int]]) -> list[set[int]]:
+        vocabulary = sorted({i for row in rows for i in row})
+        pieces = tokenizer.convert_ids_to_tokens(vocabulary)
+        numeric = {i for i, p in zip(vocabulary, pieces) if any(c.isdigit() for c in p)}
+        return [set(row) - numeric for row in rows]
 
-    ref = tokens(reference_texts)
+    ref = tokens(token_ids(reference_texts, tokenizer))
     seen = Counter(t for row in ref for t in row)
     ref_counts = np.array([sum(seen[t] == 1 for t in row) for row in ref], dtype=float)
     if texts is None:
         return ref_counts, None
-    return ref_counts, np.array([sum(t not in seen for t in row) for row in tokens(texts)], dtype=float)
+    rows = tokens(token_ids(texts, tokenizer) if ids is None else ids)
+    return ref_counts, np.array([sum(t not in seen for t in row) for row in rows], dtype=float)
 
 
 def nearest_distances(reference: np.ndarray, current: np.ndarray, *, leave_one_out: bool = False) -> np.ndarray:
