@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import logging
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -170,18 +171,24 @@ def predict_proba(clf: Classifier, texts: list[str], batch_size: int = 64) -> np
     import numpy as np
     import torch
 
-    order = sorted(range(len(texts)), key=lambda i: len(texts[i]))
     probs = np.zeros((len(texts), len(clf.labels)), dtype=np.float64)
-    dev = next(clf.model.parameters()).device
     with torch.inference_mode():
-        for start in range(0, len(order), batch_size):
-            idx = order[start : start + batch_size]
-            batch = clf.tokenizer(
-                [texts[i] for i in idx], truncation=True, max_length=clf.max_length, padding=True, return_tensors="pt"
-            ).to(dev)
-            logits = clf.model(**batch).logits.float()
-            probs[idx] = torch.softmax(logits, dim=-1).cpu().numpy()
+        for idx, batch in length_sorted_batches(clf, texts, batch_size):
+            probs[idx] = torch.softmax(clf.model(**batch).logits.float(), dim=-1).cpu().numpy()
     return probs
+
+
+def length_sorted_batches(clf: Classifier, texts: list[str], batch_size: int) -> Iterator[tuple[list[int], Any]]:
+    """(input positions, tokenised batch on the model's device), texts sorted by length so each batch pads
+    only to its own longest text."""
+    order = sorted(range(len(texts)), key=lambda i: len(texts[i]))
+    dev = next(clf.model.parameters()).device
+    for start in range(0, len(order), batch_size):
+        idx = order[start : start + batch_size]
+        batch = clf.tokenizer(
+            [texts[i] for i in idx], truncation=True, max_length=clf.max_length, padding=True, return_tensors="pt"
+        )
+        yield idx, batch.to(dev)
 
 
 EMBEDDING_DIM = 32  # logged per prediction: a few dozen numbers keep the row small (128 bytes as float32)
@@ -209,17 +216,11 @@ def predict_with_embedding(
     import numpy as np
     import torch
 
-    order = sorted(range(len(texts)), key=lambda i: len(texts[i]))
     probs = np.zeros((len(texts), len(clf.labels)), dtype=np.float64)
     embeddings = np.zeros((len(texts), dim), dtype=np.float32)
     projection = torch.from_numpy(projection_matrix(int(clf.model.config.hidden_size), dim))
-    dev = next(clf.model.parameters()).device
     with torch.inference_mode():
-        for start in range(0, len(order), batch_size):
-            idx = order[start : start + batch_size]
-            batch = clf.tokenizer(
-                [texts[i] for i in idx], truncation=True, max_length=clf.max_length, padding=True, return_tensors="pt"
-            ).to(dev)
+        for idx, batch in length_sorted_batches(clf, texts, batch_size):
             out = clf.model(**batch, output_hidden_states=True)
             probs[idx] = torch.softmax(out.logits.float(), dim=-1).cpu().numpy()
             mask = batch["attention_mask"].unsqueeze(-1).float()
