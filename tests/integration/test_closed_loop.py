@@ -7,6 +7,7 @@ from __future__ import annotations
 import time
 
 import httpx
+import pytest
 import yaml
 
 from tests.integration.test_training_flow import _configure, _load_flow
@@ -27,6 +28,7 @@ def _answers_with(base: str, tag: str, seconds: float) -> list[dict]:
     raise AssertionError(f"the service did not switch to {tag} within {seconds:.0f} s")
 
 
+@pytest.mark.timeout(1800)  # two trainings, DVC, a served model and monitoring: minutes on 2 busy cores
 def test_drift_with_feedback_retrains_and_the_running_service_switches(
     project,
     cli,

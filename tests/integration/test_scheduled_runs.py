@@ -79,6 +79,7 @@ def _artifacts(api: str, run_id: str) -> dict[str, dict]:
     return {a["key"]: a for a in found.json() if a.get("key")}
 
 
+@pytest.mark.timeout(1800)
 @pytest.mark.parametrize("database", ["sqlite", pytest.param("postgres", marks=pytest.mark.postgres)])
 def test_scheduled_deployment_runs_on_a_real_worker(database, project, cli, tiny_model, store, tmp_path):
     assert cli("data", "demo", "--out", "build/demo.csv", "--rows", "300").exit_code == 0

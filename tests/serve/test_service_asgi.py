@@ -11,6 +11,14 @@ import pytest
 from tests.serve.test_guard import CASES
 
 
+def _forget_bentoml_metrics() -> None:
+    from prometheus_client import REGISTRY
+
+    for collector, names in list(REGISTRY._collector_to_names.items()):
+        if any(name.startswith("bentoml_") for name in names):
+            REGISTRY.unregister(collector)
+
+
 @pytest.fixture(scope="module")
 def client(served, tmp_path_factory):
     """A Starlette TestClient on the service's ASGI app (its lifespan loads the model)."""
@@ -32,6 +40,7 @@ def client(served, tmp_path_factory):
         # An in-process `bentoml build` earlier in the session leaves its Bento arguments set, and the
         # service would take those settings: clear them, then re-import (settings are read at import).
         set_arguments({})
+        _forget_bentoml_metrics()  # another module's in-process app registered them: one registry per process
         service = importlib.reload(service)
         with TestClient(service.TextClassifier.to_asgi()) as test_client:
             yield test_client
