@@ -169,6 +169,28 @@ def kill_tree(child: subprocess.Popen[bytes], grace_s: float = 5.0) -> None:
         child.wait(timeout=grace_s)
 
 
+M_ARENA_MAX = -8  # <malloc.h>
+
+
+def cap_malloc_arenas(arenas: int = 2) -> bool:
+    """Cap glibc's malloc arenas for threads started from now on; False where that is not glibc.
+
+    glibc gives each thread that allocates its own arena (up to 8 per core), and torch's variable-size
+    tensors, allocated from BentoML's inference threads, leave freed memory fragmented across them.
+    Measured (bench/serve_soak.py, 70% load, a shared 2-core machine): worker RSS +22.5% from minute
+    2 to 10 with glibc's default, +15.2% capped at 2 (+14% vs +4.4% from minute 2 to 5 in shorter
+    runs). It slows the growth; it does not stop it (issue 9 asks <= 5%). Same as MALLOC_ARENA_MAX.
+    """
+    if not sys.platform.startswith("linux"):
+        return False
+    import ctypes
+
+    try:
+        return bool(ctypes.CDLL(None).mallopt(M_ARENA_MAX, arenas))
+    except (OSError, AttributeError):
+        return False
+
+
 def exit_with_parent(interval_s: float = 1.0) -> threading.Thread:
     """In a server worker: stop gracefully (SIGTERM to itself) when the process that started it is gone.
 

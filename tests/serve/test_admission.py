@@ -98,3 +98,28 @@ def test_bentoml_sheds_are_counted_not_traced_and_private_messages_withheld():
     assert "Traceback" in text and "ValueError" in text and "secret" not in text
     loud = _shed_record(ValueError("'my secret text'"))
     assert BentoErrors(private=False).filter(loud) and "secret" in logging.Formatter().format(loud)
+
+
+def test_retry_after_spreads_the_waiting_clients_over_what_the_worker_answers():
+    gate = Admission(Slow(), limit=64)
+    gate._adapt(answered_per_s=100, refused_per_s=900)  # 1,024 clients retrying every 1 s
+    assert gate.retry_after_s == 9
+    gate._adapt(answered_per_s=100, refused_per_s=100)  # they now wait 9 s: ~900 waiting, still 9 s
+    assert gate.retry_after_s == 9
+    gate._adapt(answered_per_s=100, refused_per_s=10_000)
+    assert gate.retry_after_s == gate.max_retry_after_s  # bounded
+    gate._adapt(answered_per_s=100, refused_per_s=0)
+    assert gate.retry_after_s == 1
+
+
+async def test_refusals_are_held_only_while_clients_outnumber_the_answers():
+    gate = Admission(Slow(), limit=0, hold_s=0.2)
+    async with httpx.AsyncClient(transport=httpx.ASGITransport(app=gate), base_url="http://t") as c:
+        started = asyncio.get_running_loop().time()
+        assert (await c.post("/classify")).status_code == 503
+        quick = asyncio.get_running_loop().time() - started
+        gate.retry_after_s = 3
+        started = asyncio.get_running_loop().time()
+        held = await c.post("/classify")
+        slow = asyncio.get_running_loop().time() - started
+    assert quick < 0.1 and slow >= 0.2 and held.headers["retry-after"] == "3"

@@ -117,3 +117,10 @@ def test_a_busy_port_is_one_clear_message():
             assert result.returncode == 1 and "already in use" in result.stderr, result.stderr
             assert "Traceback" not in result.stderr and len(result.stderr.strip().splitlines()) <= 2
     require_free_port("127.0.0.1", port, "tuneloop serve")  # free again: no error
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="glibc's mallopt")
+def test_malloc_arenas_can_be_capped():
+    from tuneloop.procs import cap_malloc_arenas
+
+    assert cap_malloc_arenas(2) is True

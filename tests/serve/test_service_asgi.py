@@ -7,7 +7,18 @@ import importlib
 import os
 
 import pytest
+from hypothesis import given
+from hypothesis import strategies as st
 
+from tests.serve.fuzzing import (
+    BODIES,
+    CONTENT_TYPES,
+    FUZZ,
+    HEADER_VALUE,
+    assert_sound,
+    request_of,
+    strategies_from,
+)
 from tests.serve.test_guard import CASES
 
 
@@ -113,3 +124,43 @@ def test_texts_are_checked_the_same_under_any_spelling(client):
     blank = client.post("/classify", json={"texts": ["\u200b\ufeff"]})
     assert blank.status_code == 400 and "texts[0] is empty" in blank.json()["error"]
     assert client.post("/classify", content=b'{"texts":["ok"]}').status_code == 200  # no Content-Type: JSON
+
+
+def test_admission_runs_before_bentoml_s_own_middleware(client):
+    """A refusal must not pay for BentoML's metrics, tracing and access log (0.63 ms vs 0.09 ms)."""
+    from tuneloop.serve.admission import Admission
+
+    assert isinstance(client.app, Admission) and client.app.limit == 2 * 32
+
+
+# ------------------------------------------------------------ fuzzing (make fuzz: 2000 examples each)
+
+
+def test_fuzz_schemathesis_cases_from_docs_json(client):
+    operations = strategies_from(client.get("/docs.json").json())
+
+    @FUZZ
+    @given(data=st.data())
+    def one(data):
+        method, path, kwargs = request_of(data.draw(st.one_of(operations)))
+        assert_sound(client.request(method, path, **kwargs))
+
+    one()
+    assert client.get("/readyz").status_code == 200
+
+
+@FUZZ
+@given(
+    method=st.sampled_from(["POST", "POST", "GET", "PUT", "DELETE", "PATCH"]),
+    path=st.sampled_from(["/classify", "/feedback", "/metadata", "/nope", "/docs.json"]),
+    body=BODIES,
+    content_type=CONTENT_TYPES,
+    extra=st.lists(
+        st.tuples(st.sampled_from(["authorization", "x-forwarded-for", "accept"]), HEADER_VALUE), max_size=3
+    ),
+)
+def test_fuzz_hostile_requests_never_5xx_and_errors_are_json(client, method, path, body, content_type, extra):
+    headers = [(b"content-type", content_type.encode("utf-8", "surrogatepass"))] if content_type else []
+    headers += [(name.encode(), value) for name, value in extra]
+    assert_sound(client.request(method, path, content=body, headers=headers))
+    assert client.get("/readyz").status_code == 200

@@ -162,7 +162,7 @@ def test_fuzz_against_a_running_service(served, tmp_path):
     from hypothesis import assume, given, settings
     from hypothesis import strategies as st
 
-    from tests.serve.test_fuzz import BODIES, CONTENT_TYPES, assert_sound, request_of, strategies_from
+    from tests.serve.fuzzing import BODIES, CONTENT_TYPES, assert_sound, request_of, strategies_from
 
     def sound(response: httpx.Response) -> None:
         # uvicorn answers bytes that are not HTTP at all (its parser refuses them) with a plain-text
