@@ -58,6 +58,7 @@ demo: install
 	@echo "Drifted traffic:    tuneloop simulate --url http://127.0.0.1:3000 --rows 500 --drift vocabulary --share 0.2 --feedback 0.3"
 	@echo "Monitor:            tuneloop monitor run   (verdict: monitoring/state/<task>/verdict.json + summary.md)"
 	@echo "Monitoring UI:      tuneloop monitor ui --port 8000   (then open http://127.0.0.1:8000: Evidently, one project per task)"
+	@echo "The whole loop:     make loop-demo   (drift -> monitor -> retrain on feedback -> gate -> promote -> the service switches)"
 	@tuneloop models list
 
 # The closed loop on the demo champion (run `make demo` first): serve, drifted traffic with feedback, monitor,
