@@ -15,6 +15,8 @@ export GX_ANALYTICS_ENABLED := False
 export DVC_NO_ANALYTICS := 1
 export BENTOML_DO_NOT_TRACK := true
 export PREFECT_SERVER_ANALYTICS_ENABLED := false
+# The embedded (ephemeral) Prefect server gets 20 s to start by default; a busy 2-core machine needed more.
+export PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS := 120
 
 .PHONY: install demo loop-demo test test-fast lint lock clean help fuzz
 

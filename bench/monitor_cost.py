@@ -8,8 +8,9 @@
 2. `window`: one monitoring run over --rows logged predictions, end to end from the SQL log
    (read_window, descriptors, novelty, Evidently reports, estimate, verdict, HTML report, workspace
    snapshot) in a child process, on SQLite and on PostgreSQL (127.0.0.1:5432, trust auth) when
-   reachable: wall time and the child's peak RSS. Rows are demo pool texts with their logged
-   embeddings, repeated to --rows.
+   reachable: wall time, the child's CPU seconds (imports included; on this shared 2-core machine
+   the wall time depends on the other engineers' load, the CPU time much less) and peak RSS.
+   Rows are demo pool texts with their logged embeddings, repeated to --rows.
 
     PYTHONPATH=src .venv/bin/python bench/monitor_cost.py --model /tmp/mon-demo/models/candidate \\
         --data /tmp/mon-demo/data/prepared/val.csv /tmp/mon-demo/data/prepared/test.csv --rows 100000
@@ -92,7 +93,8 @@ params = load_params(sys.argv[1]).monitor.model_copy(update={"workspace": sys.ar
 started = time.perf_counter()
 verdict = run_monitoring(params, db_url=sys.argv[2], last=int(sys.argv[5]))
 print(json.dumps({"seconds": round(time.perf_counter() - started, 1), "rows": verdict.window.rows,
-                  "status": verdict.status, "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss // 1024}))
+                  "status": verdict.status, "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss // 1024,
+                  "cpu_s_whole_process": round(sum(resource.getrusage(resource.RUSAGE_SELF)[:2]), 1)}))
 """
 
 
