@@ -67,8 +67,10 @@ def test_import_records_annotated_rows_and_skips_blanks(tmp_path):
 @pytest.mark.parametrize(
     "content, message",
     [
-        ("request_id,label\nX,a\n", "not in the prediction log"),
+        ("request_id,label\n{id},a\n" + "0" * 32 + ",a\n", "not in the prediction log"),
+        ("request_id,label\nX,a\n{id},a\n", "not an id /classify returned"),
         ("request_id,label\n{id},zebra\n", "not one of this model's labels"),
+        ("request_id,label\n{id},a\n{id},b\n", "repeats"),  # one id twice: the /feedback rule
         ("id,label\n{id},a\n", "needs request_id and label"),
     ],
 )
@@ -76,7 +78,7 @@ def test_bad_annotation_files_record_nothing(tmp_path, content, message):
     url = f"sqlite:///{tmp_path / 'log.db'}"
     (rid,) = _log(url, [("one", "a", 0.6)])
     path = tmp_path / "bad.csv"
-    path.write_text(content.format(id=rid) + f"{rid},a\n" if "zebra" in content else content.format(id=rid))
+    path.write_text(content.format(id=rid))
     with pytest.raises(DataError, match=message):
         import_labels(path, ["a", "b"], url)
     assert read_window(url)["true_label"].isna().all()
