@@ -75,7 +75,7 @@ def _one_run(api: str, env: dict[str, str], deployment_id: str) -> dict:
         if run["state_type"] in ("COMPLETED", "FAILED", "CRASHED", "CANCELLED"):
             return {
                 "state": run["state_type"],
-                "message": (run["state"] or {}).get("message", "")[:200],
+                "message": ((run.get("state") or {}).get("message") or "")[:200],
                 "wall_s": round(time.perf_counter() - started, 1),
             }
         time.sleep(1)
