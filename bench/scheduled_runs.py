@@ -68,8 +68,14 @@ def _wait_ok(url: str, seconds: float) -> None:
 def _one_run(api: str, env: dict[str, str], deployment_id: str) -> dict:
     started = time.perf_counter()
     # what `prefect deployment run` does, keeping the run's id (the cron schedule queues runs of its own)
-    created = httpx.post(f"{api}/deployments/{deployment_id}/create_flow_run", json={}, timeout=30).json()
-    runs = [created]
+    response = httpx.post(f"{api}/deployments/{deployment_id}/create_flow_run", json={}, timeout=60)
+    if response.status_code not in (200, 201):  # the server refused to create the run: report it, do not crash
+        return {
+            "state": f"NOT CREATED ({response.status_code})",
+            "message": response.text[:200],
+            "wall_s": round(time.perf_counter() - started, 1),
+        }
+    runs = [response.json()]
     while True:
         run = httpx.get(f"{api}/flow_runs/{runs[0]['id']}").json()
         if run["state_type"] in ("COMPLETED", "FAILED", "CRASHED", "CANCELLED"):
