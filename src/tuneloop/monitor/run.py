@@ -13,7 +13,6 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from tuneloop.monitor import MonitorError
 from tuneloop.monitor import policy as pol
 from tuneloop.monitor.estimate import estimate
 from tuneloop.monitor.reference import calibration_of
@@ -122,16 +121,10 @@ def window_summary(tag: str, window: pd.DataFrame, embedded_rows: int = 0) -> Wi
 
 
 def monitored_tag(model_tag: str | None, task: str | None = None) -> str:
-    """The tag to monitor: the one given (full or version only), else the task's champion."""
+    """The tag to monitor: the one given (full or version only), else the task's champion (registry.resolve)."""
     from tuneloop import registry
 
-    task = task or registry.DEFAULT_TASK
-    if model_tag:
-        return registry.get(model_tag, task).tag
-    tag = registry.champion_tag(task)
-    if tag is None:
-        raise MonitorError(f"task '{task}' has no champion to monitor: promote a model first, or pass --model TAG")
-    return tag
+    return registry.resolve(model_tag, task or registry.DEFAULT_TASK, purpose="monitor").tag
 
 
 def read_log_window(
