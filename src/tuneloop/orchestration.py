@@ -103,10 +103,10 @@ def emit_drift(params: Params, verdict: dict[str, Any]) -> str:
     """
     from prefect.events import emit_event
 
-    from tuneloop.monitor.policy import record_retrain
+    from tuneloop.monitor.policy import record_retrain, state_dir_for
 
     tag = verdict["window"]["model_tag"]
-    record_retrain(Path(params.monitor.state_dir) / tag.split(":")[0], tag)
+    record_retrain(state_dir_for(params.monitor.state_dir, tag), tag)
     if not server_configured():
         return "in-process"
     payload = {"model_tag": tag, "status": verdict["status"], "reason": verdict["reason"][:500]}

@@ -55,6 +55,11 @@ def decide(
     return Decision("retrain", True, True, consecutive, what + "; retrain recommended")
 
 
+def state_dir_for(root: str | Path, model_tag: str) -> Path:
+    """The monitored task's state folder: one per registry model name (tuneloop-<task>)."""
+    return Path(root) / model_tag.split(":")[0]
+
+
 def previous_drifted(state_dir: Path, model_tag: str) -> int:
     """Drifted windows in a row at the end of this model's history ('not enough data' runs skipped)."""
     path = state_dir / HISTORY_FILE

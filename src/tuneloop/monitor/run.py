@@ -161,7 +161,7 @@ def run_monitoring(
 
     tag = monitored_tag(model_tag, task)
     now = now or datetime.now(UTC)
-    state_dir = Path(params.state_dir) / tag.split(":")[0]
+    state_dir = pol.state_dir_for(params.state_dir, tag)
     reference = reference_for(tag)
     frame = read_log_window(params, tag, db_url, last, since)
     if len(frame) < params.min_rows:
