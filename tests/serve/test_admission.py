@@ -123,3 +123,58 @@ async def test_refusals_are_held_only_while_clients_outnumber_the_answers():
         held = await c.post("/classify")
         slow = asyncio.get_running_loop().time() - started
     assert quick < 0.1 and slow >= 0.2 and held.headers["retry-after"] == "3"
+
+
+async def test_a_request_that_finds_the_worker_idle_calls_on_idle_and_a_busy_one_does_not():
+    slow, idle_calls = Slow(), []
+    gate = Admission(slow, limit=8, on_idle=lambda: idle_calls.append(slow.entered))
+    async with httpx.AsyncClient(transport=httpx.ASGITransport(app=gate), base_url="http://t") as c:
+        first = asyncio.create_task(c.post("/classify"))
+        while slow.entered < 1:
+            await asyncio.sleep(0.01)
+        second = asyncio.create_task(c.post("/classify"))  # arrives while the first is in flight
+        while slow.entered < 2:
+            await asyncio.sleep(0.01)
+        slow.release.set()
+        await asyncio.gather(first, second)
+        await c.get("/readyz")  # probes are not requests to the model
+    assert idle_calls == [0]
+
+
+async def test_after_overload_an_idle_request_is_not_held_for_the_wait_learnt_under_load():
+    """BentoML's batcher holds a lone request for its learnt average queue wait (0.6 s here, as after
+    an 8x overload); forget_learnt_waits makes it dispatch at once (recovery_s, issue 9)."""
+    import functools
+
+    from bentoml._internal.marshal.dispatcher import CorkDispatcher
+    from bentoml._internal.runner.container import AutoContainer
+
+    from tuneloop.serve.admission import forget_learnt_waits
+
+    async def model(texts):  # the batched API: one merged list in, one answer per text out
+        return [len(text) for text in texts]
+
+    dispatcher = CorkDispatcher(  # as BentoML's ServiceAppFactory builds it for a batchable API
+        max_latency_in_ms=2000,
+        max_batch_size=32,
+        fallback=lambda: None,
+        get_batch_size=functools.partial(AutoContainer.get_batch_size, batch_dim=0),
+        batch_dim=(0, 0),
+    )
+    dispatcher.optimizer.o_a, dispatcher.optimizer.o_b = 0.001, 0.001
+    call = dispatcher(model)
+
+    async def timed() -> float:
+        started = asyncio.get_running_loop().time()
+        await call(["a"])
+        return asyncio.get_running_loop().time() - started
+
+    for _ in range(12):  # BentoML's dispatcher first times 11 batches of its own ("training")
+        await call(["a"])
+    dispatcher.optimizer.wait = 0.6
+    held = await timed()
+    dispatcher.optimizer.wait = 0.6
+    forget_learnt_waits([dispatcher])
+    at_once = await timed()
+    dispatcher.shutdown()
+    assert held > 0.4 and at_once < 0.1

@@ -8,6 +8,9 @@ almost nothing, so the admitted ones keep the model busy at capacity with short 
 adapts to how many clients wait; while they outnumber what the worker answers in a second, each
 refusal is held `hold_s` before it is sent, so clients that ignore Retry-After pace themselves too.
 Refusals are counted and logged as one line per `log_interval_s`, never one per request.
+
+A request that finds its worker idle calls `on_idle` first (the service uses it to make BentoML's
+batcher forget the queue wait it learnt under load, see forget_learnt_waits below).
 """
 
 from __future__ import annotations
@@ -17,7 +20,9 @@ import json
 import logging
 import math
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
+from typing import Any
 
 from tuneloop.serve.guard import PROBES, App, Receive, Scope, Send
 
@@ -43,6 +48,7 @@ class Admission:
     # worker into a 503 factory (4,000-5,000 refusals/s from 1,024 such clients, the model starved).
     hold_s: float = 1.0
     log_interval_s: float = 10.0
+    on_idle: Callable[[], None] | None = None  # called when a request arrives with nothing else in flight
     in_flight: int = 0
     refused: int = 0  # since the last log line
     refused_total: int = 0
@@ -62,6 +68,8 @@ class Admission:
             return
         if self.refused:
             self._report()  # the last count of a burst, once the interval is up
+        if self.in_flight == 0 and self.on_idle is not None:
+            self.on_idle()
         self.in_flight += 1  # one event loop per worker: no lock needed between check and increment
         try:
             await self.app(scope, receive, send)
@@ -117,3 +125,18 @@ class Admission:
         ]
         await send({"type": "http.response.start", "status": 503, "headers": headers})
         await send({"type": "http.response.body", "body": payload})
+
+
+def forget_learnt_waits(dispatchers: list[Any]) -> None:
+    """Make BentoML's batchers dispatch at once: called when a request finds the worker idle.
+
+    BentoML's CorkDispatcher holds each batch until its first request has waited about the average
+    queue wait of its last 50 batches (`optimizer.wait`). Under overload that average grows to a
+    good part of `max_latency_ms`; afterwards every request waits that long, which is recorded as
+    the next batches' wait, so the learnt figure decays by a few percent per 5-s refresh: a single
+    client needed 48 s after an 8x overload to see normal latency again (bench/serve_overload.py,
+    recovery_s). With nothing else in flight no companion can join the batch, so waiting only
+    adds latency: the learnt wait is reset, and relearnt from the batches that follow.
+    """
+    for dispatcher in dispatchers:
+        dispatcher.optimizer.wait = 0

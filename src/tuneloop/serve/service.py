@@ -16,6 +16,7 @@ Run with `tuneloop serve`, `bentoml serve tuneloop.serve.service:TextClassifier`
 
 from __future__ import annotations
 
+import functools
 import gc
 import logging
 import os
@@ -32,7 +33,7 @@ from fastapi.responses import JSONResponse
 
 from tuneloop.config import ServeParams
 from tuneloop.errors import TuneloopError
-from tuneloop.serve.admission import BATCHES_IN_FLIGHT, Admission
+from tuneloop.serve.admission import BATCHES_IN_FLIGHT, Admission, forget_learnt_waits
 from tuneloop.serve.guard import Guard, Limits, feedback_pairs
 
 log = logging.getLogger(__name__)
@@ -293,7 +294,8 @@ def admit_first(service: Any, limit: int) -> None:
     access-log and timeout middleware: a refusal there cost the worker 0.63 ms of CPU (measured,
     bench/serve_overload.py), so clients retrying at once kept the event loop busy and starved the
     model (goodput 2% of capacity at 8x). BentoML's worker serves `service.to_asgi()`, so the
-    service's class becomes a subclass whose `to_asgi` wraps that app in `Admission`.
+    service's class becomes a subclass whose `to_asgi` builds that app as BentoML's own `to_asgi`
+    does (keeping its batchers in reach, for `forget_learnt_waits`) and wraps it in `Admission`.
     """
     base = type(service)
 
@@ -301,7 +303,12 @@ def admit_first(service: Any, limit: int) -> None:
         __slots__ = ()  # attrs-slotted base: same layout, so the instance's class can be swapped
 
         def to_asgi(self, is_main: bool = True) -> Any:
-            return Admission(super().to_asgi(is_main), limit=limit)
+            from _bentoml_impl.server.app import ServiceAppFactory
+
+            self.inject_config()  # what bentoml.Service.to_asgi does, in this order (BentoML 1.4)
+            factory = ServiceAppFactory(self, is_main=is_main)
+            on_idle = functools.partial(forget_learnt_waits, list(factory.dispatchers.values()))
+            return Admission(factory(), limit=limit, on_idle=on_idle)
 
     service.__class__ = Admitted
 
