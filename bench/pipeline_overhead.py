@@ -50,10 +50,10 @@ def direct() -> dict[str, float]:
 
 
 def flow() -> dict[str, float]:
-    from tuneloop.cli import _load_flow
+    from tuneloop.pipeline import load_flow
 
     start = time.perf_counter()
-    state = _load_flow("flows/training.py", "training_pipeline")(force=True, return_state=True)
+    state = load_flow("flows/training.py", "training_pipeline")(force=True, return_state=True)
     wall = time.perf_counter() - start
     if not state.is_completed():
         raise SystemExit(f"flow run ended {state.name}: {state.message}")

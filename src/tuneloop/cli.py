@@ -7,16 +7,15 @@ answers fast. Errors a user can fix (TuneloopError) print as one message without
 
 from __future__ import annotations
 
-import functools
 import logging
 import sys
-from collections.abc import Callable
 from pathlib import Path
-from typing import Annotated, Any, TypeVar
+from typing import Annotated, Any
 
 import typer
 from rich.console import Console
-from rich.markup import escape
+
+from tuneloop.cli_common import LabelCol, ParamsOpt, SetOpt, TextCol, _params, out, user_errors
 
 app = typer.Typer(
     help="tuneloop: validate, version, fine-tune, gate, serve and monitor text classifiers.",
@@ -34,44 +33,6 @@ feedback_app = typer.Typer(
 app.add_typer(feedback_app, name="feedback")
 pipeline_app = typer.Typer(help="Prefect flows.", no_args_is_help=True)
 app.add_typer(pipeline_app, name="pipeline")
-
-# No emoji codes: a tag like `a:b:c` must print as typed, not as ":b:" turned into a picture.
-err = Console(stderr=True, soft_wrap=True, emoji=False)
-out = Console(soft_wrap=True, emoji=False)
-
-ParamsOpt = Annotated[Path, typer.Option("--params", help="params file (the single source of truth).")]
-SetOpt = Annotated[list[str] | None, typer.Option("--set", help="override a param: section.key=value (repeatable).")]
-TextCol = Annotated[str, typer.Option("--text-col", help="column holding the text.")]
-LabelCol = Annotated[str, typer.Option("--label-col", help="column holding the label.")]
-
-F = TypeVar("F", bound=Callable[..., Any])
-
-
-def user_errors(func: F) -> F:
-    """Turn a TuneloopError (or an OS error such as a full disk) into one message and exit 1."""
-
-    @functools.wraps(func)
-    def wrapper(*args: Any, **kwargs: Any) -> Any:
-        from tuneloop.errors import TuneloopError
-
-        try:
-            return func(*args, **kwargs)
-        except TuneloopError as exc:
-            # escaped: a message quoting the user's input (`--set data.labels=[a, b`) is not markup
-            err.print(f"[bold red]error:[/] {escape(str(exc))}", highlight=False, soft_wrap=True)
-            raise typer.Exit(exc.exit_code) from None
-        except OSError as exc:
-            where = f"{exc.filename}: " if exc.filename else ""
-            err.print(f"[bold red]error:[/] {escape(where + str(exc.strerror or exc))}", highlight=False)
-            raise typer.Exit(1) from None
-
-    return wrapper  # type: ignore[return-value]
-
-
-def _params(path: Path, overrides: list[str] | None) -> Any:
-    from tuneloop.config import load_params
-
-    return load_params(path, overrides or [])
 
 
 @app.callback()
@@ -454,16 +415,19 @@ def feedback_import(
     path: Annotated[Path, typer.Argument(help="CSV with request_id and label columns.")],
     model: Annotated[str | None, typer.Option("--model", help="whose label set (default: the champion).")] = None,
     task: TaskOpt = None,
+    new_labels: Annotated[
+        bool, typer.Option("--new-labels", help="accept labels the model does not know (a new class to learn).")
+    ] = False,
 ) -> None:
     """Record labels from a file as feedback, with the checks of POST /feedback (all or nothing)."""
     from tuneloop import registry
     from tuneloop.feedback import import_labels
 
     labels = registry.resolve(model, _task(task), purpose="label for").metadata.get("labels", [])
-    done = import_labels(path, labels)
-    out.print(
-        f"recorded {done.recorded} labels" + (f"; {done.skipped_blank} rows left blank" if done.skipped_blank else "")
-    )
+    done = import_labels(path, labels, new_labels=new_labels)
+    blank = f"; {done.skipped_blank} rows left blank" if done.skipped_blank else ""
+    added = f"; new labels the next retrain will learn: {', '.join(done.new_labels)}" if done.new_labels else ""
+    out.print(f"recorded {done.recorded} labels{blank}{added}")
 
 
 @pipeline_app.command("run")
@@ -473,7 +437,9 @@ def pipeline_run(
     set_: SetOpt = None,
 ) -> None:
     """Run the training flow (validate, prepare, train, evaluate, gate, register, promote, package)."""
-    flow = _load_flow("flows/training.py", "training_pipeline")
+    from tuneloop.pipeline import load_flow
+
+    flow = load_flow("flows/training.py", "training_pipeline")
     state = flow(overrides=set_ or [], force=force, return_state=True)
     if not state.is_completed():
         from tuneloop.errors import TuneloopError
@@ -491,7 +457,9 @@ def pipeline_run(
 @user_errors
 def pipeline_monitor(set_: SetOpt = None) -> None:
     """Run the monitoring flow once: verdict, and a retrain when the policy says (in-process without a server)."""
-    flow = _load_flow("flows/monitoring.py", "monitoring")
+    from tuneloop.pipeline import load_flow
+
+    flow = load_flow("flows/monitoring.py", "monitoring")
     state = flow(overrides=set_ or [], return_state=True)
     if not state.is_completed():
         from tuneloop.errors import TuneloopError
@@ -502,20 +470,6 @@ def pipeline_monitor(set_: SetOpt = None) -> None:
     if verdict.get("retrained"):
         done = verdict["retrained"]
         out.print(f"retrained: {done['outcome']}, champion {done['champion']}")
-
-
-def _load_flow(path: str, name: str) -> Any:
-    import importlib.util
-
-    from tuneloop.errors import TuneloopError
-
-    file = Path(path)
-    if not file.is_file():
-        raise TuneloopError(f"{file}: not found. Run from the project root (where flows/ is).")
-    spec = importlib.util.spec_from_file_location(f"tuneloop_flows_{file.stem}", file)
-    module = importlib.util.module_from_spec(spec)  # type: ignore[arg-type]
-    spec.loader.exec_module(module)  # type: ignore[union-attr]
-    return getattr(module, name)
 
 
 @app.command("deploy")

@@ -46,10 +46,14 @@ def queue(out_path: str | Path, n: int, url: str | None = None, model_tag: str |
 class Imported:
     recorded: int
     skipped_blank: int  # queue rows the annotator left without a label
+    new_labels: list[str]  # labels recorded that the model does not know (only with new_labels=True)
 
 
-def import_labels(path: str | Path, labels: list[str], url: str | None = None) -> Imported:
+def import_labels(path: str | Path, labels: list[str], url: str | None = None, *, new_labels: bool = False) -> Imported:
     """Record `request_id,label` rows of a CSV as feedback, all or nothing (blank labels are skipped).
+
+    `new_labels`: also accept labels outside `labels` (a class production showed that the model does
+    not know; the retrain learns it and the gate accepts the larger label set, see gate.label_set_check).
 
     Raises:
         DataError: the file lacks the columns, a row fails the /feedback checks (named by row), or an id is unknown.
@@ -62,7 +66,7 @@ def import_labels(path: str | Path, labels: list[str], url: str | None = None) -
     pairs: list[tuple[str, str]] = []
     for start in range(0, len(items), 1000):  # the /feedback batch limit
         try:
-            pairs += feedback_pairs({"items": items[start : start + 1000]}, labels)
+            pairs += feedback_pairs({"items": items[start : start + 1000]}, labels, new_labels=new_labels)
         except ValueError as exc:
             raise DataError(f"{path}: rows from {start + 2}: {exc}. Fix the file; nothing was recorded.") from None
     log = PredictionLog(url)
@@ -74,7 +78,8 @@ def import_labels(path: str | Path, labels: list[str], url: str | None = None) -
         ) from None
     finally:
         log.close()
-    return Imported(recorded=len(pairs), skipped_blank=len(rows) - len(items))
+    added = sorted({label for _, label in pairs} - set(labels))
+    return Imported(recorded=len(pairs), skipped_blank=len(rows) - len(items), new_labels=added)
 
 
 def _annotated(path: str | Path) -> list[tuple[str, str]]:

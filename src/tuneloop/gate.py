@@ -33,7 +33,7 @@ import pandas as pd
 from tuneloop.config import EvaluateParams, GateParams, Params
 from tuneloop.errors import TuneloopError
 from tuneloop.reports import EvalReport
-from tuneloop.tabular import LABEL, TEXT, read_table, write_text_atomic
+from tuneloop.tabular import LABEL, ORIGIN, PRODUCTION, TEXT, read_table, write_text_atomic
 
 if TYPE_CHECKING:
     from tuneloop.model import Classifier
@@ -136,11 +136,22 @@ def floor_checks(report: EvalReport, gate: GateParams) -> list[Check]:
     return checks
 
 
-def label_set_check(challenger: list[str], champion: list[str], champion_tag: str | None) -> Check:
-    """A paired comparison only means something between models of one label set (one task)."""
+def label_set_check(
+    challenger: list[str], champion: list[str], champion_tag: str | None, production_labels: set[str] | None = None
+) -> Check:
+    """A paired comparison only means something between models of one label set (one task), or when the
+    challenger adds classes production feedback brought (`production_labels`: labels of the gate rows
+    that came from production): the champion cannot predict those and is scored wrong on their rows,
+    which is what serving it on that traffic costs."""
     added, removed = sorted(set(challenger) - set(champion)), sorted(set(champion) - set(challenger))
     if not added and not removed:
         return Check("label_set", len(challenger), "champion's", True, "same label set as the champion")
+    if not removed and set(added) <= (production_labels or set()):
+        why = (
+            f"adds {added[:8]}, labels of production feedback rows in the test split; the champion cannot "
+            "predict them and is scored wrong on their rows"
+        )
+        return Check("label_set", f"+{len(added)} -0", "champion's", True, why)
     return Check(
         "label_set",
         f"+{len(added)} -{len(removed)}",
@@ -365,9 +376,11 @@ def run_gate(
     challenger = load_classifier(challenger_dir)
     champion = load_classifier(champion_dir) if champion_dir is not None else None
     if champion is not None and set(champion.labels) != set(challenger.labels):
-        report.checks.append(label_set_check(challenger.labels, champion.labels, champion_name))
-        report.comparison = {"note": "label sets differ: no comparison on the same rows"}
-        champion = None  # nothing else to compare; the floors and the latency ceiling are still reported
+        from_production = set(frame.loc[frame[ORIGIN] == PRODUCTION, LABEL]) if ORIGIN in frame else set()
+        report.checks.append(label_set_check(challenger.labels, champion.labels, champion_name, from_production))
+        if not report.checks[-1].passed:
+            report.comparison = {"note": "label sets differ: no comparison on the same rows"}
+            champion = None  # nothing else to compare; the floors and the latency ceiling are still reported
     latency = interleaved_latency(challenger, champion, frame[TEXT].tolist(), gate.latency_requests)
     report.checks += latency_checks(latency, gate)
     if champion is None:

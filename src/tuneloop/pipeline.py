@@ -13,6 +13,7 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 from tuneloop.errors import TuneloopError
 
@@ -81,3 +82,20 @@ def apply_overrides(overrides: list[str], params_path: str | Path = "params.yaml
     with modify_yaml(str(params_path)) as data:
         for item in overrides:
             apply_override(data, item)
+
+
+def load_flow(path: str | Path, name: str) -> Any:
+    """The flow object `name` of a flows/ file (flows/ is not a package: loaded from its path).
+
+    Raises:
+        TuneloopError: the file is not there (run from the project root).
+    """
+    import importlib.util
+
+    file = Path(path)
+    if not file.is_file():
+        raise TuneloopError(f"{file}: not found. Run from the project root (where flows/ is).")
+    spec = importlib.util.spec_from_file_location(f"tuneloop_flows_{file.stem}", file)
+    module = importlib.util.module_from_spec(spec)  # type: ignore[arg-type]
+    spec.loader.exec_module(module)  # type: ignore[union-attr]
+    return getattr(module, name)

@@ -19,12 +19,11 @@ from typing import Any
 import pandas as pd
 
 from tuneloop.errors import DataError
-from tuneloop.tabular import LABEL, ORIGIN, TEXT, read_table, write_csv_atomic
+from tuneloop.tabular import CORPUS, LABEL, ORIGIN, PRODUCTION, TEXT, read_table, write_csv_atomic
 
 log = logging.getLogger(__name__)
 
 REQUEST_ID = "request_id"
-CORPUS, PRODUCTION = "corpus", "production"
 
 
 @dataclass(frozen=True)

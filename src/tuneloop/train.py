@@ -26,7 +26,7 @@ from tuneloop.config import Params
 from tuneloop.errors import DataError
 from tuneloop.model import META_FILE, ModelError, resolve_base_model
 from tuneloop.provenance import data_version, git_revision, utc_now
-from tuneloop.tabular import LABEL, ORIGIN, TEXT, read_labeled, write_text_atomic
+from tuneloop.tabular import LABEL, ORIGIN, PRODUCTION, TEXT, read_labeled, write_text_atomic
 
 if TYPE_CHECKING:
     import torch
@@ -409,7 +409,7 @@ def build_trainer(
     tokens = train_ds.real_tokens / max(len(train_ds), 1)
     info = {"labels": labels, "base_model": base, "base_model_source": source, "real_tokens_per_sample": tokens}
     info |= {"train_rows": len(train_ds), "val_rows": len(val_ds), "device": "cuda" if cuda else "cpu"}
-    info["production_rows"] = int((train_df.get(ORIGIN, pd.Series(dtype=str)) == "production").sum())
+    info["production_rows"] = int((train_df.get(ORIGIN, pd.Series(dtype=str)) == PRODUCTION).sum())
     return trainer, info | {"batch_size": batch_size, "throughput": throughput}
 
 

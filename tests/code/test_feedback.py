@@ -82,3 +82,28 @@ def test_bad_annotation_files_record_nothing(tmp_path, content, message):
     with pytest.raises(DataError, match=message):
         import_labels(path, ["a", "b"], url)
     assert read_window(url)["true_label"].isna().all()
+
+
+def test_new_labels_are_refused_unless_the_annotator_says_so_and_must_be_plain_names(tmp_path):
+    """New intents reach the retrain through `feedback import --new-labels`; POST /feedback never accepts them."""
+    from tuneloop.serve.guard import feedback_pairs
+
+    url = f"sqlite:///{tmp_path / 'log.db'}"
+    ids = _log(url, [("open an account", "a", 0.4), ("exchange rate for yen", "b", 0.5)])
+    path = tmp_path / "new.csv"
+    pd.DataFrame({"request_id": ids, "label": ["open_account", "b"]}).to_csv(path, index=False)
+    with pytest.raises(DataError, match="not one of this model's labels"):
+        import_labels(path, ["a", "b"], url)
+    assert read_window(url)["true_label"].isna().all()
+    done = import_labels(path, ["a", "b"], url, new_labels=True)
+    assert done.recorded == 2 and done.new_labels == ["open_account"]
+    assert set(read_window(url)["true_label"]) == {"open_account", "b"}
+    for bad in [" padded", "two\nlines", "zero\u200bwidth", "_x", "tab\tbed", "ctrl\x07"]:
+        with pytest.raises(ValueError, match="plain name"):
+            feedback_pairs({"request_id": ids[0], "label": bad}, ["a"], new_labels=True)
+    with pytest.raises(ValueError):  # over 200 characters: refused by the /feedback shape check already
+        feedback_pairs({"request_id": ids[0], "label": "x" * 201}, ["a"], new_labels=True)
+    assert feedback_pairs({"request_id": ids[0], "label": "Konto eröffnen 2"}, ["a"], new_labels=True)
+    assert feedback_pairs({"request_id": ids[0], "label": "开户"}, ["a"], new_labels=True)
+    with pytest.raises(ValueError, match="not one of this model's labels"):
+        feedback_pairs({"request_id": ids[0], "label": "open_account"}, ["a"])  # the service's /feedback

@@ -28,7 +28,7 @@ def _answers_with(base: str, tag: str, seconds: float) -> list[dict]:
     raise AssertionError(f"the service did not switch to {tag} within {seconds:.0f} s")
 
 
-@pytest.mark.timeout(1800)  # two trainings, DVC, a served model and monitoring: minutes on 2 busy cores
+@pytest.mark.timeout(2400)  # three trainings, DVC, a served model and monitoring: minutes on 2 busy cores
 def test_drift_with_feedback_retrains_and_the_running_service_switches(
     project,
     cli,
@@ -62,13 +62,27 @@ def test_drift_with_feedback_retrains_and_the_running_service_switches(
         assert new is not None and new.tag != old.tag and new.metadata["production_train_rows"] > 0
         answers = _answers_with(base, new.tag, 60)  # the running service now answers with the new champion
         assert answers[0]["model"] == new.tag
+
+        # Cooldown: more drifted traffic right after the retrain is reported, and retrains nothing.
+        sent_more = replay(base, drifted_rows("length", 120, 0.5, seed=4), feedback=0.5)  # not in the new reference
+        monitoring = _load_flow_named("flows/monitoring.py", "monitoring")
+        cooled = monitoring(window=120)
+        assert cooled["status"] == "cooldown" and not cooled["retrain"] and "cooldown" in cooled["reason"]
+        assert "retrained" not in cooled and registry.champion().tag == new.tag
+
+        # A retrain whose challenger fails the gate: the champion and the service stay, and the run says so.
+        refused = monitoring(overrides=["monitor.cooldown_hours=0", "gate.min_accuracy=1.0"], window=120)
+        assert refused["retrain"] and refused["retrained"]["outcome"] == "refused", refused
+        assert refused["retrained"]["champion"] == new.tag and "accuracy" in refused["retrained"]["reason"]
+        assert registry.champion().tag == new.tag
+        assert _answers_with(base, new.tag, 5)[0]["model"] == new.tag
     logged = read_window(db)
-    assert len(logged) >= sent["predictions"] + 1  # every prediction, before and after the switch, is in the log
+    assert len(logged) >= sent["predictions"] + sent_more["predictions"] + 1  # every prediction, before and after the switch, is in the log
     assert set(logged["model_tag"]) == {old.tag, new.tag}  # each row names the model that made it
     assert yaml.safe_load((project / "data.dvc").read_text())["outs"][0]["md5"] != data_before  # a new data version
 
 
 def _load_flow_named(path: str, name: str):
-    from tuneloop.cli import _load_flow as load
+    from tuneloop.pipeline import load_flow as load
 
     return load(path, name)

@@ -30,9 +30,9 @@ def _configure(project, tiny_model, extra=()):
 
 
 def _load_flow():
-    from tuneloop.cli import _load_flow
+    from tuneloop.pipeline import load_flow
 
-    return _load_flow("flows/training.py", "training_pipeline")
+    return load_flow("flows/training.py", "training_pipeline")
 
 
 def test_flow_trains_gates_registers_promotes_and_packages(project, cli, tiny_model, store, prefect_harness):

@@ -106,3 +106,37 @@ def test_a_damaged_champion_pointer_is_a_clear_error(store, cli, project):
 def test_reading_the_registry_creates_no_folders(store):
     assert registry.champion("never-used") is None and registry.entries("never-used") == []
     assert not (store / "tuneloop" / "never-used").exists()
+
+
+def _with_spam(csv: str, rows: int, origin: str) -> str:
+    """The sentiment rows (origin corpus) plus `rows` texts of a class the champion never saw."""
+    lines = [f"{line},corpus" for line in csv.splitlines()[1:]]
+    spam = [f"win a free prize now! click link {i},spam,{origin}" for i in range(rows)]
+    return "\n".join(["text,label,origin", *lines, *spam]) + "\n"
+
+
+def test_a_class_production_feedback_brought_is_compared_and_any_other_new_class_refused(
+    store, two_label_sets, tiny_model, tmp_path
+):
+    """New intents come back as feedback labels (`feedback import --new-labels`) and reach the test
+    split as production rows: the champion is then judged on them (it cannot predict them), not refused."""
+    params, models = two_label_sets
+    model, test_csv, eval_dir = models["sentiment"]
+    first = release(params, model, test_csv, eval_dir=eval_dir)
+    splits = [
+        _with_spam(sentiment_rows(n, seed), k, "production") for n, k, seed in ((12, 12, 0), (4, 4, 1), (6, 6, 2))
+    ]
+    paths = [write(tmp_path / f"{name}.csv", csv) for name, csv in zip(("train", "val", "test"), splits)]
+    train(params, paths[0], paths[1], tmp_path / "model", base=str(tiny_model), live_dir=None)
+    evaluate(params, tmp_path / "model", paths[2], tmp_path / "eval", behaviour_file="")
+    judged = release(params, tmp_path / "model", paths[2], eval_dir=tmp_path / "eval", register=False)
+    check = next(c for c in judged.report.checks if c.name == "label_set")
+    assert check.passed and "spam" in check.why and "production" in check.why
+    comparison = judged.report.comparison
+    assert "no_regression_vs_champion" in [c.name for c in judged.report.checks]  # compared on the same rows
+    assert comparison["champion_accuracy"] <= 18 / 24  # the 6 spam rows are wrong for the champion
+    corpus_only = write(tmp_path / "test_corpus.csv", paths[2].read_text().replace(",production\n", ",corpus\n"))
+    evaluate(params, tmp_path / "model", corpus_only, tmp_path / "eval_corpus", behaviour_file="")
+    refused = release(params, tmp_path / "model", corpus_only, eval_dir=tmp_path / "eval_corpus", register=False)
+    check = next(c for c in refused.report.checks if c.name == "label_set")
+    assert not check.passed and "new task" in check.why and registry.champion().tag == first.champion

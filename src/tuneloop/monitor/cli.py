@@ -11,7 +11,7 @@ from typing import Annotated
 
 import typer
 
-from tuneloop.cli import ParamsOpt, SetOpt, _params, out, user_errors
+from tuneloop.cli_common import ParamsOpt, SetOpt, _params, out, user_errors
 
 monitor_app: typer.Typer = typer.Typer(help="Monitoring: drift signals, label-free estimates, verdicts, Evidently UI.")
 

@@ -53,6 +53,8 @@ REQUEST_ID = re.compile(r"[0-9a-f]{32}")
 MAX_FEEDBACK_ITEMS = 1000  # one transaction, one IN (...) query: well under SQLite's and PostgreSQL's limits
 FEEDBACK_SHAPE = '{"request_id": "...", "label": "..."} or {"items": [{"request_id": "...", "label": "..."}, ...]}'
 MAX_LABEL_CHARS = 200
+# A label the model does not know yet (feedback import --new-labels): a word-like name, no edge spaces.
+NEW_LABEL = re.compile(r"[^\W_](?:[\w.\- ]{0,198}[\w.])?")
 
 
 @dataclass(frozen=True)
@@ -154,11 +156,15 @@ def check_feedback(payload: Any) -> list[dict[str, str]]:
     return [{"request_id": item["request_id"], "label": item["label"]} for item in items]
 
 
-def feedback_pairs(body: Any, labels: list[str]) -> list[tuple[str, str]]:
+def feedback_pairs(body: Any, labels: list[str], *, new_labels: bool = False) -> list[tuple[str, str]]:
     """(request_id, label) pairs from a /feedback body, checked against the model's labels.
 
+    `new_labels`: a label outside `labels` is accepted when it is a plain name (`NEW_LABEL`): how an
+    annotator teaches the next model a class production showed (`tuneloop feedback import
+    --new-labels`); the service's /feedback never sets it, so a client cannot invent classes.
+
     Raises:
-        ValueError: the body has another shape, or a label is not one of `labels` (both named).
+        ValueError: the body has another shape, or a label is not acceptable (both named).
     """
     try:
         items = check_feedback(body)
@@ -166,8 +172,15 @@ def feedback_pairs(body: Any, labels: list[str]) -> list[tuple[str, str]]:
         raise ValueError(exc.message) from None
     where = "items[{}]: " if len(items) > 1 or (isinstance(body, dict) and "items" in body) else ""
     for i, item in enumerate(items):
-        if item["label"] not in labels:
+        if item["label"] in labels:
+            continue
+        if not new_labels:
             raise ValueError(f"{where.format(i)}label is not one of this model's labels: {', '.join(labels)}")
+        if not NEW_LABEL.fullmatch(item["label"]):
+            raise ValueError(
+                f"{where.format(i)}a new label must be a plain name (letters, digits, '_', '-', '.', ' ' inside; "
+                f"at most {MAX_LABEL_CHARS} characters, no control or invisible characters)"
+            )
     return [(item["request_id"], item["label"]) for item in items]
 
 
