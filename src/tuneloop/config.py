@@ -157,6 +157,9 @@ class ServeParams(_Section):
     store_text: bool
     log_flush_s: float = Field(gt=0)
     follow_champion_s: float = Field(ge=0, description="how often the service checks for a new champion; 0 = never")
+    max_in_flight_batches: int = Field(ge=1, le=64, description="admission bound per worker, in max_batch_size")
+    max_retry_after_s: int = Field(ge=1, le=3600, description="largest Retry-After a refusal advises")
+    refusal_hold_s: float = Field(ge=0, le=30, description="a refusal's delay while clients outnumber answers")
 
 
 SignalName = Literal[
@@ -169,6 +172,7 @@ SignalName = Literal[
     "unk_rate",
     "non_letter_share",
     "new_tokens",
+    "token_shift",
     "estimated_accuracy",
 ]
 
@@ -181,6 +185,10 @@ class MonitorParams(_Section):
     alpha: float = Field(gt=0, lt=1, description="p-value under which a distribution test flags drift")
     signals: list[SignalName] = Field(min_length=1, description="signals that count towards a drift verdict")
     novelty_quantile: float = Field(gt=0.5, lt=1, description="reference quantile of nearest-neighbour distance")
+    token_shift_alpha: float = Field(gt=0, lt=1, description="token_shift's p-value threshold (an exact test)")
+    min_token_share_gain: float = Field(
+        ge=0, le=1, description="token_shift: a token must gain this share of window texts over the reference"
+    )
     embedding_method: Literal["model", "mmd"]
     max_embedding_rows: int = Field(ge=50, description="window rows sampled for the embedding drift method")
     min_estimated_accuracy: float = Field(ge=0, le=1, description="label-free estimate under this flags")

@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
+import numpy as np
 import pytest
 from transformers import AutoTokenizer
 
 from tests.monitor.conftest import log_predictions
+from tests.conftest import REPO
+from tuneloop.config import load_params
 from tuneloop.demo import generate
 from tuneloop.monitor.run import assess
 from tuneloop.predlog import read_window
@@ -58,10 +61,52 @@ def test_a_window_logged_without_embeddings_says_so(tiny_classifier, reference, 
 
 
 def test_new_tokens_count_pieces_the_reference_never_used_numbers_aside(tiny_classifier):
-    from tuneloop.monitor.signals import new_token_counts
+    from tuneloop.monitor.reference import token_ids
+    from tuneloop.monitor.signals import new_token_counts, token_sets
 
     tokenizer = AutoTokenizer.from_pretrained(tiny_classifier)
     reference = ["i lost my card", "my card was stolen", "where is order 123"]
-    ref_counts, counts = new_token_counts(reference, ["my card 98765", "my crypto wallet was stolen"], tokenizer)
+    ref, window = (token_sets(token_ids(texts, tokenizer), tokenizer) for texts in (reference, ["my card 98765", "my crypto wallet was stolen"]))
+    ref_counts, counts = new_token_counts(ref, window)
     assert ref_counts.tolist() == [2.0, 2.0, 3.0]  # leave-one-out: i, lost / was, stolen / where, is, order
     assert counts[0] == 0 and counts[1] >= 2  # numbers never count; crypto and wallet (pieces) are new
+
+
+class _Pieces:
+    def convert_ids_to_tokens(self, ids):
+        return [f"w{i}" for i in ids]
+
+
+def _texts(rng, rows: int, vocabulary: int, words: int = 6) -> list[set[int]]:
+    """Texts as sets of token ids drawn from a Zipf-like vocabulary (a few common words, a long tail)."""
+    weights = 1 / np.arange(1, vocabulary + 1)
+    return [set(rng.choice(vocabulary, words, p=weights / weights.sum()).tolist()) for _ in range(rows)]
+
+
+@pytest.mark.parametrize("rows", [200, 20_000])
+def test_token_shift_flags_a_recurring_new_word_in_a_tenth_of_the_texts_and_not_the_same_traffic(rows):
+    from tuneloop.monitor.signals import token_shift_signal
+
+    params = load_params(REPO / "params.yaml").monitor
+    rng = np.random.default_rng(0)
+    reference = _texts(rng, 358, 150)
+    same = [token_shift_signal(reference, _texts(rng, rows, 150), params, _Pieces()) for _ in range(20)]
+    assert sum(s.drifted for s in same) <= 1  # false alarms at most ~5%
+    drifted = _texts(rng, rows, 150)
+    for text in drifted[: rows // 10]:
+        text.add(900 + int(rng.integers(3)))  # one of three new words in 10% of the texts
+    shifted = token_shift_signal(reference, drifted, params, _Pieces())
+    assert shifted.drifted and shifted.value < params.token_shift_alpha and "w90" in shifted.detail
+
+
+def test_token_shift_needs_an_effect_not_only_a_p_value():
+    """A word in 1% of a 100k-text window, never in the reference, is significant; under a 5% floor it does not flag."""
+    from tuneloop.monitor.signals import token_shift_signal
+
+    params = load_params(REPO / "params.yaml").monitor
+    reference = [{1}] * 1_000 + [{2}] * 1_000
+    window = [{1}] * 49_000 + [{2}] * 50_000 + [{1, 7}] * 1_000  # token 7: 1% of the window, never in the reference
+    floor = token_shift_signal(reference, window, params.model_copy(update={"min_token_share_gain": 0.05}), _Pieces())
+    assert not floor.drifted and floor.value < params.token_shift_alpha and "floor 5.0%" in floor.detail
+    no_floor = token_shift_signal(reference, window, params.model_copy(update={"min_token_share_gain": 0.0}), _Pieces())
+    assert no_floor.drifted and "w7" in no_floor.detail  # the p-value alone says drift

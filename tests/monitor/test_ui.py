@@ -51,3 +51,17 @@ def test_ui_lists_the_task_project_with_its_runs(tiny_classifier, reference, mon
     finally:
         server.terminate()
         server.wait(timeout=30)
+    assert not _ui_servers(port), "SIGTERM to `tuneloop monitor ui` must stop Evidently's UI server too"
+
+
+def _ui_servers(port: int) -> list[int]:
+    """PIDs of Evidently UI servers still listening on `port` (their command line names it)."""
+    found = []
+    for entry in Path("/proc").iterdir():
+        try:
+            args = (entry / "cmdline").read_bytes().split(b"\0")
+        except OSError:
+            continue
+        if b"evidently.cli" in args and str(port).encode() in args:
+            found.append(int(entry.name))
+    return found

@@ -75,8 +75,10 @@ def ui_cmd(
     params: ParamsOpt = Path("params.yaml"),
 ) -> None:
     """Open Evidently's UI on the monitoring workspace (a project per task, panels over time)."""
-    import subprocess
+    import os
     import sys
+
+    from tuneloop import procs
 
     workspace = Path(_params(params, None).monitor.workspace)
     workspace.mkdir(parents=True, exist_ok=True)
@@ -93,7 +95,9 @@ def ui_cmd(
         "--port",
         str(port),
     ]
-    raise typer.Exit(subprocess.call(command))
+    procs.require_free_port(host, port, "tuneloop monitor ui")
+    # Supervised as serve and dashboard are: SIGTERM/SIGINT stop the whole tree, no UI server is orphaned.
+    raise typer.Exit(procs.run_tree(command, dict(os.environ), "tuneloop monitor ui"))
 
 
 @user_errors
@@ -107,6 +111,10 @@ def simulate_cmd(
     feedback: Annotated[float, typer.Option("--feedback", min=0, max=1, help="share of rows sent a true label.")] = 0.0,
     file: Annotated[Path | None, typer.Option("--file", help="replay this labeled file instead of demo texts.")] = None,
     seed: Annotated[int, typer.Option(min=0, help="same seed, same traffic.")] = 0,
+    new_labels_out: Annotated[
+        Path | None,
+        typer.Option("--new-labels-out", help="CSV for feedback labels the model does not know (feedback import)."),
+    ] = None,
 ) -> None:
     """Replay demo texts (or a file), a share of them drifted, against a running service, with feedback."""
     import os
@@ -115,12 +123,11 @@ def simulate_cmd(
     from tuneloop.tabular import read_labeled
 
     frame = read_labeled(file).head(rows) if file else drifted_rows(drift, rows, share, seed)
-    sent = replay(url, frame, feedback=feedback, api_key=os.environ.get("TUNELOOP_API_KEY"), seed=seed)
+    key = os.environ.get("TUNELOOP_API_KEY")
+    sent = replay(url, frame, feedback=feedback, api_key=key, seed=seed, new_labels_out=new_labels_out)
+    unknown = sent["feedback_unknown_label"]
+    where = f"written to {new_labels_out} (tuneloop feedback import {new_labels_out} --new-labels)"
     out.print(
         f"sent {sent['predictions']} predictions ({drift}, share {share:.0%}) and {sent['feedback']} feedback labels"
-        + (
-            f"; {sent['feedback_unknown_label']} labels unknown to the model were not sent"
-            if sent["feedback_unknown_label"]
-            else ""
-        )
+        + (f"; {unknown} labels unknown to the model {where if new_labels_out else 'were not sent'}" if unknown else "")
     )

@@ -15,7 +15,7 @@ from typing import TYPE_CHECKING, Any
 
 from tuneloop.monitor import policy as pol
 from tuneloop.monitor.estimate import estimate
-from tuneloop.monitor.reference import calibration_of
+from tuneloop.monitor.reference import calibration_of, token_ids
 from tuneloop.monitor.signals import (
     Features,
     distribution_signals,
@@ -25,6 +25,8 @@ from tuneloop.monitor.signals import (
     novelty_flags,
     parse_top_k,
     reference_features,
+    token_sets,
+    token_shift_signal,
     window_features,
 )
 from tuneloop.monitor.verdict import Estimate, LabeledMetrics, SignalResult, Verdict, Window, write_verdict
@@ -53,7 +55,7 @@ def assess(reference: pd.DataFrame, window: pd.DataFrame, params: MonitorParams,
     ref = reference_features(reference)
     cur = window_features(window, tokenizer, ref.embeddings.shape[1] if ref.embeddings is not None else 0)
     signals = _embedding_signals(ref, cur, params)
-    _add_new_tokens(reference, window, ref, cur, tokenizer)
+    signals += _token_signals(reference, ref, cur, params, tokenizer)
     snapshot, distribution = distribution_signals(ref, cur, params)
     labeled_snapshot, labeled = labeled_metrics(window)
     est = estimate(
@@ -86,15 +88,17 @@ def _embedding_signals(ref: Features, cur: Features, params: MonitorParams) -> l
     return [embedding_signal(ref.embeddings, cur.embeddings, params)]
 
 
-def _add_new_tokens(
-    reference: pd.DataFrame, window: pd.DataFrame, ref: Features, cur: Features, tokenizer: Any
-) -> None:
-    """The new_tokens column in both frames (only when the window's texts were logged)."""
-    if "word_count" not in cur.descriptors:
-        return
-    texts = window["text"].astype(str).tolist()
-    ref_counts, cur_counts = new_token_counts(reference["text"].astype(str).tolist(), texts, tokenizer, cur.token_ids)
-    ref.frame["new_tokens"], cur.frame["new_tokens"] = ref_counts, cur_counts
+def _token_signals(
+    reference: pd.DataFrame, ref: Features, cur: Features, params: MonitorParams, tokenizer: Any
+) -> list[SignalResult]:
+    """The new_tokens column in both frames and the token_shift signal (only when the window's texts were
+    logged: with serve.store_text false there are no words to compare)."""
+    if cur.token_ids is None:
+        return []
+    ref_sets = token_sets(token_ids(reference["text"].astype(str).tolist(), tokenizer), tokenizer)
+    cur_sets = token_sets(cur.token_ids, tokenizer)
+    ref.frame["new_tokens"], cur.frame["new_tokens"] = new_token_counts(ref_sets, cur_sets)
+    return [token_shift_signal(ref_sets, cur_sets, params, tokenizer)]
 
 
 def _estimate_signal(accuracy: float, params: MonitorParams) -> SignalResult:

@@ -9,6 +9,7 @@ feedback can reveal, since the model still answers with one of its own labels.
 from __future__ import annotations
 
 import random
+from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from tuneloop.monitor import MonitorError
@@ -87,9 +88,20 @@ def drifted_rows(kind: str, rows: int, share: float, seed: int) -> pd.DataFrame:
 
 
 def replay(
-    url: str, frame: pd.DataFrame, *, feedback: float, batch: int = 16, api_key: str | None = None, seed: int = 0
+    url: str,
+    frame: pd.DataFrame,
+    *,
+    feedback: float,
+    batch: int = 16,
+    api_key: str | None = None,
+    seed: int = 0,
+    new_labels_out: str | Path | None = None,
 ) -> dict[str, Any]:
     """POST the texts to `url`/classify in batches, then feedback labels for a `feedback` share of them.
+
+    Labels the served model does not know (new intents) cannot go through /feedback; with
+    `new_labels_out` they are written there as an annotator's file (`request_id,label`) for
+    `tuneloop feedback import FILE --new-labels`.
 
     Raises:
         MonitorError: the service is unreachable or refuses a request (status and body named).
@@ -110,7 +122,14 @@ def replay(
         for start in range(0, len(accepted), 200):
             items = [{"request_id": r, "label": label} for r, label in accepted[start : start + 200]]
             _post(client, "/feedback", {"items": items})
-    return {"predictions": len(sent), "feedback": len(accepted), "feedback_unknown_label": len(chosen) - len(accepted)}
+    unknown = [(r, label) for r, label in chosen if label not in known]
+    if new_labels_out is not None:
+        import pandas as pd
+
+        from tuneloop.tabular import write_csv_atomic
+
+        write_csv_atomic(pd.DataFrame(unknown, columns=["request_id", "label"]), new_labels_out)
+    return {"predictions": len(sent), "feedback": len(accepted), "feedback_unknown_label": len(unknown)}
 
 
 def _get(client: Any, path: str) -> Any:

@@ -28,16 +28,16 @@ from tuneloop.serve.guard import PROBES, App, Receive, Scope, Send
 
 log = logging.getLogger(__name__)
 
-# Bound per worker, in full batches (max_batch_size): 2 keep every dispatched batch full (one
-# running, one filling) with the shortest queue. At the ~330 req/s one int8 worker serves on an
-# idle machine that is ~0.2 s of queue; at 4 batches a busy machine (~135 req/s) queued ~1 s and
-# BentoML's batcher began shedding with its own 503s (bench/serve_overload.py).
-BATCHES_IN_FLIGHT = 2
-
 
 @dataclass
 class Admission:
-    """ASGI middleware: at most `limit` requests at once past it; the rest get 503 + Retry-After."""
+    """ASGI middleware: at most `limit` requests at once past it; the rest get 503 + Retry-After.
+
+    The service sets `limit` to serve.max_in_flight_batches x serve.max_batch_size: 2 full batches keep
+    every dispatched batch full (one running, one filling) with the shortest queue. At the ~330 req/s one
+    int8 worker serves on an idle machine that is ~0.2 s of queue; at 4 batches a busy machine (~135 req/s)
+    queued ~1 s and BentoML's batcher began shedding with its own 503s (bench/serve_overload.py).
+    """
 
     app: App
     limit: int = 64

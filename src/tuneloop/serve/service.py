@@ -33,7 +33,7 @@ from fastapi.responses import JSONResponse
 
 from tuneloop.config import ServeParams
 from tuneloop.errors import TuneloopError
-from tuneloop.serve.admission import BATCHES_IN_FLIGHT, Admission, forget_learnt_waits
+from tuneloop.serve.admission import Admission, forget_learnt_waits
 from tuneloop.serve.guard import Guard, Limits, feedback_pairs
 
 log = logging.getLogger(__name__)
@@ -287,7 +287,7 @@ class TextClassifier:
         }
 
 
-def admit_first(service: Any, limit: int) -> None:
+def admit_first(service: Any, settings: ServeParams) -> None:
     """Put admission control in front of everything, BentoML's own middleware included.
 
     Middleware added with `add_asgi_middleware` runs *inside* BentoML's metrics, OpenTelemetry,
@@ -308,12 +308,18 @@ def admit_first(service: Any, limit: int) -> None:
             self.inject_config()  # what bentoml.Service.to_asgi does, in this order (BentoML 1.4)
             factory = ServiceAppFactory(self, is_main=is_main)
             on_idle = functools.partial(forget_learnt_waits, list(factory.dispatchers.values()))
-            return Admission(factory(), limit=limit, on_idle=on_idle)
+            return Admission(
+                factory(),
+                limit=settings.max_in_flight_batches * settings.max_batch_size,
+                max_retry_after_s=settings.max_retry_after_s,
+                hold_s=settings.refusal_hold_s,
+                on_idle=on_idle,
+            )
 
     service.__class__ = Admitted
 
 
-admit_first(TextClassifier, limit=BATCHES_IN_FLIGHT * SETTINGS.max_batch_size)
+admit_first(TextClassifier, SETTINGS)
 TextClassifier.add_asgi_middleware(  # type: ignore[attr-defined]  # added by @bentoml.service
     Guard,
     limits=Limits(
