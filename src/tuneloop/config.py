@@ -185,6 +185,9 @@ class MonitorParams(_Section):
     alpha: float = Field(gt=0, lt=1, description="p-value under which a distribution test flags drift")
     signals: list[SignalName] = Field(min_length=1, description="signals that count towards a drift verdict")
     novelty_quantile: float = Field(gt=0.5, lt=1, description="reference quantile of nearest-neighbour distance")
+    min_label_shift: float = Field(
+        ge=0, le=1, description="predicted_label: total variation distance the window must also reach"
+    )
     token_shift_alpha: float = Field(gt=0, lt=1, description="token_shift's p-value threshold (an exact test)")
     min_token_share_gain: float = Field(
         ge=0, le=1, description="token_shift: a token must gain this share of window texts over the reference"

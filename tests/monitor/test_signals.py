@@ -110,3 +110,23 @@ def test_token_shift_needs_an_effect_not_only_a_p_value():
     assert not floor.drifted and floor.value < params.token_shift_alpha and "floor 5.0%" in floor.detail
     no_floor = token_shift_signal(reference, window, params.model_copy(update={"min_token_share_gain": 0.0}), _Pieces())
     assert no_floor.drifted and "w7" in no_floor.detail  # the p-value alone says drift
+
+
+def test_predicted_label_needs_a_shift_worth_acting_on_as_well_as_a_p_value():
+    """5 points of total variation at 3,000 rows is 'significant'; under monitor.min_label_shift (0.1) it is not drift."""
+    import pandas as pd
+
+    from tuneloop.monitor.signals import Features, _label_shift_floor
+    from tuneloop.monitor.verdict import SignalResult
+
+    params = load_params(REPO / "params.yaml").monitor
+    ref = Features(pd.DataFrame({"predicted": ["a"] * 500 + ["b"] * 500}), None, ())
+    significant = SignalResult(name="predicted_label", method="chisquare", value=1e-9, threshold=params.alpha,
+                               rule="value < threshold", drifted=True, counts=False)  # fmt: skip
+    slight = Features(pd.DataFrame({"predicted": ["a"] * 1650 + ["b"] * 1350}), None, ())
+    judged = _label_shift_floor(significant, ref, slight, params)
+    assert not judged.drifted and "0.050" in judged.detail
+    mixed = Features(pd.DataFrame({"predicted": ["a"] * 2400 + ["b"] * 600}), None, ())
+    assert _label_shift_floor(significant, ref, mixed, params).drifted
+    other = significant.model_copy(update={"name": "confidence"})
+    assert _label_shift_floor(other, ref, slight, params) == other  # only predicted_label has this floor

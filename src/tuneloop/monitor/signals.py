@@ -295,7 +295,28 @@ def distribution_signals(
                 detail="one value on both sides" if math.isnan(p_value) else "",
             )
         )
-    return snapshot, results
+    return snapshot, [_label_shift_floor(r, reference, window, params) for r in results]
+
+
+def _label_shift_floor(
+    result: SignalResult, reference: Features, window: Features, params: MonitorParams
+) -> SignalResult:
+    """predicted_label drifts only when the chi-square says so *and* the distributions are at least
+    `min_label_shift` apart (total variation distance): with 1000+ rows the test sees differences no one
+    would retrain for, such as the reference (deduplicated data) against traffic that repeats itself."""
+    if result.name != "predicted_label":
+        return result
+    cur = window.frame["predicted"].value_counts(normalize=True)
+    ref = reference.frame["predicted"].value_counts(normalize=True)
+    distance = float(cur.sub(ref, fill_value=0).abs().sum() / 2)
+    floor = params.min_label_shift
+    return result.model_copy(
+        update={
+            "rule": f"value < threshold and total variation >= {floor}",
+            "drifted": result.drifted and distance >= floor,
+            "detail": f"total variation distance {distance:.3f} (floor {floor})",
+        }
+    )
 
 
 def labeled_metrics(window: pd.DataFrame) -> tuple[Any, LabeledMetrics]:
