@@ -50,3 +50,18 @@ def test_split_holds_out_production_rows_like_corpus_rows():
     test = splits["test"]
     assert (test[ORIGIN] == "production").sum() == 8  # 20% of the 40 production rows (4 per class)
     assert (test[ORIGIN] == "corpus").sum() == 32
+
+
+def test_merging_production_rows_never_moves_a_champion_training_row_into_the_test_split():
+    """The gate re-scores the champion on the retrain's test split: none of those rows may be ones it trained on."""
+    labels = ["a", "b", "c", "d", "e"]
+    corpus = pd.DataFrame({"text": [f"corpus text {i}" for i in range(500)], "label": labels * 100, ORIGIN: "corpus"})
+    before = stratified_split(corpus, 0.1, 0.1, seed=42)
+    production = pd.DataFrame({"text": [f"new text {i}" for i in range(120)], "label": labels * 24, ORIGIN: "production"})
+    quarantined = corpus.drop(index=[3, 77, 140, 260, 301])  # validation sets a few corpus rows aside
+    after = stratified_split(pd.concat([quarantined, production], ignore_index=True), 0.1, 0.1, seed=42)
+    trained_on = set(before["train"]["text"])
+    assert not trained_on & set(after["test"]["text"])
+    kept = {t: name for name, part in before.items() for t in part["text"]}
+    moved = [t for name, part in after.items() for t in part["text"] if t in kept and kept[t] != name]
+    assert len(moved) <= 10  # only rows at a cut point move (val <-> test, train <-> val), out of 495
