@@ -97,6 +97,7 @@ class TrainParams(_Section):
     label_smoothing: float = Field(ge=0, lt=1)
     class_weights: bool
     early_stopping_patience: int = Field(ge=1)
+    best_metric: Literal["loss", "macro_f1"] = Field(description="validation metric that picks the checkpoint")
     eval_steps: int = Field(ge=0)
     save_total_limit: int = Field(ge=1)
     max_samples: int = Field(ge=0)

@@ -170,8 +170,8 @@ def training_arguments(
         save_steps=eval_steps,  # every evaluation is a checkpoint: best-model restore and resume
         save_total_limit=p.save_total_limit,
         load_best_model_at_end=True,
-        metric_for_best_model="macro_f1",
-        greater_is_better=True,
+        metric_for_best_model="eval_loss" if p.best_metric == "loss" else "macro_f1",
+        greater_is_better=p.best_metric != "loss",
         logging_steps=max(1, min(50, eval_steps // 4)),
         train_sampling_strategy="group_by_length",
         bf16=ampere,
