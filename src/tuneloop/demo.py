@@ -181,12 +181,16 @@ def generate(rows: int = 2000, seed: int = 42, drift: Drift = "none") -> pd.Data
             other = pair[1] if pair[0] == label else pair[0]
             body = f"{body} and {_fill(rng.choice(INTENTS[other]), rng)}"
             label = rng.choice([label, other])
-        text = f"{rng.choice(OPENERS[channel])}{body}{rng.choice(CLOSERS[channel])}"
-        text = _typos(text, rng) if rng.random() < 0.15 else text
-        text = text.lower() if rng.random() < 0.2 else text
-        text = _drift(text, drift, rng)
+        text = _drift(styled(body, channel, rng), drift, rng)
         records.append({"text": text, "label": label, "channel": channel})
     return pd.DataFrame.from_records(records, columns=["text", "label", "channel"])
+
+
+def styled(body: str, channel: str, rng: random.Random) -> str:
+    """A message as customers write it on `channel`: opener, closer, sometimes typos or all lower case."""
+    text = f"{rng.choice(OPENERS[channel])}{body}{rng.choice(CLOSERS[channel])}"
+    text = _typos(text, rng) if rng.random() < 0.15 else text
+    return text.lower() if rng.random() < 0.2 else text
 
 
 def _fill(template: str, rng: random.Random) -> str:

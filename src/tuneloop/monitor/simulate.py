@@ -25,35 +25,49 @@ NEW_INTENTS: dict[str, list[str]] = {
         "I want to open a savings account for my {who}",
         "can I open a joint account online?",
         "what documents do I need to open an account",
+        "is it possible to open a {kind} account with you",
+        "I'd like to become a customer, how do I sign up for an account",
+        "how long does it take to open an account for my {who}",
     ],
     "exchange_rate": [
         "what is your exchange rate for {currency}",
-        "how much is 100 dollars in {currency}",
+        "how much is {amount} in {currency}",
         "do you charge a fee to convert to {currency}?",
         "the {currency} rate you gave me was terrible",
+        "why did I get such a bad rate changing money to {currency}",
+        "can I buy {currency} before my trip and at what rate",
     ],
     "loan_application": [
         "I'd like to apply for a loan of {amount}",
         "what's the interest rate on a personal loan",
         "can I borrow {amount} to buy a car",
         "is my mortgage application approved yet",
+        "how do I apply for a {kind} loan",
+        "what do I need to qualify for a loan of {amount}",
     ],
     "close_account": [
         "please close my account permanently",
         "I want to delete all my data and close the account",
         "how do I shut down my {who}'s account",
+        "I'm moving to another bank, close my {kind} account",
+        "close my account and send me the remaining balance",
+        "I no longer want to bank with you, please close everything",
     ],
 }
 NEW_SLOTS = {
-    "who": ["son", "daughter", "wife", "husband", "business"],
-    "currency": ["yen", "euros", "pesos", "rupees", "Swiss francs"],
-    "amount": ["£5000", "$12,000", "20k euros", "$800"],
+    "who": ["son", "daughter", "wife", "husband", "business", "mother", "partner"],
+    "currency": ["yen", "euros", "pesos", "rupees", "Swiss francs", "dollars", "pounds"],
+    "amount": ["£5000", "$12,000", "20k euros", "$800", "£250", "$3,500"],
+    "kind": ["savings", "current", "student", "business", "joint"],
 }
 
 
 def new_intent_rows(rows: int, seed: int) -> pd.DataFrame:
-    """Messages from intents outside the demo's ten, labeled with their (new) intent."""
+    """Messages from intents outside the demo's ten, labeled with their (new) intent, written in the demo
+    corpus's channel styles (openers, closers, typos, lower case): only the intent is new."""
     import pandas as pd
+
+    from tuneloop.demo import CHANNEL_WEIGHTS, CHANNELS, styled
 
     rng = random.Random(seed)
     records = []
@@ -62,7 +76,7 @@ def new_intent_rows(rows: int, seed: int) -> pd.DataFrame:
         text = rng.choice(NEW_INTENTS[label])
         for slot, options in NEW_SLOTS.items():
             text = text.replace("{" + slot + "}", rng.choice(options))
-        records.append({"text": text.lower() if rng.random() < 0.2 else text, "label": label})
+        records.append({"text": styled(text, rng.choices(CHANNELS, CHANNEL_WEIGHTS)[0], rng), "label": label})
     return pd.DataFrame.from_records(records, columns=["text", "label"])
 
 
