@@ -1,13 +1,15 @@
 """Evaluation metrics agree with scikit-learn, reports are complete, behavioural tests run."""
 
 import json
+import shutil
+from pathlib import Path
 
 import numpy as np
 import pandas as pd
 import pytest
 from sklearn.metrics import accuracy_score, f1_score, log_loss, roc_auc_score
 
-from tests.conftest import REPO, TINY_TRAIN, write
+from tests.conftest import REPO, TINY_TRAIN, sentiment_rows, write
 from tuneloop.config import load_params
 from tuneloop.evaluate import classification_metrics, expected_calibration_error, length_bucket, run_behaviour
 from tuneloop.train import train
@@ -85,11 +87,18 @@ def test_behaviour_runner_counts_failures_and_skips_unknown_labels():
     }
 
 
+@pytest.fixture(scope="module")
+def trained_once(tiny_model, tmp_path_factory):
+    """One training for the module (each test gets its own copy): ~10 s a test before."""
+    root = tmp_path_factory.mktemp("evaluate-model")
+    splits = write(root / "train.csv", sentiment_rows(24, seed=0)), write(root / "val.csv", sentiment_rows(6, seed=1))
+    train(load_params(REPO / "params.yaml", TINY_TRAIN), *splits, root / "model", base=str(tiny_model), live_dir=None)
+    return root / "model"
+
+
 @pytest.fixture
-def trained(project, tiny_model, tiny_splits):
-    params = load_params(REPO / "params.yaml", TINY_TRAIN)
-    train(params, *tiny_splits, project / "model", base=str(tiny_model), live_dir=None)
-    return project / "model"
+def trained(project, trained_once):
+    return Path(shutil.copytree(trained_once, project / "model"))
 
 
 def test_evaluate_writes_every_report(project, cli, trained):
