@@ -31,6 +31,7 @@ import numpy as np
 import yaml
 
 sys.path.insert(0, str(Path(__file__).parent))
+import monitor_pools as pools
 from serve_overload import start  # the same start-up and readiness wait
 
 REPO = Path(__file__).resolve().parents[1]
@@ -110,14 +111,10 @@ def main() -> None:
     args = parser.parse_args()
 
     from tuneloop import registry
-    from tuneloop.config import load_params
     from tuneloop.demo import generate
     from tuneloop.predlog import read_window
 
-    params = load_params(REPO / "params.yaml")
-    old = registry.champion(params.task.name)
-    if old is None:
-        raise SystemExit("no champion: run `make demo` first")
+    params, old = pools.demo_champion()
     work = Path(tempfile.mkdtemp(prefix="tuneloop-switch-"))
     new = registry.register(nudged_copy(Path(old.path), work / "nudged"), task=params.task.name)
     raw = yaml.safe_load((REPO / "params.yaml").read_text())

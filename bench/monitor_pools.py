@@ -21,6 +21,7 @@ from tuneloop.monitor.reference import build_reference, top_k_lists
 from tuneloop.monitor.simulate import new_intent_rows
 
 CACHE = Path("build/bench-pools")
+REPO = Path(__file__).resolve().parents[1]
 POOLS = {  # name -> (rows, seed, demo drift kind); seeds differ from the demo corpus's 42
     "none": (4000, 101, "none"),
     "vocabulary": (3000, 102, "vocabulary"),
@@ -97,3 +98,15 @@ def as_log_window(frame: pd.DataFrame, labeled: bool = False) -> pd.DataFrame:
             "label": frame["label"].to_numpy(),
         }
     )
+
+
+def demo_champion():
+    """params.yaml and its task's champion (after `make demo`); exits with the fix when there is none."""
+    from tuneloop import registry
+    from tuneloop.config import load_params
+
+    params = load_params(REPO / "params.yaml")
+    champion = registry.champion(params.task.name)
+    if champion is None:
+        raise SystemExit("no champion: run `make demo` first")
+    return params, champion

@@ -23,8 +23,6 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).parent))
 import monitor_pools as pools
 
-REPO = Path(__file__).resolve().parents[1]
-
 
 def log_rows(url: str, tag: str, frame, start: datetime) -> None:
     from tuneloop.predlog import Prediction, PredictionLog
@@ -48,14 +46,9 @@ def main() -> None:
     parser.add_argument("--seed", type=int, default=777)
     args = parser.parse_args()
 
-    from tuneloop import registry
-    from tuneloop.config import load_params
     from tuneloop.monitor.run import run_monitoring
 
-    params = load_params(REPO / "params.yaml")
-    champion = registry.champion(params.task.name)
-    if champion is None:
-        raise SystemExit("no champion: run `make demo` first")
+    params, champion = pools.demo_champion()
     traffic = pools.scored_pool_rows(
         Path(champion.path), "none", params.serve.quantize, rows=args.size * args.runs, seed=args.seed
     )

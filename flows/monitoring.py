@@ -100,28 +100,21 @@ def retrain_in_process(overrides: list[str]) -> dict[str, Any]:
     """The training flow as a subflow (one causal chain on the dashboard). A challenger the gate refuses
     is an outcome, not a failure of monitoring: the champion (and the service following it) stay as they
     were, and the run says so in its log and a `retrain-outcome` artifact. Any other failure fails the run."""
+    from tuneloop.config import load_params
     from tuneloop.gate import GateFailed
     from tuneloop.pipeline import load_flow
     from tuneloop.registry import champion
 
     state = load_flow("flows/training.py", "training_pipeline")(overrides=overrides, retrain=True, return_state=True)
-    if state.is_completed():
-        return state.result()
     try:
-        state.result()
+        return state.result()  # raises the run's exception when it did not complete
     except GateFailed as exc:
-        kept = champion(load_params_task(overrides))
-        message = f"the retrained challenger failed the gate; champion {kept.tag if kept else None} kept. {exc}"
+        kept = champion(load_params(overrides=overrides).task.name)
+        tag = kept.tag if kept else None
+        message = f"the retrained challenger failed the gate; champion {tag} kept. {exc}"
         get_run_logger().warning(message)
         create_markdown_artifact(f"# Retrain refused\n\n{message}", key="retrain-outcome", description="refused")
-        return {"outcome": "refused", "champion": kept.tag if kept else None, "reason": str(exc)}
-    raise RuntimeError(f"the retrain ended {state.name}: {state.message}")  # not reached: result() raised
-
-
-def load_params_task(overrides: list[str]) -> str:
-    from tuneloop.config import load_params
-
-    return load_params(overrides=overrides).task.name
+        return {"outcome": "refused", "champion": tag, "reason": str(exc)}
 
 
 if __name__ == "__main__":

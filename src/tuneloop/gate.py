@@ -377,8 +377,9 @@ def run_gate(
     champion = load_classifier(champion_dir) if champion_dir is not None else None
     if champion is not None and set(champion.labels) != set(challenger.labels):
         from_production = set(frame.loc[frame[ORIGIN] == PRODUCTION, LABEL]) if ORIGIN in frame else set()
-        report.checks.append(label_set_check(challenger.labels, champion.labels, champion_name, from_production))
-        if not report.checks[-1].passed:
+        labels = label_set_check(challenger.labels, champion.labels, champion_name, from_production)
+        report.checks.append(labels)
+        if not labels.passed:
             report.comparison = {"note": "label sets differ: no comparison on the same rows"}
             champion = None  # nothing else to compare; the floors and the latency ceiling are still reported
     latency = interleaved_latency(challenger, champion, frame[TEXT].tolist(), gate.latency_requests)

@@ -54,7 +54,7 @@ MAX_FEEDBACK_ITEMS = 1000  # one transaction, one IN (...) query: well under SQL
 FEEDBACK_SHAPE = '{"request_id": "...", "label": "..."} or {"items": [{"request_id": "...", "label": "..."}, ...]}'
 MAX_LABEL_CHARS = 200
 # A label the model does not know yet (feedback import --new-labels): a word-like name, no edge spaces.
-NEW_LABEL = re.compile(r"[^\W_](?:[\w.\- ]{0,198}[\w.])?")
+NEW_LABEL = re.compile(rf"[^\W_](?:[\w.\- ]{{0,{MAX_LABEL_CHARS - 2}}}[\w.])?")
 
 
 @dataclass(frozen=True)
