@@ -98,7 +98,7 @@ def day_of_traffic(ref, scored, params, tokenizer, args) -> dict:
     from tuneloop.monitor import policy
     from tuneloop.monitor.run import assess
 
-    day = pools.scored_pool_rows(args.model, "none", args.quantize, rows=args.size * args.day_windows, seed=999)
+    day = pools.scored_pool_rows(args.model, "none", args.backend, rows=args.size * args.day_windows, seed=999)
     consecutive, statuses, now = 0, [], datetime(2026, 11, 29, tzinfo=UTC)
     for i in range(args.day_windows):
         window = pools.as_log_window(day.iloc[i * args.size : (i + 1) * args.size])
@@ -119,7 +119,7 @@ def main() -> None:
     parser.add_argument("--model", type=Path, required=True, help="the champion's model dir")
     parser.add_argument("--data", type=Path, nargs="+", required=True, help="its val and test files (the reference)")
     parser.add_argument("--params", type=Path, default=Path("params.yaml"))
-    parser.add_argument("--quantize", default="int8")
+    parser.add_argument("--backend", default="torch-int8")
     parser.add_argument("--size", type=int, default=200)
     parser.add_argument("--windows", type=int, default=40)
     parser.add_argument("--baseline-windows", type=int, default=10)
@@ -133,8 +133,8 @@ def main() -> None:
 
     params = load_params(args.params).monitor
     tokenizer = AutoTokenizer.from_pretrained(args.model)
-    ref = pools.reference(args.model, args.data, args.quantize)
-    scored = {name: pools.scored_pool(args.model, name, args.quantize) for name in pools.POOLS}
+    ref = pools.reference(args.model, args.data, args.backend)
+    scored = {name: pools.scored_pool(args.model, name, args.backend) for name in pools.POOLS}
     cases = [(c.split(":")[0], float(c.split(":")[1])) for c in args.cases] if args.cases else CASES
     rng = np.random.default_rng(args.seed)
     results = [run_case(kind, share, ref, scored, params, tokenizer, args, rng) for kind, share in cases]

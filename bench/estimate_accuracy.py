@@ -57,14 +57,14 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--model", type=Path, required=True)
     parser.add_argument("--data", type=Path, nargs="+", required=True)
-    parser.add_argument("--quantize", default="int8")
+    parser.add_argument("--backend", default="torch-int8")
     parser.add_argument("--size", type=int, default=500)
     parser.add_argument("--windows", type=int, default=40)
     parser.add_argument("--seed", type=int, default=0)
     args = parser.parse_args()
     from tuneloop.monitor.reference import calibration_of
 
-    ref = pools.reference(args.model, args.data, args.quantize)
+    ref = pools.reference(args.model, args.data, args.backend)
     calibration = calibration_of(ref)
     rng = np.random.default_rng(args.seed)
     print(
@@ -78,7 +78,7 @@ def main() -> None:
         )
     )
     for kind in pools.POOLS:
-        scored = pools.scored_pool(args.model, kind, args.quantize)
+        scored = pools.scored_pool(args.model, kind, args.backend)
         print(
             json.dumps(
                 {

@@ -34,13 +34,14 @@ sys.path.insert(0, str(Path(__file__).parent))
 import monitor_pools as pools
 
 
-def embedding_cost(model: Path, quantize: str, rounds: int, threads: int) -> dict:
+def embedding_cost(model: Path, backend: str, rounds: int, threads: int) -> dict:
     import torch
 
-    from tuneloop.model import for_serving, load_classifier, predict_proba, predict_with_embedding
+    from tuneloop.compress import for_serving
+    from tuneloop.model import load_classifier, predict_proba, predict_with_embedding
 
     torch.set_num_threads(threads)  # on a loaded machine 2 spinning threads stall each other (measured 0.5-0.9 s/text)
-    clf = for_serving(load_classifier(model), quantize)
+    clf = for_serving(load_classifier(model), backend)
     texts = pools.pool_rows("none")["text"].tolist()[:512]
     timings: dict[str, list[float]] = {k: [] for k in ("proba_1", "embed_1", "proba_16", "embed_16")}
     for _ in range(rounds):  # interleaved, so load changes hit both alike
@@ -64,11 +65,11 @@ def embedding_cost(model: Path, quantize: str, rounds: int, threads: int) -> dic
     }
 
 
-def fill_log(url: str, tag: str, rows: int, model: Path, quantize: str) -> None:
+def fill_log(url: str, tag: str, rows: int, model: Path, backend: str) -> None:
     """`rows` predictions of `tag`, texts and embeddings from the scored demo pools, a minute apart."""
     from tuneloop.predlog import Prediction, PredictionLog
 
-    pool = pools.scored_pool(model, "none", quantize)
+    pool = pools.scored_pool(model, "none", backend)
     plog = PredictionLog(url, flush_interval_s=3600, max_buffer=10**9)
     start = datetime.now(UTC) - timedelta(minutes=rows)
     for i in range(rows):
@@ -103,11 +104,11 @@ def window_cost(url: str, rows: int, args: argparse.Namespace, tmp: Path) -> dic
     from tuneloop import registry
     from tuneloop.monitor.reference import write_reference
 
-    ref = write_reference(pools.reference(args.model, args.data, args.quantize), tmp / "reference.parquet")
+    ref = write_reference(pools.reference(args.model, args.data, args.backend), tmp / "reference.parquet")
     entry = registry.register(args.model, reference=ref)
     registry.promote(entry.tag, reason="bench")
     started = time.perf_counter()
-    fill_log(url, entry.tag, rows, args.model, args.quantize)
+    fill_log(url, entry.tag, rows, args.model, args.backend)
     filled = time.perf_counter() - started
     started = time.perf_counter()
     child = subprocess.run(
@@ -145,7 +146,7 @@ def main() -> None:
     parser.add_argument("--model", type=Path, required=True)
     parser.add_argument("--data", type=Path, nargs="+", required=True)
     parser.add_argument("--params", type=Path, default=Path("params.yaml").resolve())
-    parser.add_argument("--quantize", default="int8")
+    parser.add_argument("--backend", default="torch-int8")
     parser.add_argument("--rows", type=int, default=100_000)
     parser.add_argument("--rounds", type=int, default=5)
     parser.add_argument("--threads", type=int, default=1, help="torch threads for the embedding section")
@@ -154,7 +155,7 @@ def main() -> None:
     print(json.dumps({"load_average": os.getloadavg(), "cpus": os.cpu_count()}), flush=True)
     if "embedding" in args.sections:
         print(
-            json.dumps({"embedding": embedding_cost(args.model, args.quantize, args.rounds, args.threads)}), flush=True
+            json.dumps({"embedding": embedding_cost(args.model, args.backend, args.rounds, args.threads)}), flush=True
         )
     if "window" in args.sections:
         with tempfile.TemporaryDirectory() as tmp:

@@ -38,16 +38,17 @@ def pool_rows(name: str) -> pd.DataFrame:
     return generate(rows, seed=seed, drift=kind)[["text", "label"]]  # type: ignore[arg-type]
 
 
-def scored_pool(model_dir: Path, name: str, quantize: str) -> pd.DataFrame:
+def scored_pool(model_dir: Path, name: str, backend: str) -> pd.DataFrame:
     """The pool's texts and labels with predicted, confidence, top_k and embedding (cached)."""
-    from tuneloop.model import for_serving, load_classifier, predict_with_embedding
+    from tuneloop.compress import for_serving
+    from tuneloop.model import load_classifier, predict_with_embedding
 
-    key = hashlib.sha256(f"{model_dir.resolve()}|{name}|{quantize}|{POOLS[name]}".encode()).hexdigest()[:16]
+    key = hashlib.sha256(f"{model_dir.resolve()}|{name}|{backend}|{POOLS[name]}".encode()).hexdigest()[:16]
     path = CACHE / f"{name}-{key}.parquet"
     if path.is_file():
         return pd.read_parquet(path)
     frame = pool_rows(name).reset_index(drop=True)
-    clf = for_serving(load_classifier(model_dir), quantize)
+    clf = for_serving(load_classifier(model_dir), backend)
     probs, embeddings = predict_with_embedding(clf, frame["text"].tolist())
     tops = top_k_lists(probs, clf.labels)
     frame["predicted"] = [t[0]["label"] for t in tops]
@@ -59,18 +60,18 @@ def scored_pool(model_dir: Path, name: str, quantize: str) -> pd.DataFrame:
     return frame
 
 
-def scored_pool_rows(model_dir: Path, name: str, quantize: str, rows: int, seed: int) -> pd.DataFrame:
+def scored_pool_rows(model_dir: Path, name: str, backend: str, rows: int, seed: int) -> pd.DataFrame:
     """A fresh pool (another size and seed) of kind `name`, scored (cached like the others)."""
     POOLS[f"{name}-{rows}-{seed}"] = (rows, seed, POOLS[name][2])
-    return scored_pool(model_dir, f"{name}-{rows}-{seed}", quantize)
+    return scored_pool(model_dir, f"{name}-{rows}-{seed}", backend)
 
 
-def reference(model_dir: Path, data: list[Path], quantize: str) -> pd.DataFrame:
+def reference(model_dir: Path, data: list[Path], backend: str) -> pd.DataFrame:
     """The champion's reference from its held-out files (val + test), as registration builds it."""
     from tuneloop.tabular import read_labeled
 
     frame = pd.concat([read_labeled(p) for p in data], ignore_index=True)
-    return build_reference(model_dir, frame, quantize=quantize)
+    return build_reference(model_dir, frame, backend=backend)
 
 
 def window(base: pd.DataFrame, drifted: pd.DataFrame | None, size: int, share: float, rng: np.random.Generator):

@@ -50,7 +50,7 @@ def main() -> None:
 
     params, champion = pools.demo_champion()
     traffic = pools.scored_pool_rows(
-        Path(champion.path), "none", params.serve.quantize, rows=args.size * args.runs, seed=args.seed
+        Path(champion.path), "none", params.serve.backend, rows=args.size * args.runs, seed=args.seed
     )
     work = Path(tempfile.mkdtemp(prefix="tuneloop-nodrift-"))
     monitor = params.monitor.model_copy(update={"workspace": str(work / "ws"), "state_dir": str(work / "state")})

@@ -8,8 +8,11 @@ p50/p95/p99 latency over all requests, errors, CPU per request of client and ser
 batch size, logged rows vs requests sent; the batched/unbatched ratio; then a SIGTERM sent
 mid-load to a third server: every request sent before it must be answered, every answered
 request must be in its log (requests sent after it are refused, as a stopping server should).
+`--backends A,B` compares two `serve.backend` values instead (both batched); each server's GET /metadata
+says which backend it actually runs (`backend_served`), so a fallback cannot pass for the other.
 
     .venv/bin/python bench/serve_load.py --requests 600 --rounds 3 --concurrency 32
+    .venv/bin/python bench/serve_load.py --backends onnx-int8,torch-int8 --no-sigterm
 """
 
 from __future__ import annotations
@@ -198,17 +201,21 @@ def compare(params: dict, args: argparse.Namespace, texts: list[str], workdir: P
     """Batched and unbatched servers side by side: both started and warmed up, then `rounds`
     rounds of the same load, alternating which mode goes first, so drift of this noisy machine
     hits both alike. Every answered request must be in that server's prediction log."""
+    modes = compared_modes(args)
     servers = {
-        mode: start({**params, "serve": {**params["serve"], "batching": mode == "batched"}}, workdir, args.model)
-        for mode in ("batched", "unbatched")
+        mode: start({**params, "serve": {**params["serve"], **overrides}}, workdir, args.model)
+        for mode, overrides in modes.items()
     }
+    first, second = list(modes)
     rounds: dict[str, list[dict]] = {mode: [] for mode in servers}
-    warmup = 32
+    warmup, served = 32, {}
     try:
-        for _proc, base, _ in servers.values():
+        served = {}  # what each server says it runs: a backend whose variant failed its checks falls back
+        for mode, (_proc, base, _) in servers.items():
             asyncio.run(drive(base, texts, warmup, min(8, args.concurrency)))  # not measured
+            served[mode] = httpx.get(f"{base}/metadata", timeout=10).json().get("backend")
         for i in range(args.rounds):
-            for mode in ("batched", "unbatched") if i % 2 == 0 else ("unbatched", "batched"):
+            for mode in (first, second) if i % 2 == 0 else (second, first):
                 proc, base, _ = servers[mode]
                 cpu = server_cpu_s(proc)
                 result = asyncio.run(drive(base, texts, args.requests, args.concurrency))
@@ -222,11 +229,21 @@ def compare(params: dict, args: argparse.Namespace, texts: list[str], workdir: P
         out[mode] = summarise(rounds[mode], args.requests, args.concurrency)
         ids, mean_batch = logged(db)
         out[mode].update(
+            serve=modes[mode],
+            backend_served=served[mode],
             requests_sent=warmup + args.requests * args.rounds,
             logged_rows=len(ids),
             mean_batch_size=round(mean_batch, 1),
         )
     return out
+
+
+def compared_modes(args: argparse.Namespace) -> dict[str, dict]:
+    """The two services compared: batching on and off (default), or two serve.backend values (--backends)."""
+    if args.backends:
+        first, second = args.backends.split(",")
+        return {first: {"backend": first}, second: {"backend": second}}
+    return {"batched": {"batching": True}, "unbatched": {"batching": False}}
 
 
 def sigterm_under_load(params: dict, args: argparse.Namespace, texts: list[str], workdir: Path) -> dict:
@@ -271,6 +288,10 @@ def main() -> None:
     parser.add_argument("--model", help="model tag (default: the champion)")
     parser.add_argument("--data", type=Path, default=Path("data/prepared/test.csv"), help="texts to send")
     parser.add_argument("--params", type=Path, default=Path("params.yaml"))
+    parser.add_argument(
+        "--backends", help="compare two serve.backend values, batched, e.g. onnx-int8,torch-int8 (ratio: first/second)"
+    )
+    parser.add_argument("--no-sigterm", action="store_true", help="skip the SIGTERM-under-load phase")
     args = parser.parse_args()
 
     import pandas as pd
@@ -280,8 +301,8 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as tmp:
         workdir = Path(tmp)
         modes = compare(params, args, texts, workdir)
-        sigterm = sigterm_under_load(params, args, texts, workdir)
-    batched, unbatched = modes["batched"], modes["unbatched"]
+        sigterm = None if args.no_sigterm else sigterm_under_load(params, args, texts, workdir)
+    batched, unbatched = modes.values()  # the first mode over the second
     print(
         json.dumps(
             {

@@ -148,6 +148,35 @@ def tiny_model(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return path
 
 
+@pytest.fixture(scope="session")
+def tiny_classifier(tiny_model: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The tiny random BERT as a tuneloop model dir with the demo's labels."""
+    import json
+
+    import torch
+    from transformers import BertForSequenceClassification
+
+    from tuneloop.demo import INTENTS
+
+    labels = list(INTENTS)
+    path = tmp_path_factory.mktemp("tiny-classifier")
+    torch.manual_seed(0)
+    model = BertForSequenceClassification.from_pretrained(
+        tiny_model,
+        num_labels=len(labels),
+        id2label=dict(enumerate(labels)),
+        label2id={k: i for i, k in enumerate(labels)},
+        ignore_mismatched_sizes=True,
+    )
+    model.save_pretrained(path)
+    for name in ("tokenizer.json", "tokenizer_config.json", "vocab.txt", "special_tokens_map.json"):
+        if (tiny_model / name).is_file():
+            shutil.copy(tiny_model / name, path / name)
+    meta = {"labels": labels, "params": {"train": {"max_length": 64}}, "created_at": "2026-11-29T00:00:00Z"}
+    (path / "tuneloop.json").write_text(json.dumps(meta))
+    return path
+
+
 def sentiment_rows(n_per_class: int = 24, seed: int = 0) -> str:
     """A tiny, learnable three-class CSV."""
     import random

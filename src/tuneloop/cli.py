@@ -218,6 +218,83 @@ def evaluate_cmd(
     )
 
 
+@app.command("compress")
+@user_errors
+def compress_cmd(
+    model: Annotated[Path, typer.Option("--model", help="model dir written by `tuneloop train`.")] = Path(
+        "models/candidate"
+    ),
+    out_dir: Annotated[
+        Path, typer.Option("--out", help="folder for model.onnx, model.int8.onnx, manifest.json.")
+    ] = Path("models/onnx"),
+) -> None:
+    """Export a model to ONNX (fp32, graph-fused) and int8, each checked against torch (serve.backend onnx*).
+
+    Registration builds these itself when serve.backend is onnx or onnx-int8; this command is for looking at
+    them, benchmarking (bench/inference_backends.py) or serving a model dir by hand."""
+    from tuneloop.compress.onnx import export
+
+    manifest = export(model, out_dir)
+    for backend, variant in manifest["variants"].items():
+        out.print(
+            f"[green]{backend}[/]: {out_dir / variant['file']} (agrees with torch on "
+            f"{variant['agreement_with_torch']:.0%} of the parity texts, max probability difference "
+            f"{variant['max_prob_diff_from_torch']:.2g})"
+        )
+
+
+@app.command("distill")
+@user_errors
+def distill_cmd(
+    teacher: Annotated[str | None, typer.Option("--teacher", help="teacher model tag (default: the champion).")] = None,
+    student_layers: Annotated[
+        int | None,
+        typer.Option("--student-layers", help="encoder layers of the student (default: distill.student_layers)."),
+    ] = None,
+    train_csv: Annotated[Path, typer.Option("--train", help="labeled training rows.")] = Path(
+        "data/prepared/train.csv"
+    ),
+    val_csv: Annotated[Path, typer.Option("--val", help="validation rows (early stopping).")] = Path(
+        "data/prepared/val.csv"
+    ),
+    test_csv: Annotated[Path, typer.Option("--test", help="the test rows the gate judges on.")] = Path(
+        "data/prepared/test.csv"
+    ),
+    out_dir: Annotated[Path, typer.Option("--out", help="the student's model dir.")] = Path("models/student"),
+    params: ParamsOpt = Path("params.yaml"),
+    set_: SetOpt = None,
+) -> None:
+    """Distil a smaller student from a registered teacher, then evaluate -> gate (against the champion) -> register.
+
+    The student is registered, not promoted: `tuneloop models promote TAG` when its speed is worth it."""
+    from tuneloop import registry
+    from tuneloop.compress.distill import distill
+    from tuneloop.release import release
+
+    cfg = _params(params, set_)
+    entry = registry.resolve(teacher, cfg.task.name, purpose="distil")
+    texts = None
+    if cfg.distill.transfer_rows:
+        from tuneloop.predlog import read_window
+
+        window = read_window(model_tag=entry.tag, last=cfg.distill.transfer_rows)
+        texts = window["text"].dropna().astype(str).tolist()
+    distill(
+        cfg,
+        entry.path,
+        train_csv,
+        val_csv,
+        out_dir,
+        teacher_tag=entry.tag,
+        student_layers=student_layers,
+        transfer_texts=texts,
+    )
+    done = release(cfg, out_dir, test_csv, gate_dir=Path("reports/gate-student"), promote=False).raise_if_refused()
+    out.print(
+        f"[green]student of {entry.tag}[/]: {done.message}; registered as {done.entry.tag if done.entry else '-'}"
+    )
+
+
 @app.command("gate")
 @user_errors
 def gate_cmd(

@@ -149,7 +149,9 @@ class ServeParams(_Section):
     max_batch_size: int = Field(ge=2, le=1024)
     max_latency_ms: int = Field(ge=1, le=60000)
     forward_batch_size: int = Field(ge=1, le=1024)
-    quantize: Literal["none", "int8"]
+    backend: Literal["torch", "torch-int8", "onnx", "onnx-int8"] = Field(
+        description="what computes predictions in the service (tuneloop.model.for_serving)"
+    )
     max_texts_per_request: int = Field(ge=1)
     max_chars_per_text: int = Field(ge=1)
     overlong: Literal["truncate", "reject"]
@@ -161,6 +163,24 @@ class ServeParams(_Section):
     max_in_flight_batches: int = Field(ge=1, le=64, description="admission bound per worker, in max_batch_size")
     max_retry_after_s: int = Field(ge=1, le=3600, description="largest Retry-After a refusal advises")
     refusal_hold_s: float = Field(ge=0, le=30, description="a refusal's delay while clients outnumber answers")
+
+    @model_validator(mode="before")
+    @classmethod
+    def _legacy_quantize(cls, data: Any) -> Any:
+        """`quantize: int8 | none` (before serve.backend) still reads: int8 is torch-int8, none is torch."""
+        if isinstance(data, dict) and "quantize" in data and "backend" not in data:
+            data = dict(data)
+            data["backend"] = {"int8": "torch-int8", "none": "torch"}.get(data.pop("quantize"), "unknown quantize")
+        return data
+
+
+class DistillParams(_Section):
+    """The `distill:` section (tuneloop distill): the student's size and how it learns from its teacher."""
+
+    student_layers: int = Field(default=3, ge=1, description="encoder layers the student keeps (evenly spaced)")
+    temperature: float = Field(default=2.0, gt=0, description="softens both distributions in the KL term")
+    alpha: float = Field(default=0.5, ge=0, le=1, description="weight of the teacher's soft labels vs true labels")
+    transfer_rows: int = Field(default=0, ge=0, description="newest prediction-log texts added as unlabeled transfer")
 
 
 SignalName = Literal[
@@ -218,6 +238,7 @@ class Params(_Section):
     deploy: DeployParams
     serve: ServeParams
     monitor: MonitorParams
+    distill: DistillParams = DistillParams()
 
     model_config = ConfigDict(extra="forbid", frozen=True, strict=True, populate_by_name=True)
 

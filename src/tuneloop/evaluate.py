@@ -367,19 +367,28 @@ def _save_reliability_png(table: list[dict], ece: float, path: Path) -> None:
 def served_variant_metrics(
     clf: Classifier, texts: list[str], y_true: np.ndarray, probs: np.ndarray, params: Params
 ) -> dict[str, Any]:
-    """Score the variant the service runs (`serve.quantize`) on the same rows: its headline metrics,
-    the share of rows where it predicts what the evaluated model does, and how far confidences move."""
+    """Score the variant the service runs (`serve.backend`) on the same rows: its headline metrics,
+    the share of rows where it predicts what the evaluated model does, and how far confidences move.
+
+    ONNX backends are exported here, as registration exports them again (the export is deterministic:
+    `variant_sha256` names the file that was judged, and the registry records the one it stores)."""
     import copy
     import dataclasses
+    import tempfile
 
-    from tuneloop.model import for_serving, predict_proba
+    from tuneloop.compress import build_variants, for_serving
+    from tuneloop.model import predict_proba
 
-    if next(clf.model.parameters()).is_cuda:  # the service quantises on CPU: judge that, not the GPU weights
+    if next(clf.model.parameters()).is_cuda:  # the service runs on CPU: judge that, not the GPU weights
         clf = dataclasses.replace(clf, model=copy.deepcopy(clf.model).cpu())
-    served = predict_proba(for_serving(clf, params.serve.quantize), texts, params.evaluate.batch_size)
+    with tempfile.TemporaryDirectory(prefix="tuneloop-variants-") as scratch:
+        variants = build_variants(clf.path, params.serve.backend, Path(scratch))
+        served_clf = for_serving(clf, params.serve.backend, variants)
+        served = predict_proba(served_clf, texts, params.evaluate.batch_size)
     headline = classification_metrics(y_true, served, clf.labels, params.evaluate.ece_bins)
     return {
-        "quantize": params.serve.quantize,
+        "backend": served_clf.backend,
+        "variant_sha256": served_clf.runner.sha256 if served_clf.runner is not None else None,
         **{k: headline[k] for k in ("accuracy", "macro_f1", "ece")},
         "agreement": float((served.argmax(axis=1) == probs.argmax(axis=1)).mean()),
         "mean_confidence_shift": float(np.abs(served.max(axis=1) - probs.max(axis=1)).mean()),
@@ -417,7 +426,7 @@ def evaluate(
     metrics = classification_metrics(y_true, probs, clf.labels, p.ece_bins)
     behaviour = _behaviour(clf, texts, params, behaviour_file)
     served = None
-    if params.serve.quantize != "none":
+    if params.serve.backend != "torch":
         served = ServedMetrics(**served_variant_metrics(clf, texts, y_true, probs, params))
     headline = Headline(
         report_version=REPORT_VERSION,

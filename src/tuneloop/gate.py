@@ -133,7 +133,7 @@ def floor_checks(report: EvalReport, gate: GateParams) -> list[Check]:
                 "no behavioural tests ran (evaluate.behaviour_file is null)",
             )
         )
-    if report.served is not None:  # serve.quantize: judge the variant the service will run, not only the weights
+    if report.served is not None:  # serve.backend: judge the variant the service will run, not only the weights
         checks.append(_at_least("served_agreement", report.served.agreement, gate.min_served_agreement))
         drop = max(report.macro_f1 - report.served.macro_f1, 0.0)
         checks.append(_at_most("served_f1_drop", drop, gate.max_served_f1_drop))

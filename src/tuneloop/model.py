@@ -77,6 +77,8 @@ class Classifier:
     labels: list[str]
     meta: dict[str, Any]
     path: Path
+    backend: str = "torch"  # what computes its predictions (serve.backend); see for_serving
+    runner: Any = None  # an ONNX Runtime variant (tuneloop.compress.onnx.Runner) when backend is onnx*
 
     @property
     def max_length(self) -> int:
@@ -142,53 +144,30 @@ def read_meta(meta_path: Path) -> dict[str, Any]:
     return meta
 
 
-def for_serving(clf: Classifier, quantize: str) -> Classifier:
-    """The variant the service runs: `int8` quantises every Linear layer's weights to int8 with
-    dynamic activation scales (CPU only; on CUDA the model is returned as is), `none` keeps fp32.
-
-    Measured on the demo MiniLM, 2 CPU cores: 2.1x texts/s single, 2.3-2.5x in batches, same
-    test predictions; confidences move by 0.006 on average. evaluate scores this variant too
-    (metrics.json `served`) and the gate bounds its drop, so what is served is what was judged.
-    """
-    import warnings
-
-    import torch
-
-    if quantize == "none" or next(clf.model.parameters()).is_cuda:
-        return clf
-    with warnings.catch_warnings():  # torch.ao's eager quantisation warns it is moving to torchao
-        warnings.simplefilter("ignore")
-        model = torch.ao.quantization.quantize_dynamic(clf.model, {torch.nn.Linear}, dtype=torch.qint8)
-    return Classifier(model=model, tokenizer=clf.tokenizer, labels=clf.labels, meta=clf.meta, path=clf.path)
-
-
 def predict_proba(clf: Classifier, texts: list[str], batch_size: int = 64) -> np.ndarray:
     """Class probabilities for `texts`, shape (n, n_labels), in input order.
 
     Texts are sorted by length before batching so each batch pads only to its own longest text;
     on short-text data this is several times faster than padding to max_length.
     """
-    import numpy as np
-    import torch
-
-    probs = np.zeros((len(texts), len(clf.labels)), dtype=np.float64)
-    with torch.inference_mode():
-        for idx, batch in length_sorted_batches(clf, texts, batch_size):
-            probs[idx] = torch.softmax(clf.model(**batch).logits.float(), dim=-1).cpu().numpy()
-    return probs
+    return predict_with_embedding(clf, texts, batch_size, dim=0)[0]
 
 
 def length_sorted_batches(clf: Classifier, texts: list[str], batch_size: int) -> Iterator[tuple[list[int], Any]]:
     """(input positions, tokenised batch on the model's device), texts sorted by length so each batch pads
     only to its own longest text."""
     order = sorted(range(len(texts)), key=lambda i: len(texts[i]))
-    dev = next(clf.model.parameters()).device
+    dev = None if clf.runner is not None else next(clf.model.parameters()).device
     for start in range(0, len(order), batch_size):
         idx = order[start : start + batch_size]
         batch = clf.tokenizer(
-            [texts[i] for i in idx], truncation=True, max_length=clf.max_length, padding=True, return_tensors="pt"
+            [texts[i] for i in idx],
+            truncation=True,
+            max_length=clf.max_length,
+            padding=True,
+            return_tensors="pt" if dev is not None else "np",
         )
-        yield idx, batch.to(dev)
+        yield idx, batch.to(dev) if dev is not None else batch
 
 
 EMBEDDING_DIM = 32  # logged per prediction: a few dozen numbers keep the row small (128 bytes as float32)
@@ -210,21 +189,36 @@ def predict_with_embedding(
     """Class probabilities and a projected text embedding from the same forward pass.
 
     The embedding is the encoder's last hidden state, mean-pooled over real tokens, projected to
-    `dim` numbers by `projection_matrix` and scaled to unit length. Returns (probs (n, labels),
-    embeddings (n, dim) float32), both in input order.
+    `dim` numbers by `projection_matrix` and scaled to unit length (dim 0: probabilities only). Returns
+    (probs (n, labels), embeddings (n, dim) float32), both in input order.
     """
     import numpy as np
-    import torch
 
     probs = np.zeros((len(texts), len(clf.labels)), dtype=np.float64)
     embeddings = np.zeros((len(texts), dim), dtype=np.float32)
-    projection = torch.from_numpy(projection_matrix(int(clf.model.config.hidden_size), dim))
-    with torch.inference_mode():
-        for idx, batch in length_sorted_batches(clf, texts, batch_size):
-            out = clf.model(**batch, output_hidden_states=True)
-            probs[idx] = torch.softmax(out.logits.float(), dim=-1).cpu().numpy()
-            mask = batch["attention_mask"].unsqueeze(-1).float()
-            pooled = (out.hidden_states[-1].float() * mask).sum(1) / mask.sum(1).clamp(min=1)
-            projected = torch.nn.functional.normalize(pooled.cpu() @ projection, dim=-1)
-            embeddings[idx] = projected.numpy()
+    projection = projection_matrix(int(clf.model.config.hidden_size), dim) if dim else None
+    for idx, batch in length_sorted_batches(clf, texts, batch_size):
+        logits, pooled = _forward(clf, batch, pooled=projection is not None)
+        shifted = np.exp(logits - logits.max(axis=1, keepdims=True))
+        probs[idx] = shifted / shifted.sum(axis=1, keepdims=True)
+        if projection is not None:
+            projected = pooled @ projection
+            embeddings[idx] = projected / np.maximum(np.linalg.norm(projected, axis=1, keepdims=True), 1e-12)
     return probs, embeddings
+
+
+def _forward(clf: Classifier, batch: Any, pooled: bool) -> tuple[np.ndarray, np.ndarray]:
+    """(float64 logits, float32 mean-pooled last hidden state or an empty array) for one tokenised batch."""
+    import numpy as np
+    import torch
+
+    if clf.runner is not None:
+        logits, hidden = clf.runner(batch)
+        return logits.astype(np.float64), hidden.astype(np.float32)
+    with torch.inference_mode():
+        out = clf.model(**batch, output_hidden_states=pooled)
+        if not pooled:
+            return out.logits.double().cpu().numpy(), np.zeros((0,), dtype=np.float32)
+        mask = batch["attention_mask"].unsqueeze(-1).float()
+        mean = (out.hidden_states[-1].float() * mask).sum(1) / mask.sum(1).clamp(min=1)
+        return out.logits.double().cpu().numpy(), mean.cpu().numpy()

@@ -236,12 +236,14 @@ def register(
     metrics: dict[str, Any] | None = None,
     gate: dict[str, Any] | None = None,
     reference: Path | None = None,
+    variants: Path | None = None,
 ) -> Entry:
     """Save a model dir into the task's registry as a challenger; an identical model is not saved twice.
 
     `metrics` are the evaluation's headline numbers (`EvalReport.summary()`), `gate` the verdict,
     `reference` the monitoring reference (tuneloop.monitor.reference), stored in the entry as
-    reference.parquet with its SHA-256 in the metadata.
+    reference.parquet with its SHA-256 in the metadata; `variants` the ONNX variants
+    (tuneloop.compress.onnx.export), stored as onnx/ with each file's SHA-256 in the metadata.
     """
     import bentoml
 
@@ -260,10 +262,13 @@ def register(
         "weights": digest[:16],
     }
     metadata.update(_reference_metadata(reference))
+    metadata.update(_variants_metadata(variants))
     with bentoml.models.create(model_name(task), labels=labels, metadata=metadata) as model:
         shutil.copytree(model_dir, model.path, dirs_exist_ok=True)
         if reference is not None:
             shutil.copyfile(reference, Path(model.path) / REFERENCE_FILE)
+        if variants is not None:
+            shutil.copytree(variants, Path(model.path) / VARIANTS_DIR, dirs_exist_ok=True)
     log.info("registered %s", model.tag)
     return get(str(model.tag))
 
@@ -288,6 +293,7 @@ def _metadata(
             "labels": meta.get("labels", []),
             "trained_at": meta.get("created_at"),
             "production_train_rows": meta.get("production_train_rows", 0),
+            "distillation": meta.get("distillation"),  # tuneloop distill: its teacher, layers, temperature
             "registered_at": utc_now(),
             "weights_sha256": digest,
         }
@@ -317,6 +323,17 @@ def _reference_metadata(reference: Path | None) -> dict[str, Any]:
     if not Path(reference).is_file():
         raise RegistryError(f"{reference}: monitoring reference not found (build it with `tuneloop monitor reference`)")
     return {"reference": REFERENCE_FILE, "reference_sha256": provenance.file_digest(reference)}
+
+
+# ---- ONNX variants (issue 15): stored as onnx/, each file's SHA-256 in the metadata, checked when served
+VARIANTS_DIR = "onnx"  # tuneloop.compress.onnx.VARIANTS_DIR (not imported: reading the registry needs no ONNX)
+
+
+def _variants_metadata(variants: Path | None) -> dict[str, Any]:
+    if variants is None:
+        return {}
+    manifest = json.loads((Path(variants) / "manifest.json").read_text(encoding="utf-8"))
+    return {"variants": {b: {"sha256": v["sha256"]} for b, v in manifest["variants"].items()}}
 
 
 def _no_nulls(value: Any) -> Any:

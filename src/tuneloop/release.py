@@ -108,10 +108,14 @@ def release(
         _publish(publish, gate_dir, "verdict", report)
         if not report.passed or not register:
             return Release("passed" if report.passed else "refused", report, _path_and_tag(current)[1])
-        reference = build_reference(params, challenger_dir, reference_data or [Path(data_path)], Path(scratch))
+        from tuneloop.compress import build_variants
+
+        variants = build_variants(challenger_dir, params.serve.backend, Path(scratch) / "onnx")
+        files = reference_data or [Path(data_path)]
+        reference = build_reference(params, challenger_dir, files, Path(scratch), variants)
         metrics = EvalReport.load(evaluation).summary()
         entry = registry.register(
-            challenger_dir, task=task, metrics=metrics, gate=report.to_dict(), reference=reference
+            challenger_dir, task=task, metrics=metrics, gate=report.to_dict(), reference=reference, variants=variants
         )
     _publish(publish, None, "registered", entry)
     if not promote:
@@ -132,7 +136,9 @@ def _path_and_tag(entry: Entry | None) -> tuple[Path | None, str | None]:
     return (entry.path, entry.tag) if entry is not None else (None, None)
 
 
-def build_reference(params: Params, model_dir: Path, files: list[Path], scratch: Path) -> Path:
+def build_reference(
+    params: Params, model_dir: Path, files: list[Path], scratch: Path, variants: Path | None = None
+) -> Path:
     """The monitoring reference of the model (its held-out rows, scored by the variant the service runs)."""
     import pandas as pd
 
@@ -141,7 +147,9 @@ def build_reference(params: Params, model_dir: Path, files: list[Path], scratch:
     from tuneloop.tabular import read_labeled
 
     frame = pd.concat([read_labeled(f) for f in files], ignore_index=True)
-    reference = build(model_dir, frame, quantize=params.serve.quantize, batch_size=params.evaluate.batch_size)
+    reference = build(
+        model_dir, frame, backend=params.serve.backend, variants=variants, batch_size=params.evaluate.batch_size
+    )
     return write_reference(reference, scratch / "reference.parquet")
 
 

@@ -3,7 +3,7 @@
 One report, several files in the evaluation folder, so `dvc metrics show` stays readable:
 - metrics.json: the headline numbers only (declared as DVC metrics);
 - per_class.json: precision, recall, F1 and support per class;
-- served.json: the served variant (`serve.quantize`) scored on the same rows (null: it is the
+- served.json: the served variant (`serve.backend`) scored on the same rows (null: it is the
   evaluated model itself);
 - behaviour.json: every behavioural test with its pass rate and failures.
 `EvalReport.load` reads them back by attribute; a missing, older or damaged file is a clear error.
@@ -20,7 +20,7 @@ from pydantic import BaseModel, ConfigDict, ValidationError
 
 from tuneloop.errors import TuneloopError
 
-REPORT_VERSION = 2  # 1: one metrics.json with everything (before per_class/served/behaviour files)
+REPORT_VERSION = 3  # 1: one metrics.json with everything; 2: served.json named quantize, not backend
 METRICS, PER_CLASS, SERVED, BEHAVIOUR = "metrics.json", "per_class.json", "served.json", "behaviour.json"
 
 
@@ -42,7 +42,8 @@ class ClassMetrics(_Strict):
 class ServedMetrics(_Strict):
     """The variant the service runs, scored on the same rows as the evaluated weights."""
 
-    quantize: str
+    backend: str  # what was scored: serve.backend, or its torch fallback when no ONNX variant could be built
+    variant_sha256: str | None = None  # the ONNX file scored (the registry stores the same export)
     accuracy: float
     macro_f1: float
     ece: float

@@ -125,7 +125,7 @@ def test_broken_behaviour_yaml_is_a_data_error(project, cli, tiny_model, case):
     write(project / "test.csv", "text,label\nhello,LABEL_0\nbye,LABEL_1\n")
     result = cli(
         "evaluate", "--model", "m", "--data", "test.csv", "--out", "e", "--behaviour", "broken.yaml",
-        "--set", "serve.quantize=none",
+        "--set", "serve.backend=torch",
     )  # fmt: skip
     _assert_clean_failure(result, "broken.yaml", *words)
 

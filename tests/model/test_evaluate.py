@@ -135,9 +135,9 @@ def test_evaluate_writes_every_report(project, cli, trained):
     assert set(slices) == {"length", "channel"} and slices["channel"]["chat"]["n"] == 2
     confusion = json.loads((out / "confusion.json").read_text())
     assert confusion[0]["actual"] == "pos" and len(confusion) == 3
-    served = json.loads((out / "served.json").read_text())  # params.yaml serves int8: evaluate scores it too
-    assert served["quantize"] == "int8" and 0 <= served["agreement"] <= 1 and 0 <= served["macro_f1"] <= 1
-    assert served["mean_confidence_shift"] >= 0
+    served = json.loads((out / "served.json").read_text())  # params.yaml serves ONNX: evaluate scores it too
+    assert served["backend"] == "onnx" and len(served["variant_sha256"]) == 64  # the exported file it judged
+    assert served["agreement"] == 1 and served["mean_confidence_shift"] < 1e-4  # fp32 ONNX predicts what torch does
 
 
 def test_served_variant_is_scored_only_when_it_differs(project, trained):
@@ -145,12 +145,13 @@ def test_served_variant_is_scored_only_when_it_differs(project, trained):
 
     test_csv = write(project / "test.csv", "text,label\nthe film was great,pos\nawful awful,neg\nit was okay,neu\n")
     fp32 = evaluate(
-        load_params(REPO / "params.yaml", ["serve.quantize=none"]), trained, test_csv, project / "e1", behaviour_file=""
+        load_params(REPO / "params.yaml", ["serve.backend=torch"]), trained, test_csv, project / "e1", behaviour_file=""
     )
     assert fp32.served is None
-    int8 = evaluate(load_params(REPO / "params.yaml"), trained, test_csv, project / "e2", behaviour_file="")
+    int8_params = load_params(REPO / "params.yaml", ["serve.backend=onnx-int8"])
+    int8 = evaluate(int8_params, trained, test_csv, project / "e2", behaviour_file="")
     probs = pd.read_csv(project / "e2" / "predictions.csv")
-    assert int8.served.agreement in (0.0, 1 / 3, 2 / 3, 1.0) and len(probs) == 3
+    assert int8.served.agreement in (0.0, 1 / 3, 2 / 3, 1.0) and len(probs) == 3 and int8.served.backend == "onnx-int8"
 
 
 def test_evaluate_refuses_foreign_model_dirs_and_unknown_labels(project, cli, trained, tiny_model):

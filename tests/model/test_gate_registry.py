@@ -30,7 +30,7 @@ GATE = TINY_TRAIN + [
 def _report(served: dict | None = None) -> EvalReport:
     headline = {"report_version": REPORT_VERSION, "model": "m", "data": "d", "n": 10, "accuracy": 0.9,
                 "macro_f1": 0.9, "weighted_f1": 0.9, "roc_auc_ovr": None, "log_loss": 0.3, "ece": 0.05}
-    variant = {"quantize": "int8", "accuracy": 0.9, "ece": 0.05, "mean_confidence_shift": 0.01, **served} if served else None
+    variant = {"backend": "torch-int8", "accuracy": 0.9, "ece": 0.05, "mean_confidence_shift": 0.01, **served} if served else None
     return EvalReport.model_validate({"headline": headline, "behaviour": {}, "served": variant,
                                       "per_class": {"a": {"precision": 0.9, "recall": 0.9, "f1": 0.9, "support": 5}}})
 
@@ -41,7 +41,7 @@ def test_served_variant_must_agree_and_keep_macro_f1():
     assert checks["served_agreement"].passed and checks["served_f1_drop"].passed
     checks = {c.name: c for c in floor_checks(_report({"agreement": 0.95, "macro_f1": 0.85}), gate)}
     assert not checks["served_agreement"].passed and not checks["served_f1_drop"].passed
-    assert "served_agreement" not in {c.name for c in floor_checks(_report(), gate)}  # serve.quantize: none
+    assert "served_agreement" not in {c.name for c in floor_checks(_report(), gate)}  # serve.backend: torch
 
 
 def test_mcnemar_counts_and_direction():

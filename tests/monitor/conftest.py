@@ -3,42 +3,14 @@ no training), its reference, and prediction-log windows written the way the serv
 
 from __future__ import annotations
 
-import json
-import shutil
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import pytest
 
 from tuneloop.config import load_params
-from tuneloop.demo import INTENTS
 
 REPO = Path(__file__).resolve().parents[2]
-
-
-@pytest.fixture(scope="session")
-def tiny_classifier(tiny_model: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """The tiny random BERT as a tuneloop model dir with the demo's labels."""
-    import torch
-    from transformers import BertForSequenceClassification
-
-    labels = list(INTENTS)
-    path = tmp_path_factory.mktemp("tiny-classifier")
-    torch.manual_seed(0)
-    model = BertForSequenceClassification.from_pretrained(
-        tiny_model,
-        num_labels=len(labels),
-        id2label=dict(enumerate(labels)),
-        label2id={k: i for i, k in enumerate(labels)},
-        ignore_mismatched_sizes=True,
-    )
-    model.save_pretrained(path)
-    for name in ("tokenizer.json", "tokenizer_config.json", "vocab.txt", "special_tokens_map.json"):
-        if (tiny_model / name).is_file():
-            shutil.copy(tiny_model / name, path / name)
-    meta = {"labels": labels, "params": {"train": {"max_length": 64}}, "created_at": "2026-11-29T00:00:00Z"}
-    (path / "tuneloop.json").write_text(json.dumps(meta))
-    return path
 
 
 @pytest.fixture(scope="session")
@@ -52,7 +24,7 @@ def reference_rows():
 def reference(tiny_classifier: Path, reference_rows):
     from tuneloop.monitor.reference import build_reference
 
-    return build_reference(tiny_classifier, reference_rows, quantize="none")
+    return build_reference(tiny_classifier, reference_rows, backend="torch")
 
 
 @pytest.fixture

@@ -5,6 +5,10 @@ from __future__ import annotations
 
 import importlib
 import os
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any
 
 import pytest
 from hypothesis import given
@@ -30,17 +34,12 @@ def _forget_bentoml_metrics() -> None:
             REGISTRY.unregister(collector)
 
 
-@pytest.fixture(scope="module")
-def client(served, tmp_path_factory):
-    """A Starlette TestClient on the service's ASGI app (its lifespan loads the model)."""
+@contextmanager
+def asgi_client(tag: str, params_file: Path, db_url: str) -> Iterator[Any]:
+    """A Starlette TestClient on the service's ASGI app for `tag` under `params_file` (its lifespan loads the model)."""
     from starlette.testclient import TestClient
 
-    tag, work = served
-    env = {
-        "TUNELOOP_MODEL_TAG": tag,
-        "TUNELOOP_PARAMS": str(work / "params.yaml"),
-        "TUNELOOP_DB_URL": f"sqlite:///{tmp_path_factory.mktemp('asgi') / 'log.db'}",
-    }
+    env = {"TUNELOOP_MODEL_TAG": tag, "TUNELOOP_PARAMS": str(params_file), "TUNELOOP_DB_URL": db_url}
     saved = {key: os.environ.get(key) for key in env}
     os.environ.update(env)
     try:
@@ -58,6 +57,15 @@ def client(served, tmp_path_factory):
     finally:
         for key, value in saved.items():
             os.environ.pop(key) if value is None else os.environ.__setitem__(key, value)
+
+
+@pytest.fixture(scope="module")
+def client(served, tmp_path_factory):
+    tag, work = served
+    with asgi_client(
+        tag, work / "params.yaml", f"sqlite:///{tmp_path_factory.mktemp('asgi') / 'log.db'}"
+    ) as test_client:
+        yield test_client
 
 
 @pytest.mark.parametrize("case", list(CASES))

@@ -59,7 +59,7 @@ def reference_cmd(
 
     cfg = _params(params, set_)
     frame = pd.concat([read_labeled(p) for p in data], ignore_index=True)
-    reference = build_reference(model_dir, frame, quantize=cfg.serve.quantize)
+    reference = build_reference(model_dir, frame, backend=cfg.serve.backend)
     write_reference(reference, out_path)
     settings = reference.attrs["tuneloop_reference"]
     out.print(

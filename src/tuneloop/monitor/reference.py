@@ -71,26 +71,29 @@ def build_reference(
     *,
     text_col: str = "text",
     label_col: str = "label",
-    quantize: str = "int8",
+    backend: str = "torch-int8",
+    variants: Path | None = None,
     batch_size: int = 64,
 ) -> pd.DataFrame:
     """The monitoring reference for the model in `model_dir`, from labeled held-out rows.
 
-    `quantize` must be what the service runs (`serve.quantize`): the reference's confidences and
+    `backend` must be what the service runs (`serve.backend`; ONNX variants read from `variants`, else the
+    model dir's `onnx/`): the reference's confidences and
     embeddings then come from the same variant as production's, so they compare like for like.
     """
-    from tuneloop.model import for_serving, load_classifier, predict_with_embedding
+    from tuneloop.compress import for_serving
+    from tuneloop.model import load_classifier, predict_with_embedding
 
     if frame.empty or text_col not in frame or label_col not in frame:
         raise MonitorError(f"reference needs labeled rows with columns {text_col!r} and {label_col!r}")
-    clf = for_serving(load_classifier(model_dir), quantize)
+    clf = for_serving(load_classifier(model_dir), backend, variants)
     texts = frame[text_col].astype(str).tolist()
     probs, embeddings = predict_with_embedding(clf, texts, batch_size=batch_size)
-    return reference_frame(texts, frame[label_col].astype(str).tolist(), probs, embeddings, clf, quantize)
+    return reference_frame(texts, frame[label_col].astype(str).tolist(), probs, embeddings, clf, clf.backend)
 
 
 def reference_frame(
-    texts: list[str], labels: list[str], probs: np.ndarray, embeddings: np.ndarray, clf: Any, quantize: str
+    texts: list[str], labels: list[str], probs: np.ndarray, embeddings: np.ndarray, clf: Any, backend: str
 ) -> pd.DataFrame:
     """Assemble the reference rows and fit the calibration on them (pure; see `build_reference`)."""
     import pandas as pd
@@ -111,7 +114,7 @@ def reference_frame(
         "version": REFERENCE_VERSION,
         "labels": list(clf.labels),
         "calibration": calibration.to_dict(),
-        "quantize": quantize,
+        "backend": backend,
         "embedding_dim": int(embeddings.shape[1]),
         "rows": len(texts),
         "accuracy": float(correct.mean()),

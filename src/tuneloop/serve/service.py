@@ -106,7 +106,8 @@ def load_verified(tag: str) -> Loaded:
     Raises:
         ServiceError: naming the model and what is wrong with it.
     """
-    from tuneloop.model import ModelError, for_serving, load_classifier, predict_proba
+    from tuneloop.compress import for_serving
+    from tuneloop.model import ModelError, load_classifier, predict_proba
     from tuneloop.provenance import weights_digest
 
     stored = bentoml.models.get(tag)
@@ -117,7 +118,9 @@ def load_verified(tag: str) -> Loaded:
             "the files were damaged or edited. Serve another tag or re-register the model."
         )
     try:
-        clf = for_serving(load_classifier(stored.path), SETTINGS.quantize)
+        variants: Any = stored.info.metadata.get("variants", {})  # registry: {backend: {"sha256": ...}}
+        variant_sha = variants.get(SETTINGS.backend, {}).get("sha256")
+        clf = for_serving(load_classifier(stored.path), SETTINGS.backend, expected_sha256=variant_sha)
         probs = predict_proba(clf, EXAMPLE)
     except (ModelError, OSError, RuntimeError, ValueError) as exc:
         raise ServiceError(
@@ -274,7 +277,7 @@ class TextClassifier:
             "task": RESOLVED.task,
             "follows_champion": RESOLVED.follow,
             "labels": current.clf.labels,
-            "quantize": SETTINGS.quantize,
+            "backend": current.clf.backend,  # serve.backend, or its torch fallback (the log says why)
             "stage": "champion" if champion_tag(RESOLVED.task) == current.tag else current.info.labels.get("stage"),
             "promoted_at": promotions[-1]["at"] if promotions else None,
             "metrics": stored.get("metrics", {}),

@@ -1,0 +1,242 @@
+"""Knowledge distillation: a smaller student of the teacher's own family, trained on the teacher's soft labels
+plus the true labels, then judged and registered like any model (tuneloop.release), its teacher recorded.
+
+The student is the teacher with fewer encoder layers: embeddings, pooler and classifier head copied, and
+`student_layers` of the teacher's layers, evenly spaced from the first to the last (6 -> 3 keeps 0, 2, 5),
+as DistilBERT and TinyBERT initialise theirs. The loss is Hinton's: `alpha` x T^2 x KL(teacher || student)
+at temperature T, plus (1 - alpha) x cross-entropy on the true label. Unlabeled production texts from the
+prediction log (`distill.transfer_rows`, the newest N) add teacher-only transfer examples.
+
+Everything else is the train stage's: its TrainingArguments (`train:` params), dynamic padding, early
+stopping, checkpoints, dvclive-free logging and the self-describing model dir.
+"""
+
+from __future__ import annotations
+
+import copy
+import logging
+import re
+import shutil
+import time
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from tuneloop.config import Params
+from tuneloop.errors import TuneloopError
+from tuneloop.tabular import TEXT
+
+if TYPE_CHECKING:
+    import torch
+
+log = logging.getLogger(__name__)
+
+LAYER_KEY = re.compile(r"^(.*\.(?:encoder|transformer)\.layer\.)(\d+)(\..*)$")
+NO_LABEL = -100  # cross-entropy's ignore_index: a transfer text has only the teacher's soft label
+
+
+class DistillError(TuneloopError):
+    """The student cannot be built (another family, more layers than the teacher) or trained."""
+
+
+def kept_layers(teacher_layers: int, student_layers: int) -> list[int]:
+    """Evenly spaced teacher layers, first and last included (6 -> 3: [0, 2, 5])."""
+    if not 1 <= student_layers < teacher_layers:
+        raise DistillError(
+            f"--student-layers {student_layers}: a student needs at least 1 and fewer than the teacher's "
+            f"{teacher_layers} layers"
+        )
+    if student_layers == 1:
+        return [teacher_layers - 1]
+    return [round(i * (teacher_layers - 1) / (student_layers - 1)) for i in range(student_layers)]
+
+
+def make_student(teacher: Any, student_layers: int) -> Any:
+    """A copy of `teacher` (a transformers sequence classifier) keeping `kept_layers` of its encoder layers."""
+    config = copy.deepcopy(teacher.config)
+    total = getattr(config, "num_hidden_layers", None)
+    if not isinstance(total, int):
+        raise DistillError(f"{type(teacher).__name__}: no num_hidden_layers in its config; distil a BERT-family model")
+    keep = kept_layers(total, student_layers)
+    config.num_hidden_layers = student_layers
+    student = type(teacher)(config)
+    state: dict[str, Any] = {}
+    for key, value in teacher.state_dict().items():
+        match = LAYER_KEY.match(key)
+        if match is None:
+            state[key] = value
+        elif int(match.group(2)) in keep:
+            state[f"{match.group(1)}{keep.index(int(match.group(2)))}{match.group(3)}"] = value
+    missing, unexpected = student.load_state_dict(state, strict=False)
+    if missing or unexpected:
+        raise DistillError(f"{type(teacher).__name__}: layers not where a BERT-family model keeps them ({missing[:3]})")
+    return student
+
+
+def distill_loss(
+    logits: torch.Tensor, teacher: torch.Tensor | None, labels: torch.Tensor, t: float, alpha: float
+) -> Any:
+    """alpha x T^2 x KL(teacher_T || student_T) + (1 - alpha) x CE(labels); rows labelled NO_LABEL count in the
+    KL term only. Without teacher logits (validation) it is the cross-entropy alone."""
+    import torch.nn.functional as F
+
+    logits = logits.float()
+    hard = F.cross_entropy(logits, labels, ignore_index=NO_LABEL) if (labels != NO_LABEL).any() else logits.sum() * 0
+    if teacher is None:
+        return hard
+    student_t, teacher_t = F.log_softmax(logits / t, dim=-1), F.log_softmax(teacher.float() / t, dim=-1)
+    soft = F.kl_div(student_t, teacher_t, reduction="batchmean", log_target=True)
+    return alpha * t * t * soft + (1 - alpha) * hard
+
+
+def _trainer_class() -> type:
+    from transformers import Trainer
+
+    class DistillTrainer(Trainer):
+        """Trainer whose loss reads the batch's teacher logits (absent in validation batches)."""
+
+        def __init__(self, *args: Any, temperature: float, alpha: float, **kwargs: Any) -> None:
+            super().__init__(*args, **kwargs)
+            self.temperature, self.alpha = temperature, alpha
+
+        def compute_loss(self, model: Any, inputs: Any, return_outputs: bool = False, num_items_in_batch: Any = None):
+            teacher = inputs.pop("teacher_logits", None)
+            labels = inputs.pop("labels")
+            outputs = model(**inputs)
+            loss = distill_loss(outputs.logits, teacher, labels, self.temperature, self.alpha)
+            return (loss, outputs) if return_outputs else loss
+
+    return DistillTrainer
+
+
+class _Collator:
+    """Dynamic padding of the token ids; teacher logits stacked as they are."""
+
+    def __init__(self, tokenizer: Any) -> None:
+        from transformers import DataCollatorWithPadding
+
+        self.pad = DataCollatorWithPadding(tokenizer, padding="longest")
+
+    def __call__(self, features: list[dict[str, Any]]) -> dict[str, Any]:
+        import torch
+
+        teacher = [f.pop("teacher_logits") for f in features if "teacher_logits" in f]
+        batch = self.pad(features)
+        if teacher:
+            batch["teacher_logits"] = torch.tensor(teacher, dtype=torch.float32)
+        return dict(batch)
+
+
+class _Rows:
+    """Token ids, labels (NO_LABEL for transfer texts) and, for training, the teacher's logits."""
+
+    def __init__(self, input_ids: list[list[int]], labels: list[int], teacher: list[list[float]] | None) -> None:
+        self.input_ids, self.labels, self.teacher = input_ids, labels, teacher
+
+    def __len__(self) -> int:
+        return len(self.labels)
+
+    def __getitem__(self, i: int) -> dict[str, Any]:
+        row: dict[str, Any] = {"input_ids": self.input_ids[i], "labels": self.labels[i]}
+        if self.teacher is not None:
+            row["teacher_logits"] = self.teacher[i]
+        return row
+
+
+def _teacher_logits(clf: Any, texts: list[str], batch_size: int) -> list[list[float]]:
+    """The teacher's logits (log of its probabilities: softmax-equivalent) for every text, input order."""
+    import numpy as np
+
+    from tuneloop.model import predict_proba
+
+    return np.log(np.clip(predict_proba(clf, texts, batch_size), 1e-12, 1)).tolist()
+
+
+def distill(
+    params: Params,
+    teacher_dir: str | Path,
+    train_path: str | Path,
+    val_path: str | Path,
+    out_dir: str | Path,
+    *,
+    teacher_tag: str | None = None,
+    student_layers: int | None = None,
+    transfer_texts: list[str] | None = None,
+) -> dict[str, Any]:
+    """Train a student of the model in `teacher_dir` and write it as a tuneloop model dir; returns its tuneloop.json.
+
+    Raises:
+        DistillError: the teacher's family has no layers to drop, the layer count is not smaller, or the
+            training rows hold labels the teacher does not know.
+    """
+    from tuneloop.model import load_classifier
+    from tuneloop.train import TrainResult, _fit, _write_model_dir, describe_run, load_training_data
+
+    started, layers = time.time(), student_layers or params.distill.student_layers
+    teacher = load_classifier(teacher_dir)
+    train_df, val_df, labels = load_training_data(params, Path(train_path), Path(val_path))
+    unknown = sorted(set(labels) - set(teacher.labels))
+    if unknown:
+        raise DistillError(f"{train_path}: labels {unknown[:5]} are unknown to the teacher {teacher_dir}")
+    extra = [t for t in (transfer_texts or []) if isinstance(t, str) and t.strip()]
+    checkpoints = Path(out_dir).with_name(Path(out_dir).name + ".checkpoints")
+    shutil.rmtree(checkpoints, ignore_errors=True)
+    trainer, batch = _trainer(
+        params, teacher, make_student(teacher.model, layers), train_df, val_df, extra, checkpoints
+    )
+    steps = _fit(trainer, None, batch, params.train.max_length)
+    final = trainer.evaluate()
+    val_metrics = {k: float(final[f"eval_{k}"]) for k in ("loss", "accuracy", "macro_f1")}
+    run = TrainResult(Path(out_dir), val_metrics, 0.0, time.time() - started, steps)
+    info: dict[str, Any] = {"labels": teacher.labels, "base_model": f"distilled from {teacher_tag or teacher_dir}"}
+    info |= {"device": str(trainer.args.device), "train_rows": len(train_df), "val_rows": len(val_df)}
+    meta = describe_run(params, info | {"production_rows": 0}, {"train": Path(train_path), "val": Path(val_path)}, run)
+    total = int(teacher.model.config.num_hidden_layers)
+    meta["distillation"] = {
+        "teacher": teacher_tag or str(teacher_dir),
+        "teacher_layers": total,
+        "student_layers": layers,
+        "kept_layers": kept_layers(total, layers),
+        "temperature": params.distill.temperature,
+        "alpha": params.distill.alpha,
+        "transfer_rows": len(extra),
+    }
+    _write_model_dir(trainer, Path(out_dir), meta)
+    shutil.rmtree(checkpoints, ignore_errors=True)
+    log.info("student (%d layers) written to %s: val %s", layers, out_dir, val_metrics)
+    return meta
+
+
+def _trainer(
+    params: Params, teacher: Any, student: Any, train_df: Any, val_df: Any, extra: list[str], checkpoints: Path
+) -> tuple[Any, int]:
+    """The train stage's TrainingArguments and early stopping around the student, the teacher's logits in every
+    training row (labelled rows and transfer texts); returns (trainer, batch size)."""
+    import torch
+    from transformers import EarlyStoppingCallback
+
+    from tuneloop.train import encode, macro_f1_metrics, training_arguments
+
+    p = params.train
+    label2id = {label: i for i, label in enumerate(teacher.labels)}
+    soft = _teacher_logits(teacher, train_df[TEXT].tolist() + extra, params.evaluate.batch_size)
+    encoded = encode(teacher.tokenizer, train_df, label2id, p.max_length)
+    transfer_ids = teacher.tokenizer(extra, truncation=True, max_length=p.max_length)["input_ids"] if extra else []
+    train_rows = _Rows(encoded.input_ids + transfer_ids, encoded.labels + [NO_LABEL] * len(extra), soft)
+    val = encode(teacher.tokenizer, val_df, label2id, p.max_length)
+    cuda = torch.cuda.is_available()
+    batch = p.cuda_batch_size if cuda else p.batch_size
+    args = training_arguments(params, checkpoints, max(1, -(-len(train_rows) // batch)), cuda)
+    args.remove_unused_columns = False  # teacher_logits is not a forward() argument; the loss reads it
+    trainer = _trainer_class()(
+        model=student,
+        args=args,
+        train_dataset=train_rows,
+        eval_dataset=_Rows(val.input_ids, val.labels, None),
+        data_collator=_Collator(teacher.tokenizer),
+        processing_class=teacher.tokenizer,
+        compute_metrics=macro_f1_metrics,
+        callbacks=[EarlyStoppingCallback(early_stopping_patience=p.early_stopping_patience)],
+        temperature=params.distill.temperature,
+        alpha=params.distill.alpha,
+    )
+    return trainer, batch

@@ -1,0 +1,103 @@
+"""Distillation: the student keeps evenly spaced teacher layers, learns from soft and true labels, and goes
+through evaluate -> gate -> register with its teacher recorded."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from tests.conftest import TINY_TRAIN, sentiment_rows, write
+from tuneloop import registry
+from tuneloop.compress.distill import NO_LABEL, DistillError, distill_loss, kept_layers, make_student
+
+
+def test_kept_layers_are_evenly_spaced_first_and_last_included():
+    assert kept_layers(6, 3) == [0, 2, 5] and kept_layers(12, 4) == [0, 4, 7, 11] and kept_layers(6, 1) == [5]
+    for bad in (0, 6, 7):
+        with pytest.raises(DistillError, match="fewer than the teacher's 6"):
+            kept_layers(6, bad)
+
+
+def test_the_student_starts_as_the_teachers_kept_layers():
+    from transformers import BertConfig, BertForSequenceClassification
+
+    torch.manual_seed(0)
+    config = BertConfig(
+        vocab_size=100, hidden_size=16, num_hidden_layers=4, num_attention_heads=2, intermediate_size=32, num_labels=3
+    )
+    teacher = BertForSequenceClassification(config).eval()
+    student = make_student(teacher, 2)  # keeps layers 0 and 3
+    assert student.config.num_hidden_layers == 2 and teacher.config.num_hidden_layers == 4
+    t, s = teacher.state_dict(), student.state_dict()
+    for name in ("bert.embeddings.word_embeddings.weight", "classifier.weight", "bert.pooler.dense.weight"):
+        assert torch.equal(t[name], s[name])
+    assert torch.equal(s["bert.encoder.layer.1.output.dense.weight"], t["bert.encoder.layer.3.output.dense.weight"])
+    assert not torch.equal(s["bert.encoder.layer.1.output.dense.weight"], t["bert.encoder.layer.1.output.dense.weight"])
+
+
+def test_the_loss_reads_soft_labels_and_skips_missing_true_labels():
+    student = torch.tensor([[2.0, 0.0, 0.0], [0.0, 2.0, 0.0]])
+    agreeing = distill_loss(student, student.clone(), torch.tensor([NO_LABEL, NO_LABEL]), 2.0, 1.0)
+    disagreeing = distill_loss(student, student.flip(1), torch.tensor([NO_LABEL, NO_LABEL]), 2.0, 1.0)
+    assert float(agreeing) == pytest.approx(0, abs=1e-6) and float(disagreeing) > 0.1
+    hard_only = distill_loss(student, None, torch.tensor([0, NO_LABEL]), 2.0, 0.5)
+    expected = torch.nn.functional.cross_entropy(student[:1], torch.tensor([0]))
+    assert float(hard_only) == pytest.approx(float(expected))
+
+
+LOOSE = [
+    *TINY_TRAIN,
+    "train.epochs=3",
+    "gate.min_macro_f1=0",
+    "gate.min_accuracy=0",
+    "gate.max_ece=1",
+    "gate.min_class_recall=0",
+    "gate.latency_requests=10",
+    "gate.max_latency_ratio=100",
+    "gate.alpha=1e-9",  # the tiny student is judged for its shape here, not its accuracy
+    "gate.max_slice_drop=1",
+    "evaluate.behaviour_file=null",
+    "serve.backend=torch",
+]
+
+
+def test_distill_registers_a_student_with_its_teacher(cli, project, tiny_model, store):
+    from tuneloop.config import load_params
+    from tuneloop.train import train
+
+    paths = [
+        write(project / f"{s}.csv", sentiment_rows(n, seed))
+        for s, n, seed in (("tr", 24, 0), ("va", 6, 1), ("te", 8, 2))
+    ]
+    train(
+        load_params(project / "params.yaml", LOOSE),
+        paths[0],
+        paths[1],
+        project / "teacher",
+        base=str(tiny_model),
+        live_dir=None,
+    )
+    teacher = registry.register(project / "teacher").tag
+    registry.promote(teacher, reason="test teacher")
+    sets = [arg for item in LOOSE for arg in ("--set", item)]
+    result = cli(
+        "distill",
+        "--teacher",
+        teacher,
+        "--student-layers",
+        "1",
+        "--train",
+        str(paths[0]),
+        "--val",
+        str(paths[1]),
+        "--test",
+        str(paths[2]),
+        "--out",
+        str(project / "student"),
+        *sets,
+    )
+    assert result.exit_code == 0, result.output
+    student = next(e for e in registry.entries() if e.tag != teacher)
+    assert student.metadata["distillation"]["teacher"] == teacher
+    assert student.metadata["distillation"]["kept_layers"] == [1] and student.stage == "challenger"
+    assert registry.champion_tag() == teacher  # registered, not promoted

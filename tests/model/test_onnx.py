@@ -1,0 +1,110 @@
+"""ONNX Runtime variants: the export predicts what torch does, a damaged variant is never served, and a model
+that does not export is served by the torch backend with the reason logged."""
+
+from __future__ import annotations
+
+import json
+import logging
+import shutil
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from tuneloop.compress import build_variants, for_serving
+from tuneloop.compress.onnx import MANIFEST, CompressError, export, load
+from tuneloop.model import load_classifier, predict_with_embedding
+from tuneloop.provenance import file_digest, weights_digest
+
+TEXTS = [
+    "I lost my card",
+    "how do I close my account and move the money to another bank before the end of the month?",
+    "x",
+    "Mi tarjeta no funciona en el cajero",
+    "转账失败了怎么办",
+    "!!! ??? 123",
+    "refund",
+    "my parcel never arrived " * 20,  # past max_length: truncated like torch's input
+]
+
+
+@pytest.fixture(scope="module")
+def variants(tiny_classifier: Path, tmp_path_factory: pytest.TempPathFactory) -> tuple[dict, Path]:
+    out = tmp_path_factory.mktemp("onnx")
+    return export(tiny_classifier, out), out
+
+
+def test_the_export_predicts_what_torch_does(tiny_classifier, variants):
+    manifest, out = variants
+    clf = load_classifier(tiny_classifier)
+    probs, embeddings = predict_with_embedding(clf, TEXTS)
+    fp32 = for_serving(clf, "onnx", out)
+    assert fp32.backend == "onnx" and fp32.runner is not None
+    onnx_probs, onnx_embeddings = predict_with_embedding(fp32, TEXTS, batch_size=3)  # several padded batches
+    assert (onnx_probs.argmax(1) == probs.argmax(1)).all()
+    assert np.abs(onnx_probs - probs).max() < 1e-4 and np.abs(onnx_embeddings - embeddings).max() < 1e-3
+    int8 = for_serving(clf, "onnx-int8", out)
+    int8_probs, int8_embeddings = predict_with_embedding(int8, TEXTS)
+    assert int8.backend == "onnx-int8" and int8_probs.shape == probs.shape and int8_embeddings.shape == (8, 32)
+    assert np.allclose(int8_probs.sum(1), 1) and (int8_probs.argmax(1) == probs.argmax(1)).mean() >= 0.75
+    assert manifest["source_weights_sha256"] == weights_digest(tiny_classifier)
+    assert manifest["variants"]["onnx-int8"]["sha256"] == file_digest(out / "model.int8.onnx")
+    assert (out / "model.int8.onnx").stat().st_size < (out / "model.onnx").stat().st_size
+
+
+def test_changed_bytes_fail_the_digest_check(tiny_classifier, variants, tmp_path):
+    _, out = variants
+    bad = Path(shutil.copytree(out, tmp_path / "bad"))
+    data = bytearray((bad / "model.int8.onnx").read_bytes())
+    data[len(data) // 2] ^= 0xFF
+    (bad / "model.int8.onnx").write_bytes(bytes(data))
+    with pytest.raises(CompressError, match="SHA-256"):
+        load(bad, "onnx-int8", load_classifier(tiny_classifier))
+
+
+def test_a_variant_with_other_weights_is_never_served(tiny_classifier, variants, tmp_path, caplog):
+    """Its digest re-recorded, as a careless rebuild would: the parity check still refuses it, and the
+    service's builder serves torch instead, saying why."""
+    import onnx
+    from onnx import numpy_helper
+
+    _, out = variants
+    bad = Path(shutil.copytree(out, tmp_path / "bad"))
+    graph = onnx.load(str(bad / "model.onnx"))
+    biggest = max(graph.graph.initializer, key=lambda t: int(np.prod(t.dims)))
+    biggest.CopyFrom(numpy_helper.from_array(-numpy_helper.to_array(biggest), biggest.name))
+    onnx.save(graph, str(bad / "model.onnx"))
+    manifest = json.loads((bad / MANIFEST).read_text())
+    manifest["variants"]["onnx"]["sha256"] = file_digest(bad / "model.onnx")
+    (bad / MANIFEST).write_text(json.dumps(manifest))
+    clf = load_classifier(tiny_classifier)
+    with pytest.raises(CompressError, match="reproduce"):
+        load(bad, "onnx", clf)
+    with caplog.at_level(logging.WARNING, logger="tuneloop.compress"):
+        served = for_serving(clf, "onnx", bad)
+    assert served.backend == "torch" and served.runner is None
+    assert "instead of onnx" in caplog.text and "reproduce" in caplog.text
+
+
+def test_a_model_that_does_not_export_is_served_by_torch(tiny_classifier, tmp_path, monkeypatch, caplog):
+    import torch
+
+    def unsupported(*args, **kwargs):
+        raise RuntimeError("Unsupported: aten::weird_op has no ONNX symbolic")
+
+    monkeypatch.setattr(torch.onnx, "export", unsupported)
+    with caplog.at_level(logging.WARNING, logger="tuneloop.compress"):
+        assert build_variants(tiny_classifier, "onnx-int8", tmp_path / "v") is None
+        served = for_serving(load_classifier(tiny_classifier), "onnx-int8", None)  # no onnx/ beside the weights
+    assert "aten::weird_op" in caplog.text and served.backend == "torch-int8"
+    assert build_variants(tiny_classifier, "torch-int8", tmp_path / "v") is None  # nothing to build
+
+
+def test_a_legacy_quantize_key_still_reads():
+    from tests.conftest import REPO
+    from tuneloop.config import ServeParams, load_params
+
+    serve = load_params(REPO / "params.yaml").serve.model_dump()
+    serve.pop("backend")
+    assert ServeParams.model_validate({**serve, "quantize": "none"}).backend == "torch"
+    assert ServeParams.model_validate({**serve, "quantize": "int8"}).backend == "torch-int8"
