@@ -178,6 +178,8 @@ class DistillParams(_Section):
     """The `distill:` section (tuneloop distill): the student's size and how it learns from its teacher."""
 
     student_layers: int = Field(default=3, ge=1, description="encoder layers the student keeps (evenly spaced)")
+    lr: float = Field(default=2e-4, gt=0, description="the student's learning rate (train.lr is the teacher's)")
+    early_stopping_patience: int = Field(default=4, ge=1, description="evaluations without a better val loss")
     temperature: float = Field(default=2.0, gt=0, description="softens both distributions in the KL term")
     alpha: float = Field(default=0.5, ge=0, le=1, description="weight of the teacher's soft labels vs true labels")
     transfer_rows: int = Field(default=0, ge=0, description="newest prediction-log texts added as unlabeled transfer")

@@ -11,8 +11,9 @@ from tuneloop import registry
 from tuneloop.compress.distill import NO_LABEL, DistillError, distill_loss, kept_layers, make_student
 
 
-def test_kept_layers_are_evenly_spaced_first_and_last_included():
-    assert kept_layers(6, 3) == [0, 2, 5] and kept_layers(12, 4) == [0, 4, 7, 11] and kept_layers(6, 1) == [5]
+def test_kept_layers_are_every_kth_ending_at_the_top():
+    assert kept_layers(6, 3) == [1, 3, 5] and kept_layers(12, 4) == [2, 5, 8, 11] and kept_layers(6, 1) == [5]
+    assert kept_layers(6, 5) == [0, 1, 3, 4, 5] and kept_layers(2, 1) == [1]
     for bad in (0, 6, 7):
         with pytest.raises(DistillError, match="fewer than the teacher's 6"):
             kept_layers(6, bad)
@@ -26,13 +27,14 @@ def test_the_student_starts_as_the_teachers_kept_layers():
         vocab_size=100, hidden_size=16, num_hidden_layers=4, num_attention_heads=2, intermediate_size=32, num_labels=3
     )
     teacher = BertForSequenceClassification(config).eval()
-    student = make_student(teacher, 2)  # keeps layers 0 and 3
+    student = make_student(teacher, 2)  # keeps layers 1 and 3
     assert student.config.num_hidden_layers == 2 and teacher.config.num_hidden_layers == 4
     t, s = teacher.state_dict(), student.state_dict()
     for name in ("bert.embeddings.word_embeddings.weight", "classifier.weight", "bert.pooler.dense.weight"):
         assert torch.equal(t[name], s[name])
     assert torch.equal(s["bert.encoder.layer.1.output.dense.weight"], t["bert.encoder.layer.3.output.dense.weight"])
-    assert not torch.equal(s["bert.encoder.layer.1.output.dense.weight"], t["bert.encoder.layer.1.output.dense.weight"])
+    assert torch.equal(s["bert.encoder.layer.0.output.dense.weight"], t["bert.encoder.layer.1.output.dense.weight"])
+    assert not torch.equal(s["bert.encoder.layer.0.output.dense.weight"], t["bert.encoder.layer.0.output.dense.weight"])
 
 
 def test_the_loss_reads_soft_labels_and_skips_missing_true_labels():

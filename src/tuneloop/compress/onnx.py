@@ -221,7 +221,7 @@ def _quantise(source: Path, target: Path) -> None:
     extra = {"DefaultTensorType": onnx.TensorProto.FLOAT}
     root = logging.getLogger()
     level = root.level
-    root.setLevel(max(level, logging.WARNING))  # the quantiser logs a line per tensor on the root logger
+    root.setLevel(max(level, logging.ERROR))  # the quantiser logs a line per tensor and advice on the root logger
     try:
         quantize_dynamic(str(source), str(target), weight_type=QuantType.QInt8, extra_options=extra)
     finally:
