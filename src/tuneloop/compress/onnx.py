@@ -261,7 +261,10 @@ def read_manifest(variants_dir: Path) -> dict[str, Any]:
     try:
         manifest = json.loads(path.read_text(encoding="utf-8"))
     except FileNotFoundError:
-        raise CompressError(f"{path}: no ONNX variants here (build them with `tuneloop compress`)") from None
+        raise CompressError(
+            f"{path}: no ONNX variants here. Registration builds them while serve.backend is onnx or onnx-int8; "
+            f"for a model registered before, `tuneloop compress --model {path.parent.parent} --out {path.parent}`"
+        ) from None
     except (ValueError, UnicodeDecodeError) as exc:
         raise CompressError(f"{path}: damaged ({_first_line(exc)}); rebuild with `tuneloop compress`") from None
     if not isinstance(manifest, dict) or manifest.get("version") != MANIFEST_VERSION:
