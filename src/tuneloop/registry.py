@@ -247,6 +247,8 @@ def register(
     """
     import bentoml
 
+    from tuneloop.compress import VARIANTS_DIR
+
     model_dir = Path(model_dir)
     meta = _model_meta(model_dir)
     digest = weights_digest(model_dir)
@@ -326,13 +328,14 @@ def _reference_metadata(reference: Path | None) -> dict[str, Any]:
 
 
 # ---- ONNX variants (issue 15): stored as onnx/, each file's SHA-256 in the metadata, checked when served
-VARIANTS_DIR = "onnx"  # tuneloop.compress.onnx.VARIANTS_DIR (not imported: reading the registry needs no ONNX)
 
 
 def _variants_metadata(variants: Path | None) -> dict[str, Any]:
     if variants is None:
         return {}
-    manifest = json.loads((Path(variants) / "manifest.json").read_text(encoding="utf-8"))
+    from tuneloop.compress import MANIFEST
+
+    manifest = json.loads((Path(variants) / MANIFEST).read_text(encoding="utf-8"))
     return {"variants": {b: {"sha256": v["sha256"]} for b, v in manifest["variants"].items()}}
 
 

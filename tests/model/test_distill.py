@@ -6,7 +6,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from tests.conftest import TINY_TRAIN, sentiment_rows, write
+from tests.conftest import LOOSE_GATE, TINY_TRAIN, sentiment_rows, write
 from tuneloop import registry
 from tuneloop.compress.distill import NO_LABEL, DistillError, distill_loss, kept_layers, make_student
 
@@ -49,16 +49,10 @@ def test_the_loss_reads_soft_labels_and_skips_missing_true_labels():
 
 LOOSE = [
     *TINY_TRAIN,
+    *LOOSE_GATE,
     "train.epochs=3",
-    "gate.min_macro_f1=0",
-    "gate.min_accuracy=0",
-    "gate.max_ece=1",
-    "gate.min_class_recall=0",
-    "gate.latency_requests=10",
-    "gate.max_latency_ratio=100",
-    "gate.alpha=1e-9",  # the tiny student is judged for its shape here, not its accuracy
+    "gate.alpha=1e-9",  # nor whether it is worse than its teacher
     "gate.max_slice_drop=1",
-    "evaluate.behaviour_file=null",
     "serve.backend=torch",
 ]
 

@@ -1,9 +1,9 @@
 """Compression: smaller or faster variants of a fine-tuned classifier, each judged before it is served.
 
 `for_serving` builds the variant `serve.backend` names, for the service, evaluate and the monitoring
-reference alike. `onnx`: export to ONNX (torch.export-based exporter), ONNX Runtime's BERT graph fusions, and an
-int8 variant from ONNX Runtime's dynamic quantiser. Kept out of tuneloop.model, so that changing how variants
-are built does not re-run DVC's train stage.
+reference alike. `onnx`: the export, ONNX Runtime's BERT graph fusions and an int8 variant from its dynamic
+quantiser (tuneloop.compress.onnx); `distill`: smaller students. Kept out of tuneloop.model, so that changing
+how variants are built does not re-run DVC's train stage.
 """
 
 from __future__ import annotations
@@ -17,6 +17,8 @@ from tuneloop.model import Classifier, ModelError
 log = logging.getLogger(__name__)
 
 BACKENDS = ("torch", "torch-int8", "onnx", "onnx-int8")
+VARIANTS_DIR = "onnx"  # the ONNX variants' folder inside a registry entry
+MANIFEST = "manifest.json"  # in that folder: each file's SHA-256, its source weights, its parity outputs
 FALLBACK = {"onnx": "torch", "onnx-int8": "torch-int8"}  # the torch backend served when an ONNX variant is not
 
 
@@ -40,7 +42,7 @@ def for_serving(
     if backend not in BACKENDS:
         raise ModelError(f"serve.backend {backend!r} is not one of {', '.join(BACKENDS)}")
     if backend in FALLBACK:
-        from tuneloop.compress.onnx import VARIANTS_DIR, CompressError, load
+        from tuneloop.compress.onnx import CompressError, load
 
         try:
             runner = load(variants or clf.path / VARIANTS_DIR, backend, clf, expected_sha256)

@@ -38,6 +38,7 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
+from tuneloop.compress import MANIFEST
 from tuneloop.errors import TuneloopError
 from tuneloop.provenance import file_digest, weights_digest
 from tuneloop.tabular import write_text_atomic
@@ -47,8 +48,6 @@ if TYPE_CHECKING:
 
 log = logging.getLogger(__name__)
 
-VARIANTS_DIR = "onnx"  # inside a registry entry
-MANIFEST = "manifest.json"
 MANIFEST_VERSION = 1
 FILES = {"onnx": "model.onnx", "onnx-int8": "model.int8.onnx"}
 OPSET = 18  # the torch.export-based exporter's; the TorchScript one writes opset 17
