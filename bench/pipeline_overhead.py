@@ -31,7 +31,7 @@ def direct() -> dict[str, float]:
     from tuneloop.release import release
 
     times: dict[str, float] = {}
-    for stage in ("validate", "prepare", "train", "evaluate"):
+    for stage in ("validate", "prepare", "pretrain", "train", "evaluate"):
         times[stage] = repro(stage, force=True).seconds
     start = time.perf_counter()
     done = release(

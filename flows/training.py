@@ -1,6 +1,6 @@
 """The training pipeline as a Prefect flow.
 
-validate -> prepare -> train -> evaluate run as DVC stages (`dvc repro <stage>` through DVC's
+validate -> prepare -> pretrain -> train -> evaluate run as DVC stages (`dvc repro <stage>` through DVC's
 Python API: unchanged stages are cache hits, and `dvc repro` alone reproduces the same model);
 then release (gate, register, promote: `tuneloop.release`, the path the CLI takes too) -> package.
 Each task calls one tuneloop library function and publishes Prefect artifacts; the flow run ends
@@ -76,6 +76,12 @@ def validate(force: bool = False) -> dict[str, Any]:
 def prepare(force: bool = False) -> dict[str, Any]:
     """Normalise, dedupe, split (DVC stage `prepare`)."""
     return _stage("prepare", force)
+
+
+@task(name="pretrain")
+def pretrain(force: bool = False) -> dict[str, Any]:
+    """Continued masked-LM pre-training when pretrain.enabled; else only its marker (DVC stage `pretrain`)."""
+    return _stage("pretrain", force)
 
 
 @task(name="train")
@@ -159,15 +165,15 @@ def package(tag: str) -> str:
 
 @flow(name="tuneloop-training", log_prints=True)
 def training_pipeline(overrides: list[str] | None = None, force: bool = False, retrain: bool = False) -> dict[str, Any]:
-    """[collect feedback] -> validate -> prepare -> train -> evaluate (DVC) -> release (gate, register, promote)
-    -> package. `retrain` (set by the drift trigger) first merges labeled production rows into the corpus."""
+    """[collect feedback] -> validate -> prepare -> pretrain -> train -> evaluate (DVC) -> release (gate, register,
+    promote) -> package. `retrain` (set by the drift trigger) first merges labeled production rows into the corpus."""
     from tuneloop.config import load_params
     from tuneloop.pipeline import apply_overrides
 
     apply_overrides(overrides or [])
     params = load_params()
     stages = [collect_feedback(params.data.raw_path)] if retrain else []
-    stages += [validate(force), prepare(force), train(force), evaluate(force)]
+    stages += [validate(force), prepare(force), pretrain(force), train(force), evaluate(force)]
     released = release(params)
     bento = package(released["champion"])
     stages.append({"stage": "release", "seconds": released["seconds"]})

@@ -15,7 +15,7 @@ from typing import Annotated, Any
 import typer
 from rich.console import Console
 
-from tuneloop.cli_common import LabelCol, ParamsOpt, SetOpt, TextCol, _params, out, user_errors
+from tuneloop.cli_common import LabelCol, ParamsOpt, SetOpt, TextCol, _params, err, out, user_errors
 
 app = typer.Typer(
     help="tuneloop: validate, version, fine-tune, gate, serve and monitor text classifiers.",
@@ -117,13 +117,33 @@ def data_validate(
 
     cfg = _params(params, set_)
     result = validate_file(
-        path, cfg.validate_, cfg.data.labels, text_col=text_col, label_col=label_col, out_dir=out_dir, report_dir=report
+        path,
+        cfg.validate_,
+        cfg.data.labels,
+        text_col=text_col,
+        label_col=label_col,
+        out_dir=out_dir,
+        report_dir=report,
+        base_model=cfg.train.base_model,
+        vocab=cfg.vocab,
     )
     summary = result.summary()
     out.print(
         f"[green]validation passed[/]: {summary['rows_in']} rows in, {summary['rows_kept']} kept, "
         f"{summary['rows_quarantined']} quarantined" + (f"; report in {report}" if report else "")
     )
+    coverage = result.checks.get("tokenizer_coverage")
+    if coverage is not None and not coverage.success:  # policy warn: the run goes on, the user must know
+        from rich.markup import escape
+
+        from tuneloop.validate import CHECKS
+
+        err.print(
+            f"[bold yellow]warning:[/] tokenizer_coverage: {escape(coverage.note)}.\n"
+            f"  Fix: {CHECKS['tokenizer_coverage'][2]}.",
+            highlight=False,
+            soft_wrap=True,
+        )
 
 
 @app.command("prepare")
@@ -171,19 +191,55 @@ def train_cmd(
     dry_run: Annotated[
         bool, typer.Option("--dry-run", help="smoke run: 32 rows, 2 steps, everything written.")
     ] = False,
+    pretrained: Annotated[
+        Path | None,
+        typer.Option("--pretrained", help="the pretrain stage's output: start from it when it holds a model."),
+    ] = None,
     params: ParamsOpt = Path("params.yaml"),
     set_: SetOpt = None,
 ) -> None:
     """Fine-tune a sequence classifier (the DVC `train` stage)."""
-    from tuneloop.train import train
+    from tuneloop.train import starting_point, train
 
     cfg, samples, steps = _params(params, set_), 32 if dry_run else max_samples, 2 if dry_run else -1
     where: dict[str, Any] = {"checkpoint_dir": checkpoints, "live_dir": live_dir or None, "resume": resume}
+    base = base or starting_point(cfg, pretrained)
     result = train(cfg, train_path, val_path, out_dir, base=base, max_samples=samples, max_steps=steps, **where)
     m = result.val_metrics
     out.print(
         f"[green]trained[/] {out_dir}: val macro-F1 {m['macro_f1']:.4f}, accuracy {m['accuracy']:.4f}, "
         f"{result.steps} steps, {result.train_samples_per_second:.1f} samples/s, {result.wall_time_s:.0f} s"
+    )
+
+
+@app.command("pretrain")
+@user_errors
+def pretrain_cmd(
+    train_path: Annotated[Path, typer.Option("--train", help="labeled training split (its texts).")] = Path(
+        "data/prepared/train.csv"
+    ),
+    val_path: Annotated[Path, typer.Option("--val", help="labeled validation split (its texts).")] = Path(
+        "data/prepared/val.csv"
+    ),
+    out_dir: Annotated[Path, typer.Option("--out", help="model dir to write (train --pretrained reads it).")] = Path(
+        "models/pretrained"
+    ),
+    max_steps: Annotated[int, typer.Option("--max-steps", help="stop after N steps (smoke runs); -1 = epochs.")] = -1,
+    params: ParamsOpt = Path("params.yaml"),
+    set_: SetOpt = None,
+) -> None:
+    """Continued masked-LM pre-training on the corpus' texts and pretrain.extra_text (the DVC `pretrain` stage)."""
+    from tuneloop.pretrain import run
+
+    record = run(_params(params, set_), [train_path, val_path], out_dir, max_steps)
+    if not record["enabled"]:
+        out.print(f"pretrain.enabled is false: nothing pre-trained ({out_dir}/pretrain.json says so)")
+        return
+    added = (record["vocab_extension"] or {}).get("added", 0)
+    out.print(
+        f"[green]pre-trained[/] {out_dir}: {record['texts']} texts, {record['steps']} steps, MLM loss "
+        f"{record['mlm_loss_before']:.3f} -> {record['mlm_loss_after']:.3f}, {added} units added, "
+        f"{record['wall_time_s']:.0f} s"
     )
 
 
@@ -203,18 +259,28 @@ def evaluate_cmd(
         str | None,
         typer.Option("--behaviour", help="behavioural tests YAML ('none' = skip; default: evaluate.behaviour_file)."),
     ] = None,
+    train: Annotated[
+        Path | None,
+        typer.Option(
+            "--train",
+            help="training split the TF-IDF baseline is fitted on (default: the model's recorded training file, "
+            "else train.csv beside --data).",
+        ),
+    ] = None,
     params: ParamsOpt = Path("params.yaml"),
     set_: SetOpt = None,
 ) -> None:
-    """Score a model on a labeled file: metrics, plots, slices, behavioural tests (the DVC `evaluate` stage)."""
+    """Score a model on a labeled file: metrics, plots, slices, behavioural tests, the TF-IDF baseline (the DVC
+    `evaluate` stage)."""
     from tuneloop.evaluate import evaluate
 
     chosen = "" if behaviour == "none" else behaviour
-    m = evaluate(_params(params, set_), model, data, out_dir, chosen)
+    m = evaluate(_params(params, set_), model, data, out_dir, chosen, train)
     rates = ", ".join(f"{k} {v:.0%}" for k, v in m.behaviour.items() if v is not None)
+    base = f"; baseline macro-F1 {m.baseline.macro_f1:.4f}" if m.baseline is not None else "; no baseline"
     out.print(
         f"[green]evaluated[/] {model} on {data}: accuracy {m.accuracy:.4f}, macro-F1 {m.macro_f1:.4f}, "
-        f"ECE {m.ece:.4f}" + (f"; behaviour: {rates}" if rates else "") + f"; reports in {out_dir}"
+        f"ECE {m.ece:.4f}" + base + (f"; behaviour: {rates}" if rates else "") + f"; reports in {out_dir}"
     )
 
 
@@ -513,7 +579,7 @@ def pipeline_run(
     force: Annotated[bool, typer.Option("--force", help="re-run every DVC stage even if cached.")] = False,
     set_: SetOpt = None,
 ) -> None:
-    """Run the training flow (validate, prepare, train, evaluate, gate, register, promote, package)."""
+    """Run the training flow (validate, prepare, pretrain, train, evaluate, gate, register, promote, package)."""
     from tuneloop.pipeline import load_flow
 
     flow = load_flow("flows/training.py", "training_pipeline")

@@ -56,6 +56,18 @@ class PolicyParams(_Section):
     duplicates: Policy
     conflicting_labels: Policy
     encoding: Policy
+    tokenizer_coverage: Literal["fail", "warn"] = "warn"  # corpus-level: no row is to blame, none is set aside
+
+
+class TokenizerCoverageParams(_Section):
+    """validate.tokenizer: how much of the corpus train.base_model's tokenizer must read (tuneloop.vocab)."""
+
+    max_unk_share: float = Field(default=0.05, ge=0, le=1, description="[UNK] tokens / all tokens, whole corpus")
+    max_unreadable_char_share: float = Field(
+        default=0.02, ge=0, le=1, description="characters the vocabulary cannot represent / all characters"
+    )
+    max_unk_share_per_text: float = Field(default=0.25, ge=0, le=1, description="a text above this reads badly")
+    max_unreadable_texts: float = Field(default=0.05, ge=0, le=1, description="share of texts allowed to read badly")
 
 
 class ValidateParams(_Section):
@@ -63,6 +75,7 @@ class ValidateParams(_Section):
     max_text_chars: int = Field(ge=1)
     min_rows_per_class: int = Field(ge=1)
     policy: PolicyParams
+    tokenizer: TokenizerCoverageParams = TokenizerCoverageParams()
 
     @model_validator(mode="after")
     def _bounds(self) -> ValidateParams:
@@ -104,6 +117,27 @@ class TrainParams(_Section):
     num_threads: int = Field(ge=0)
 
 
+class VocabParams(_Section):
+    """The `vocab:` section: extend the base tokenizer with the corpus' units it maps to [UNK] (tuneloop.vocab)."""
+
+    extend: bool = Field(default=False, description="add frequent unreadable units before pretrain / train")
+    min_count: int = Field(default=2, ge=1, description="a unit must occur this often in the training texts")
+    max_new_tokens: int = Field(default=20000, ge=1, description="at most this many units are added")
+
+
+class PretrainParams(_Section):
+    """The `pretrain:` section: continued masked-language-model pre-training before train (tuneloop.pretrain)."""
+
+    enabled: bool = Field(default=False, description="train starts from the pre-trained checkpoint")
+    epochs: float = Field(default=3.0, gt=0, description="passes over the pre-training texts")
+    lr: float = Field(default=1e-4, gt=0, lt=1)
+    batch_size: int = Field(default=32, ge=1, description="CPU batch; on a GPU train.cuda_batch_size")
+    mlm_probability: float = Field(default=0.15, gt=0, lt=1, description="share of tokens masked")
+    whole_word_mask: bool = Field(default=True, description="mask every piece of a word together")
+    extra_text: list[str] = Field(default=[], description="unlabeled text files (.txt one per line, .csv text)")
+    prediction_log_rows: int = Field(default=0, ge=0, description="newest prediction-log texts added; 0 = none")
+
+
 class EvaluateParams(_Section):
     batch_size: int = Field(ge=1)
     ece_bins: int = Field(ge=2, le=100)
@@ -111,6 +145,9 @@ class EvaluateParams(_Section):
     slice_columns: list[str]
     max_slice_values: int = Field(ge=2)
     behaviour_file: str | None
+    baseline: Literal["auto", "word", "char"] = Field(
+        default="auto", description="TF-IDF baseline features: auto = char n-grams where words are not space-separated"
+    )
 
     @model_validator(mode="after")
     def _increasing(self) -> EvaluateParams:
@@ -136,6 +173,9 @@ class GateParams(_Section):
     latency_requests: int = Field(ge=10)
     min_served_agreement: float = Field(ge=0, le=1)
     max_served_f1_drop: float = Field(ge=0, le=1)
+    min_baseline_margin: float | None = Field(
+        default=0.01, ge=-1, le=1, description="macro-F1 lead over the TF-IDF baseline; null = no baseline check"
+    )
 
 
 class DeployParams(_Section):
@@ -234,6 +274,8 @@ class Params(_Section):
     data: DataParams
     validate_: ValidateParams = Field(alias="validate")
     prepare: PrepareParams
+    vocab: VocabParams = VocabParams()
+    pretrain: PretrainParams = PretrainParams()
     train: TrainParams
     evaluate: EvaluateParams
     gate: GateParams

@@ -6,9 +6,12 @@ Writes into the output folder:
 - per_class.json: precision/recall/F1/support per class; served.json: the served variant's scores;
 - slices.json: the same headline metrics per text-length bucket and per slice column value;
 - behaviour.json: every behavioural test with its failures;
+- baseline.json: a TF-IDF + linear classifier fitted on the training split, scored on the same rows
+  (tuneloop.baseline; the gate's `beats_baseline` check);
 - confusion.json + confusion.png, calibration.json + reliability.png: plot data for `dvc plots`
   and pictures for people;
-- predictions.csv: text, label, predicted, confidence (plus any slice columns) for error analysis.
+- predictions.csv: text, label, predicted, confidence (plus any slice columns, then baseline_predicted)
+  for error analysis.
 
 The metric core (`classification_metrics`) is pure numpy/scikit-learn and tested against
 scikit-learn on hand-made examples.
@@ -28,7 +31,7 @@ import pandas as pd
 
 from tuneloop.config import EvaluateParams, Params
 from tuneloop.errors import DataError
-from tuneloop.reports import REPORT_VERSION, EvalReport, Headline, ServedMetrics
+from tuneloop.reports import REPORT_VERSION, BaselineMetrics, EvalReport, Headline, ServedMetrics
 from tuneloop.tabular import LABEL, TEXT, read_labeled, write_csv_atomic, write_text_atomic
 
 if TYPE_CHECKING:
@@ -413,8 +416,12 @@ def evaluate(
     data_path: str | Path,
     out_dir: str | Path,
     behaviour_file: str | Path | None = None,
+    train_path: str | Path | None = None,
 ) -> EvalReport:
-    """Score `model_dir` on `data_path`, write every report into `out_dir` and return the typed report."""
+    """Score `model_dir` on `data_path`, write every report into `out_dir` and return the typed report.
+
+    `train_path` is the split the TF-IDF baseline is fitted on (default: the model's recorded training
+    file, else train.csv beside `data_path`; with neither, no baseline is scored and the gate refuses)."""
     from tuneloop.model import load_classifier, predict_proba
 
     p = params.evaluate
@@ -428,6 +435,7 @@ def evaluate(
     served = None
     if params.serve.backend != "torch":
         served = ServedMetrics(**served_variant_metrics(clf, texts, y_true, probs, params))
+    baseline, baseline_pred = _baseline(frame, params, model_dir, data_path, train_path)
     headline = Headline(
         report_version=REPORT_VERSION,
         model=str(model_dir),
@@ -438,12 +446,13 @@ def evaluate(
         headline=headline,
         per_class=metrics["per_class"],
         served=served,
+        baseline=baseline,
         behaviour={name: r["pass_rate"] for name, r in behaviour.items()},
     )
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     report.write(out, behaviour)
-    _write_details(frame, y_true, probs, clf.labels, p, out)
+    _write_details(frame, y_true, probs, clf.labels, p, out, baseline_pred)
     log.info(
         "evaluated %s on %s: accuracy %.4f, macro-F1 %.4f, ECE %.4f",
         model_dir,
@@ -453,6 +462,32 @@ def evaluate(
         report.ece,
     )
     return report
+
+
+def _baseline(
+    frame: pd.DataFrame, params: Params, model_dir: str | Path, data_path: str | Path, train_path: str | Path | None
+) -> tuple[BaselineMetrics | None, np.ndarray | None]:
+    """The TF-IDF + linear baseline fitted on the training split and scored on these rows (tuneloop.baseline)."""
+    from sklearn.metrics import accuracy_score, f1_score
+
+    from tuneloop.baseline import score_baseline, training_file
+
+    source = training_file(model_dir, data_path, train_path)
+    if source is None:
+        log.warning("no training split found for %s: the baseline is not scored (pass --train)", model_dir)
+        return None, None
+    result = score_baseline(source, frame[TEXT].tolist(), params.evaluate.baseline, params.base.seed)
+    y_true = frame[LABEL].to_numpy()
+    present = sorted(set(y_true))  # macro over the classes the data holds, as for the model
+    metrics = BaselineMetrics(
+        analyzer=result.analyzer,
+        train_path=result.train_path,
+        train_rows=result.train_rows,
+        fit_seconds=result.fit_seconds,
+        accuracy=float(accuracy_score(y_true, result.predicted)),
+        macro_f1=float(f1_score(y_true, result.predicted, labels=present, average="macro", zero_division=0)),
+    )
+    return metrics, result.predicted
 
 
 def _behaviour(clf: Classifier, texts: list[str], params: Params, behaviour_file: str | Path | None) -> dict[str, Any]:
@@ -470,7 +505,13 @@ def _behaviour(clf: Classifier, texts: list[str], params: Params, behaviour_file
 
 
 def _write_details(
-    frame: pd.DataFrame, y_true: np.ndarray, probs: np.ndarray, labels: list[str], p: EvaluateParams, out: Path
+    frame: pd.DataFrame,
+    y_true: np.ndarray,
+    probs: np.ndarray,
+    labels: list[str],
+    p: EvaluateParams,
+    out: Path,
+    baseline_pred: np.ndarray | None = None,
 ) -> None:
     """slices.json, plot data and pictures, predictions.csv."""
     y_pred = probs.argmax(axis=1)
@@ -480,6 +521,8 @@ def _write_details(
     write_text_atomic(json.dumps(calibration, indent=2) + "\n", out / "calibration.json")
     predictions = frame.assign(predicted=[labels[k] for k in y_pred], confidence=probs.max(axis=1).round(6))
     extra = [c for c in frame.columns if c not in (TEXT, LABEL)]
+    if baseline_pred is not None:  # the gate's paired test against the baseline reads it
+        predictions, extra = predictions.assign(baseline_predicted=baseline_pred), [*extra, "baseline_predicted"]
     write_csv_atomic(predictions[[TEXT, LABEL, "predicted", "confidence", *extra]], out / "predictions.csv")
     _save_confusion_png(y_true, y_pred, labels, out / "confusion.png")
     _save_reliability_png(calibration, ece, out / "reliability.png")

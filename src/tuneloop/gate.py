@@ -12,7 +12,9 @@ A challenger passes only if
    number stored from another data version), judged with a paired test: McNemar's exact test on
    per-row correctness, or a paired bootstrap of the macro-F1 difference; noise neither blocks a
    good model nor lets a lucky one through;
-5. no slice (text length, slice columns) loses more accuracy than `gate.max_slice_drop`.
+5. no slice (text length, slice columns) loses more accuracy than `gate.max_slice_drop`;
+6. it beats a TF-IDF + linear baseline fitted on its own training split (tuneloop.baseline) by
+   `gate.min_baseline_margin` macro-F1 and is not significantly worse than it on the same rows.
 With no champion yet, the floors alone decide. The verdict goes to gate.json (every check with
 value, threshold, pass/fail and why) and gate.md.
 """
@@ -69,6 +71,8 @@ class GateReport:
     data: str
     checks: list[Check] = field(default_factory=list)
     comparison: dict[str, Any] = field(default_factory=dict)
+    baseline: dict[str, Any] = field(default_factory=dict)  # the TF-IDF baseline, scored on the same rows
+    scores: dict[str, dict[str, float]] = field(default_factory=dict)  # model -> accuracy, macro-F1 on the rows
 
     @property
     def passed(self) -> bool:
@@ -87,6 +91,8 @@ class GateReport:
             "failed_checks": [c.name for c in self.failed],
             "checks": {c.name: {k: v for k, v in asdict(c).items() if k != "name"} for c in self.checks},
             "comparison": self.comparison,
+            "baseline": self.baseline,
+            "scores": self.scores,
         }
 
 
@@ -243,6 +249,54 @@ def comparison_check(result: dict[str, Any], alpha: float) -> Check:
     )
 
 
+def paired_test(params: Params, y_true: np.ndarray, reference: np.ndarray, challenger: np.ndarray) -> dict[str, Any]:
+    """`gate.paired_test` of the challenger's predictions against a reference model's, on the same rows."""
+    if params.gate.paired_test == "mcnemar":
+        return mcnemar(reference == y_true, challenger == y_true)
+    ids = {label: i for i, label in enumerate(sorted(set(y_true) | set(reference) | set(challenger)))}
+    to_ids = np.vectorize(ids.__getitem__)
+    return paired_bootstrap(
+        to_ids(y_true), to_ids(reference), to_ids(challenger), params.gate.bootstrap_samples, params.base.seed
+    )
+
+
+def baseline_check(
+    params: Params, evaluation: EvalReport, frame: pd.DataFrame, predictions: pd.DataFrame
+) -> tuple[Check, dict[str, Any]]:
+    """The challenger must lead the TF-IDF baseline's macro-F1 by `gate.min_baseline_margin` and not be
+    significantly worse than it in the paired test on the same rows; a model the baseline beats is never
+    promoted, whatever its floors say."""
+    margin = params.gate.min_baseline_margin
+    base = evaluation.baseline
+    if base is None or "baseline_predicted" not in predictions:
+        why = (
+            "no baseline was scored (evaluate found no training split): re-run `tuneloop evaluate --train "
+            "TRAIN.csv`, or set gate.min_baseline_margin: null to judge without one"
+        )
+        return Check("beats_baseline", None, margin, False, why), {}
+    y_true = frame[LABEL].to_numpy()
+    baseline_pred, predicted = predictions["baseline_predicted"].to_numpy(), predictions["predicted"].to_numpy()
+    result = paired_test(params, y_true, baseline_pred, predicted)
+    lead = evaluation.macro_f1 - base.macro_f1
+    delta = result.get("delta_accuracy", result.get("delta_macro_f1", 0.0))
+    worse = delta < 0 and result["p_value"] < params.gate.alpha
+    passed = lead >= (margin or 0.0) and not worse
+    why = (
+        f"macro-F1 {evaluation.macro_f1:.4f} vs {base.macro_f1:.4f} for TF-IDF {base.analyzer} n-grams + LinearSVC "
+        f"fitted in {base.fit_seconds:.1f} s on the same {base.train_rows} training rows (lead {lead:+.4f}; "
+        f"{result['test']} p={result['p_value']:.3g})"
+    )
+    if not passed:
+        why += (
+            ": the fine-tuned model does not beat a bag-of-n-grams model. If the validation report's "
+            "tokenizer_coverage warned, the base model cannot read this text: extend its vocabulary "
+            "(train.extend_vocab) and continue pre-training on it (`tuneloop pretrain`), or pick a base model "
+            "for this language; otherwise train longer or on more rows"
+        )
+    details = base.model_dump() | {"test": result}
+    return Check("beats_baseline", round(lead, 4), margin, passed, why), details
+
+
 def slice_checks(
     frame: pd.DataFrame,
     champion_correct: np.ndarray,
@@ -357,8 +411,9 @@ def model_size_mb(model_dir: Path) -> float:
 
 def _scored_rows(
     eval_dir: Path, data_path: str | Path, challenger_dir: str | Path
-) -> tuple[EvalReport, pd.DataFrame, np.ndarray]:
-    """The challenger's evaluation, the test rows and its predictions on them, checked to belong together."""
+) -> tuple[EvalReport, pd.DataFrame, pd.DataFrame]:
+    """The challenger's evaluation, the test rows and its (and the baseline's) predictions on them, checked to
+    belong together."""
     evaluation = EvalReport.load(eval_dir)
     if Path(evaluation.data).resolve() != Path(data_path).resolve():
         raise TuneloopError(
@@ -373,7 +428,7 @@ def _scored_rows(
             f"{eval_dir / 'predictions.csv'} has {len(predictions)} rows, {data_path} has "
             f"{len(frame)}: the evaluation is stale. Re-run evaluate."
         )
-    return evaluation, frame, predictions["predicted"].to_numpy()
+    return evaluation, frame, predictions
 
 
 def run_gate(
@@ -388,9 +443,16 @@ def run_gate(
     from tuneloop.model import load_classifier
 
     gate = params.gate
-    evaluation, frame, predicted = _scored_rows(Path(eval_dir), data_path, challenger_dir)
+    evaluation, frame, predictions = _scored_rows(Path(eval_dir), data_path, challenger_dir)
+    predicted = predictions["predicted"].to_numpy()
     report = GateReport(challenger=str(challenger_dir), champion=champion_name, data=str(data_path))
     report.checks += floor_checks(evaluation, gate)
+    report.scores["challenger"] = {"accuracy": evaluation.accuracy, "macro_f1": evaluation.macro_f1}
+    if evaluation.baseline is not None:
+        report.scores["baseline"] = {"accuracy": evaluation.baseline.accuracy, "macro_f1": evaluation.baseline.macro_f1}
+    if gate.min_baseline_margin is not None:
+        check, report.baseline = baseline_check(params, evaluation, frame, predictions)
+        report.checks.append(check)
     report.checks.append(_at_most("model_size_mb", model_size_mb(Path(challenger_dir)), gate.max_model_size_mb))
     challenger = load_classifier(challenger_dir)
     champion = load_classifier(champion_dir) if champion_dir is not None else None
@@ -408,6 +470,7 @@ def run_gate(
         report.comparison["latency"] = latency
         return report
     report.comparison, champion_correct = compare_with_champion(params, frame, predicted, champion)
+    report.scores["champion"] = {k: report.comparison[f"champion_{k}"] for k in ("accuracy", "macro_f1")}
     report.comparison["latency"] = latency
     challenger_correct = predicted == frame[LABEL].to_numpy()
     report.checks.append(comparison_check(report.comparison, gate.alpha))
@@ -420,24 +483,21 @@ def compare_with_champion(
 ) -> tuple[dict[str, Any], np.ndarray]:
     """The champion re-scored now on the same rows, the paired test of the two, and the champion's per-row
     correctness (for the slice checks)."""
+    from sklearn.metrics import f1_score
+
     from tuneloop.model import predict_proba
 
     y_true = frame[LABEL].to_numpy()
     probs = predict_proba(champion, frame[TEXT].tolist(), params.evaluate.batch_size)
     champion_pred = np.array(champion.labels)[probs.argmax(axis=1)]
     champion_correct, challenger_correct = champion_pred == y_true, predicted == y_true
-    if params.gate.paired_test == "mcnemar":
-        result = mcnemar(champion_correct, challenger_correct)
-    else:
-        ids = {label: i for i, label in enumerate(sorted(set(y_true) | set(champion_pred) | set(predicted)))}
-        to_ids = np.vectorize(ids.__getitem__)
-        result = paired_bootstrap(
-            to_ids(y_true), to_ids(champion_pred), to_ids(predicted), params.gate.bootstrap_samples, params.base.seed
-        )
+    result = paired_test(params, y_true, champion_pred, predicted)
+    present = sorted(set(y_true))  # macro over the classes the rows hold, as evaluate computes it
     result.update(
         {
             "champion_accuracy": float(champion_correct.mean()),
             "challenger_accuracy": float(challenger_correct.mean()),
+            "champion_macro_f1": float(f1_score(y_true, champion_pred, labels=present, average="macro")),
         }
     )
     return result, champion_correct
@@ -460,6 +520,12 @@ def render_markdown(report: GateReport) -> str:
         f"| {c.name} | {c.value} | {c.threshold} | {'pass' if c.passed else '**FAIL**'} | {c.why} |"
         for c in report.checks
     ]
+    if report.scores:
+        lines += ["", "## Scores on the same test rows", "", "| model | accuracy | macro-F1 |", "| --- | ---: | ---: |"]
+        names = {"baseline": f"baseline (TF-IDF {report.baseline.get('analyzer', '')} n-grams + LinearSVC)"}
+        lines += [
+            f"| {names.get(k, k)} | {v['accuracy']:.4f} | {v['macro_f1']:.4f} |" for k, v in report.scores.items()
+        ]
     return "\n".join(lines) + "\n"
 
 

@@ -61,7 +61,7 @@ def deploy_training(params: Params, project_root: Path) -> str:
         work_pool_name=cfg.work_pool,
         schedules=[Cron(cfg.training_cron, timezone=cfg.timezone)],
         triggers=[drift_trigger(params.task.name)],
-        description="[collect feedback] -> validate -> prepare -> train -> evaluate -> release -> package",
+        description="[collect feedback] -> validate -> prepare -> pretrain -> train -> evaluate -> release -> package",
         print_next_steps=False,
     )
     return str(deployment_id)

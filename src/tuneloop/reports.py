@@ -5,7 +5,9 @@ One report, several files in the evaluation folder, so `dvc metrics show` stays 
 - per_class.json: precision, recall, F1 and support per class;
 - served.json: the served variant (`serve.backend`) scored on the same rows (null: it is the
   evaluated model itself);
-- behaviour.json: every behavioural test with its pass rate and failures.
+- behaviour.json: every behavioural test with its pass rate and failures;
+- baseline.json: the TF-IDF + linear baseline fitted on the training split and scored on the same
+  rows (its per-row predictions are the `baseline_predicted` column of predictions.csv).
 `EvalReport.load` reads them back by attribute; a missing, older or damaged file is a clear error.
 Pydantic only: no pandas or torch import to read a report.
 """
@@ -20,8 +22,9 @@ from pydantic import BaseModel, ConfigDict, ValidationError
 
 from tuneloop.errors import TuneloopError
 
-REPORT_VERSION = 3  # 1: one metrics.json with everything; 2: served.json named quantize, not backend
+REPORT_VERSION = 4  # 1: one metrics.json with everything; 2: served.json named quantize, not backend; 3: no baseline
 METRICS, PER_CLASS, SERVED, BEHAVIOUR = "metrics.json", "per_class.json", "served.json", "behaviour.json"
+BASELINE = "baseline.json"
 
 
 class ReportError(TuneloopError):
@@ -51,6 +54,17 @@ class ServedMetrics(_Strict):
     mean_confidence_shift: float
 
 
+class BaselineMetrics(_Strict):
+    """The TF-IDF + linear baseline (tuneloop.baseline), fitted on the training split, scored on the same rows."""
+
+    analyzer: str  # word | char n-grams
+    train_path: str
+    train_rows: int
+    fit_seconds: float
+    accuracy: float
+    macro_f1: float
+
+
 class Headline(_Strict):
     """metrics.json: the numbers `dvc metrics show` prints."""
 
@@ -73,6 +87,7 @@ class EvalReport(_Strict):
     per_class: dict[str, ClassMetrics]
     behaviour: dict[str, float | None]  # pass rate per behavioural test (None: no case could run)
     served: ServedMetrics | None = None
+    baseline: BaselineMetrics | None = None  # None: no training file to fit it on (the gate then refuses)
 
     @property
     def accuracy(self) -> float:
@@ -95,7 +110,7 @@ class EvalReport(_Strict):
         return self.headline.model_dump(exclude={"report_version", "model", "data"})
 
     def write(self, out_dir: str | Path, behaviour_details: dict[str, Any]) -> None:
-        """Write metrics.json, per_class.json, served.json (when scored) and behaviour.json."""
+        """Write metrics.json, per_class.json, served.json, baseline.json (null when not scored), behaviour.json."""
         from tuneloop.tabular import write_text_atomic
 
         out = Path(out_dir)
@@ -104,6 +119,8 @@ class EvalReport(_Strict):
         write_text_atomic(json.dumps(per_class, indent=2, ensure_ascii=False) + "\n", out / PER_CLASS)
         served = self.served.model_dump_json(indent=2) if self.served is not None else "null"  # null: not scored
         write_text_atomic(served + "\n", out / SERVED)
+        baseline = self.baseline.model_dump_json(indent=2) if self.baseline is not None else "null"
+        write_text_atomic(baseline + "\n", out / BASELINE)
         write_text_atomic(json.dumps(behaviour_details, indent=2, ensure_ascii=False) + "\n", out / BEHAVIOUR)
 
     @classmethod
@@ -129,6 +146,7 @@ class EvalReport(_Strict):
                     "headline": headline,
                     "per_class": _read(folder / PER_CLASS),
                     "served": served,
+                    "baseline": _read(folder / BASELINE),
                     "behaviour": {k: v.get("pass_rate") for k, v in behaviour.items()},
                 }
             )

@@ -313,6 +313,25 @@ def load_training_data(
     return train_df, val_df, label_space(train_df, val_df, train_path, val_path)
 
 
+def starting_point(params: Params, pretrained: str | Path | None) -> str:
+    """The model to fine-tune: the pretrain stage's output when it holds a model (pretrain.enabled), else
+    train.base_model (the stage then wrote only its pretrain.json marker)."""
+    if pretrained is not None and (Path(pretrained) / "config.json").is_file():
+        return str(pretrained)
+    return params.train.base_model
+
+
+def extend_vocabulary(params: Params, tokenizer: Any, model: Any, texts: list[str]) -> dict[str, Any] | None:
+    """vocab.extend: add the training texts' unreadable units (none left when the pretrain stage added them)."""
+    if not params.vocab.extend:
+        return None
+    from tuneloop.vocab import extend, plan_extension
+
+    extension = plan_extension(tokenizer, texts, params.vocab.min_count, params.vocab.max_new_tokens)
+    extend(tokenizer, model, extension, texts)
+    return extension.record()
+
+
 def load_base_model(base: str, labels: list[str], seed: int) -> tuple[Any, Any, str]:
     """Tokenizer and a sequence classifier with a fresh head for `labels`, from safetensors only."""
     from transformers import AutoModelForSequenceClassification, AutoTokenizer, set_seed
@@ -388,6 +407,7 @@ def build_trainer(
     cuda = torch.cuda.is_available()
     train_df, val_df, labels = load_training_data(params, train_path, val_path, max_samples)
     tokenizer, model, source = load_base_model(base, labels, params.base.seed)
+    extension = extend_vocabulary(params, tokenizer, model, train_df[TEXT].tolist())
     label2id = {label: i for i, label in enumerate(labels)}
     train_ds, val_ds = (encode(tokenizer, df, label2id, p.max_length) for df in (train_df, val_df))
     batch_size = p.cuda_batch_size if cuda else p.batch_size
@@ -408,9 +428,15 @@ def build_trainer(
     trainer.remove_callback(PrinterCallback)  # it prints raw dicts; ThroughputCallback logs one line instead
     tokens = train_ds.real_tokens / max(len(train_ds), 1)
     info = {"labels": labels, "base_model": base, "base_model_source": source, "real_tokens_per_sample": tokens}
+    info |= {"vocab_extension": extension, "pretrained": _pretrain_record(Path(source))}
     info |= {"train_rows": len(train_ds), "val_rows": len(val_ds), "device": "cuda" if cuda else "cpu"}
     info["production_rows"] = int((train_df.get(ORIGIN, pd.Series(dtype=str)) == PRODUCTION).sum())
     return trainer, info | {"batch_size": batch_size, "throughput": throughput}
+
+
+def _pretrain_record(source: Path) -> dict[str, Any] | None:
+    marker = source / "pretrain.json"  # tuneloop.pretrain.MARKER: written beside a pre-trained model
+    return json.loads(marker.read_text(encoding="utf-8")) if marker.is_file() else None
 
 
 def last_checkpoint(checkpoint_dir: Path) -> str | None:
@@ -477,6 +503,8 @@ def describe_run(params: Params, info: dict[str, Any], inputs: dict[str, Path], 
         "steps": run.steps,
         "train_samples_per_second": round(run.train_samples_per_second, 1),
         "val_metrics": run.val_metrics,
+        "vocab_extension": info.get("vocab_extension"),  # units this run added to the tokenizer (vocab.extend)
+        "pretrained": info.get("pretrained"),  # the pretrain stage's record when it started from its checkpoint
     }
 
 

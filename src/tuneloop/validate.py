@@ -21,7 +21,7 @@ from typing import Any
 
 import pandas as pd
 
-from tuneloop.config import ValidateParams
+from tuneloop.config import ValidateParams, VocabParams
 from tuneloop.errors import ValidationFailed
 from tuneloop.tabular import LABEL, REPLACEMENT_CHAR, TEXT, Table, write_csv_atomic, write_text_atomic
 from tuneloop.text import normalize_text
@@ -72,6 +72,13 @@ CHECKS: dict[str, tuple[str, str, str]] = {
         "class too small",
         "add examples, merge the class into another, or lower validate.min_rows_per_class",
     ),
+    "tokenizer_coverage": (
+        "train.base_model's tokenizer reads the corpus (few [UNK] tokens, few unrepresentable characters)",
+        "text the tokenizer reads mostly as [UNK]",
+        "set vocab.extend: true (adds the corpus' unreadable units to the vocabulary) and continue pre-training "
+        "on your text (`tuneloop pretrain`, pretrain.enabled: true), or set train.base_model to a model made "
+        "for this language",
+    ),
 }
 
 
@@ -85,6 +92,7 @@ class CheckResult:
     success: bool
     rows: list[int] = field(default_factory=list)  # 0-based positions in the table
     reasons: dict[int, str] = field(default_factory=dict)  # row position -> specific reason
+    note: str = ""  # what a corpus-level check measured (tokenizer_coverage)
 
     @property
     def count(self) -> int:
@@ -128,6 +136,7 @@ class ValidationReport:
                     "unexpected_count": c.count,
                     "examples": self.examples(c),
                 }
+                | ({"measured": c.note} if c.note else {})
                 for c in self.checks.values()
             },
         }
@@ -154,13 +163,17 @@ class ValidationReport:
         return pd.concat([kept, quarantined]).set_index("_pos").sort_index()
 
 
-def validate_table(table: Table, params: ValidateParams, labels: list[str]) -> ValidationReport:
+def validate_table(
+    table: Table, params: ValidateParams, labels: list[str], tokenizer: Any = None, vocab: VocabParams | None = None
+) -> ValidationReport:
     """Run the GX suite over `table` and apply each check's policy.
 
     Args:
         table: the rows, as read by `tuneloop.tabular.read_table(strict_encoding=False)`.
         params: the `validate:` section of params.yaml.
         labels: the known label set (`data.labels`); empty = any label is allowed.
+        tokenizer: train.base_model's tokenizer for the tokenizer_coverage check (None: not checked).
+        vocab: the `vocab:` section; with `extend` on, coverage is judged after the planned extension.
     """
     frame = table.frame
     policy = params.policy.model_dump()
@@ -168,6 +181,8 @@ def validate_table(table: Table, params: ValidateParams, labels: list[str]) -> V
     quarantined_rows = {r for c in checks.values() if c.policy == "quarantine" for r in c.rows}
     survivors = frame.drop(index=sorted(quarantined_rows))
     checks["min_rows_per_class"] = _run_class_check(survivors, params, policy["min_rows_per_class"])
+    if tokenizer is not None:
+        checks["tokenizer_coverage"] = _run_coverage_check(survivors, params, tokenizer, vocab)
     kept, quarantined = _split(frame, checks)
     return ValidationReport(
         source=str(table.path), rows_in=len(frame), checks=checks, kept=kept, quarantined=quarantined
@@ -298,6 +313,64 @@ def _run_class_check(survivors: pd.DataFrame, params: ValidateParams, policy: st
     )
 
 
+def _run_coverage_check(
+    survivors: pd.DataFrame, params: ValidateParams, tokenizer: Any, vocab: VocabParams | None
+) -> CheckResult:
+    """Corpus-level: the [UNK] share overall and per text, and the share of unrepresentable characters."""
+    import great_expectations.expectations as gxe
+
+    texts = survivors[TEXT].dropna().astype(str)
+    found, note = _measured_coverage(texts.tolist(), tokenizer, vocab)
+    # One row per text: its [UNK] share, and its parts of the corpus' [UNK] tokens and unreadable characters,
+    # whose column sums are the corpus-level shares GX bounds.
+    per_text = pd.DataFrame(
+        {
+            "unk_share": found.unk_share_per_text,
+            "unk_part": found.unk / max(found.tokens.sum(), 1),
+            "char_part": found.unreadable / max(found.chars.sum(), 1),
+        }
+    )
+    p, meta = params.tokenizer, {"check": "tokenizer_coverage"}
+    suite = [
+        gxe.ExpectColumnSumToBeBetween(column="unk_part", max_value=p.max_unk_share, meta=meta),
+        gxe.ExpectColumnSumToBeBetween(column="char_part", max_value=p.max_unreadable_char_share, meta=meta),
+        gxe.ExpectColumnValuesToBeBetween(
+            column="unk_share", max_value=p.max_unk_share_per_text, mostly=1 - p.max_unreadable_texts, meta=meta
+        ),
+    ]
+    results = _gx_validate(per_text, suite)["tokenizer_coverage"]
+    bad = sorted({int(texts.index[i]) for r in results for i in r.result.get("unexpected_index_list") or []})
+    shares = dict(zip(texts.index, found.unk_share_per_text, strict=True))
+    note = (
+        f"[UNK] share {found.unk_share:.1%} (max {p.max_unk_share:.0%}), unreadable characters "
+        f"{found.unreadable_char_share:.1%} (max {p.max_unreadable_char_share:.0%}){note}; most frequent "
+        f"unreadable: {''.join(found.unreadable_examples) or 'none'}"
+    )
+    success = all(r.success for r in results)  # under policy warn the CLI prints the note and the fix
+    return CheckResult(
+        name="tokenizer_coverage",
+        expectation=", ".join(dict.fromkeys(r.expectation_config.type for r in results)),
+        policy=params.policy.tokenizer_coverage,
+        success=success,
+        rows=bad,
+        reasons={i: f"tokenizer_coverage: {shares[i]:.0%} of its tokens are [UNK]" for i in bad},
+        note=note,
+    )
+
+
+def _measured_coverage(texts: list[str], tokenizer: Any, vocab: VocabParams | None) -> tuple[Any, str]:
+    """Coverage by the tokenizer training will use: extended first when vocab.extend is on."""
+    from tuneloop.vocab import coverage, extend, plan_extension
+
+    if vocab is None or not vocab.extend:
+        return coverage(tokenizer, texts), ""
+    before = coverage(tokenizer, texts)
+    extension = plan_extension(tokenizer, texts, vocab.min_count, vocab.max_new_tokens)
+    extend(tokenizer, None, extension, [])
+    note = f" after vocab.extend adds {len(extension.units)} units (before: [UNK] share {before.unk_share:.1%})"
+    return coverage(tokenizer, texts), note
+
+
 def _split(frame: pd.DataFrame, checks: dict[str, CheckResult]) -> tuple[pd.DataFrame, pd.DataFrame]:
     reasons: dict[int, list[str]] = {}
     for check in checks.values():
@@ -325,7 +398,7 @@ def render_markdown(report: ValidationReport) -> str:
         "| --- | --- | --- | --- | ---: |",
     ]
     for name, c in s["checks"].items():
-        result = "pass" if c["success"] else ("FAIL" if c["policy"] == "fail" else "quarantined")
+        result = "pass" if c["success"] else {"fail": "FAIL", "warn": "WARN"}.get(c["policy"], "quarantined")
         lines.append(f"| {name} | `{c['expectation']}` | {c['policy']} | {result} | {c['unexpected_count']} |")
     for name, c in s["checks"].items():
         if c["success"]:
@@ -337,6 +410,7 @@ def render_markdown(report: ValidationReport) -> str:
             f"{c['description']}. Fix: {CHECKS[name][2]}.",
             "",
         ]
+        lines += [f"Measured: {c['measured']}.", ""] if c.get("measured") else []
         for ex in c["examples"]:
             lines.append(
                 f"- row {ex['row']}: {json.dumps(ex['text'], ensure_ascii=False)} [{ex['label']}]: {ex['reason']}"
@@ -377,11 +451,9 @@ def failure_message(report: ValidationReport) -> str:
     for check in report.failed:
         shown = ", ".join(str(r + 1) for r in check.rows[:5]) + (", ..." if check.count > 5 else "")
         first = check.reasons.get(check.rows[0], "") if check.rows else ""
-        lines.append(f"  - {check.name}: {check.count} rows (rows {shown}); {first}.")
-        lines.append(
-            f"    Fix: {CHECKS[check.name][2]}, or set validate.policy.{check.name}: "
-            "quarantine to set those rows aside."
-        )
+        lines.append(f"  - {check.name}: {check.count} rows (rows {shown}); {check.note or first}.")
+        other = "warn to go on anyway" if check.name == "tokenizer_coverage" else "quarantine to set those rows aside"
+        lines.append(f"    Fix: {CHECKS[check.name][2]}, or set validate.policy.{check.name}: {other}.")
     if not report.failed and not len(report.kept):
         lines.append("  - every row was quarantined; nothing is left to train on. See the report.")
     return "\n".join(lines)
@@ -396,12 +468,20 @@ def validate_file(
     label_col: str = LABEL,
     out_dir: str | Path | None = None,
     report_dir: str | Path | None = None,
+    base_model: str | None = None,
+    vocab: VocabParams | None = None,
 ) -> ValidationReport:
-    """Read, validate and write outputs for one file; raise `ValidationFailed` if a `fail` check broke."""
+    """Read, validate and write outputs for one file; raise `ValidationFailed` if a `fail` check broke.
+    `base_model` (train.base_model) adds the tokenizer_coverage check, judged after `vocab`'s extension."""
     from tuneloop.tabular import read_table
 
     table = read_table(path, text_col, label_col, strict_encoding=False)
-    report = validate_table(table, params, labels)
+    tokenizer = None
+    if base_model is not None:
+        from tuneloop.vocab import load_tokenizer
+
+        tokenizer = load_tokenizer(base_model)
+    report = validate_table(table, params, labels, tokenizer, vocab)
     write_report(report, Path(out_dir) if out_dir else None, Path(report_dir) if report_dir else None)
     if not report.passed:
         raise ValidationFailed(failure_message(report))

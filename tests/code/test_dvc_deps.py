@@ -16,7 +16,13 @@ SRC = REPO / "src" / "tuneloop"
 # Each stage runs `python -m tuneloop <command>`: the package entry (top-level imports of cli only,
 # typer and rich) plus the stage module and config, and whatever those import, anywhere in the file.
 ENTRY = ["__init__.py", "__main__.py", "cli.py", "cli_common.py"]
-STAGE_MODULES = {"validate": "validate", "prepare": "prepare", "train": "train", "evaluate": "evaluate"}
+STAGE_MODULES = {
+    "validate": "validate",
+    "prepare": "prepare",
+    "pretrain": "pretrain",
+    "train": "train",
+    "evaluate": "evaluate",
+}
 
 
 def _module_file(name: str) -> Path | None:

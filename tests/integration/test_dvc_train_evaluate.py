@@ -1,4 +1,4 @@
-"""`dvc repro` runs validate -> prepare -> train -> evaluate on demo data (tiny random BERT), a second
+"""`dvc repro` runs validate -> prepare -> pretrain -> train -> evaluate on demo data (tiny random BERT), a second
 repro does nothing, and `dvc metrics show`, `dvc plots show` and `dvc exp run -S` work."""
 
 import json
@@ -28,7 +28,7 @@ def test_full_pipeline_is_reproducible_and_cached(project, cli, tiny_model):
     (project / "params.yaml").write_text(yaml.safe_dump(params))
 
     first = dvc("repro")
-    for stage in ("validate", "prepare", "train", "evaluate"):
+    for stage in ("validate", "prepare", "pretrain", "train", "evaluate"):
         assert f"Running stage '{stage}'" in first
     metrics = json.loads((project / "reports/eval/metrics.json").read_text())
     per_class = json.loads((project / "reports/eval/per_class.json").read_text())
@@ -37,6 +37,17 @@ def test_full_pipeline_is_reproducible_and_cached(project, cli, tiny_model):
     assert meta["data"]["train"]["path"] == "data/prepared/train.csv" and meta["git_revision"]
 
     assert "Running stage" not in dvc("repro")  # nothing changed: every stage is a cache hit
+    assert json.loads((project / "models/pretrained/pretrain.json").read_text())["enabled"] is False
+
+    # Pre-training switched on: the pretrain stage runs and train re-runs from its checkpoint; validate and
+    # prepare do not.
+    params["pretrain"] = {"enabled": True, "epochs": 0.2, "lr": 1.0e-3}
+    (project / "params.yaml").write_text(yaml.safe_dump(params))
+    chained = dvc("repro")
+    assert "Running stage 'pretrain'" in chained and "Running stage 'train'" in chained
+    assert "Running stage 'prepare'" not in chained and "Running stage 'validate'" not in chained
+    meta = json.loads((project / "models/candidate/tuneloop.json").read_text())
+    assert meta["base_model"] == "models/pretrained" and meta["pretrained"]["steps"] > 0
 
     shown = dvc("metrics", "show", "--json")
     assert "macro_f1" in shown and "rows_kept" in shown

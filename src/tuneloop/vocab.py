@@ -1,0 +1,168 @@
+"""Can the base model read this text? Tokenizer coverage, and extending the vocabulary when it cannot.
+
+The packaged MiniLM's WordPiece vocabulary holds ~30k English-centred pieces: on Chinese news titles
+63% of its tokens are [UNK], and a model reading mostly [UNK] learns at chance. `coverage` measures
+that (validation's `tokenizer_coverage` check); `plan_extension` picks the corpus' frequent units
+the tokenizer cannot read (characters in scripts written without spaces, else whole words and
+their characters as word pieces) and `extend` adds them to the tokenizer's WordPiece vocabulary and
+resizes the model's embeddings. New rows are initialised by transformers' mean resizing (a sample
+around the old embeddings' mean and covariance, Hewitt 2021), so a new unit starts as "an average
+token" rather than noise; continued pre-training (`tuneloop pretrain`) then teaches them.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+from collections import Counter
+from dataclasses import asdict, dataclass
+from typing import Any
+
+import numpy as np
+
+from tuneloop.baseline import UNSPACED
+from tuneloop.errors import TuneloopError
+
+log = logging.getLogger(__name__)
+
+PREFIX = "##"  # WordPiece's continuation prefix (BERT family)
+
+
+@dataclass
+class Coverage:
+    """How much of a corpus a tokenizer reads, per text (counts) and overall."""
+
+    tokens: np.ndarray  # tokens per text
+    unk: np.ndarray  # [UNK] tokens per text
+    chars: np.ndarray  # non-space characters per text
+    unreadable: np.ndarray  # characters per text that the vocabulary cannot represent
+    unreadable_examples: list[str]  # the most frequent unreadable characters
+
+    @property
+    def unk_share_per_text(self) -> np.ndarray:
+        return np.divide(self.unk, self.tokens, out=np.zeros_like(self.unk), where=self.tokens > 0)
+
+    @property
+    def unk_share(self) -> float:
+        return float(self.unk.sum() / max(self.tokens.sum(), 1))
+
+    @property
+    def unreadable_char_share(self) -> float:
+        return float(self.unreadable.sum() / max(self.chars.sum(), 1))
+
+    def summary(self) -> dict[str, Any]:
+        return {
+            "unk_share": round(self.unk_share, 4),
+            "unreadable_char_share": round(self.unreadable_char_share, 4),
+            "texts": len(self.tokens),
+            "unreadable_examples": self.unreadable_examples,
+        }
+
+
+def load_tokenizer(base: str) -> Any | None:
+    """train.base_model's tokenizer for the coverage check; None (logged) when it cannot be loaded offline,
+    since training then fails with the message that names the fix."""
+    from transformers import AutoTokenizer
+
+    from tuneloop.model import resolve_base_model
+
+    try:
+        return AutoTokenizer.from_pretrained(resolve_base_model(base))
+    except (OSError, ValueError, TuneloopError) as exc:
+        log.warning("tokenizer_coverage not checked: cannot load the tokenizer of %s (%s)", base, exc)
+        return None
+
+
+def unreadable_chars(tokenizer: Any, chars: set[str]) -> set[str]:
+    """Characters that the tokenizer turns into [UNK] on their own (after its normalisation)."""
+    unk = tokenizer.unk_token_id
+    return {c for c in chars if not c.isspace() and unk in tokenizer(c, add_special_tokens=False)["input_ids"]}
+
+
+def coverage(tokenizer: Any, texts: list[str], batch_size: int = 1000) -> Coverage:
+    """[UNK] tokens of each text and its characters the vocabulary cannot represent."""
+    unk, tokens, unk_counts = tokenizer.unk_token_id, [], []
+    for start in range(0, len(texts), batch_size):
+        ids = tokenizer(texts[start : start + batch_size], add_special_tokens=False)["input_ids"]
+        tokens += [len(i) for i in ids]
+        unk_counts += [sum(t == unk for t in i) for i in ids]
+    char_counts = Counter(c for t in texts for c in t if not c.isspace())
+    bad = unreadable_chars(tokenizer, set(char_counts))
+    return Coverage(
+        tokens=np.array(tokens, dtype=float),
+        unk=np.array(unk_counts, dtype=float),
+        chars=np.array([sum(1 for c in t if not c.isspace()) for t in texts], dtype=float),
+        unreadable=np.array([sum(c in bad for c in t) for t in texts], dtype=float),
+        unreadable_examples=[c for c, _ in Counter({c: char_counts[c] for c in bad}).most_common(10)],
+    )
+
+
+@dataclass
+class Extension:
+    """What `extend` adds: recorded in the model's tuneloop.json (`vocab_extension`)."""
+
+    units: list[str]  # vocabulary entries added, most frequent first
+    min_count: int
+    unk_share_before: float
+    unk_share_after: float | None = None
+
+    def record(self) -> dict[str, Any]:
+        digest = hashlib.sha256("\n".join(self.units).encode()).hexdigest()
+        return asdict(self) | {"added": len(self.units), "units": self.units[:50], "units_sha256": digest}
+
+
+def plan_extension(tokenizer: Any, texts: list[str], min_count: int, max_new: int) -> Extension:
+    """The corpus' frequent units the tokenizer maps to [UNK]: characters (with their ## continuation form
+    outside unspaced scripts) and, for space-separated scripts, whole words that hold them."""
+    normalize = tokenizer.backend_tokenizer.normalizer
+    pre = tokenizer.backend_tokenizer.pre_tokenizer
+    vocab = tokenizer.get_vocab()
+    words: Counter[str] = Counter()
+    for text in texts:
+        norm = normalize.normalize_str(text) if normalize is not None else text
+        words.update(w for w, _ in pre.pre_tokenize_str(norm))
+    chars: Counter[str] = Counter()
+    for word, n in words.items():
+        for c in word:
+            chars[c] += n
+    bad = unreadable_chars(tokenizer, set(chars))
+    units: Counter[str] = Counter()
+    for c in bad:
+        units[c] = chars[c]
+        if not UNSPACED.match(c):  # inside a word: WordPiece needs the continuation piece too
+            units[PREFIX + c] = chars[c]
+    for word, n in words.items():
+        if len(word) > 1 and any(c in bad for c in word) and not UNSPACED.search(word):
+            units[word] = n  # a frequent unreadable word becomes one piece (longest match first)
+    chosen = [u for u, n in units.most_common() if n >= min_count and u not in vocab][:max_new]
+    return Extension(units=chosen, min_count=min_count, unk_share_before=coverage(tokenizer, texts).unk_share)
+
+
+def extend(tokenizer: Any, model: Any | None, extension: Extension, texts: list[str]) -> None:
+    """Add `extension.units` to the tokenizer's WordPiece vocabulary (in place) and resize the model's
+    embeddings; records the corpus' [UNK] share after it."""
+    from tokenizers.models import WordPiece
+
+    if not extension.units:
+        return
+    backend = tokenizer.backend_tokenizer
+    current = backend.model
+    vocab = dict(backend.get_vocab())
+    for unit in extension.units:
+        vocab.setdefault(unit, len(vocab))
+    backend.model = WordPiece(
+        vocab=vocab,
+        unk_token=current.unk_token,
+        continuing_subword_prefix=current.continuing_subword_prefix,
+        max_input_chars_per_word=current.max_input_chars_per_word,
+    )
+    if model is not None:
+        model.resize_token_embeddings(len(vocab), mean_resizing=True)
+    extension.unk_share_after = coverage(tokenizer, texts).unk_share
+    log.info(
+        "vocabulary extended by %d units (%s...): [UNK] share %.3f -> %.3f",
+        len(extension.units),
+        "".join(extension.units[:10]),
+        extension.unk_share_before,
+        extension.unk_share_after,
+    )
