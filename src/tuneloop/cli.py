@@ -243,6 +243,40 @@ def pretrain_cmd(
     )
 
 
+@app.command("cv")
+@user_errors
+def cv_cmd(
+    folds: Annotated[int | None, typer.Option("--folds", min=2, help="K stratified folds (default: cv.folds).")] = None,
+    train_path: Annotated[
+        Path, typer.Option("--train", help="labeled CSV; its rows and --val's are cut into folds.")
+    ] = Path("data/prepared/train.csv"),
+    val_path: Annotated[
+        Path, typer.Option("--val", help="labeled CSV joined to --train (the test split is never used).")
+    ] = Path("data/prepared/val.csv"),
+    out_dir: Annotated[Path, typer.Option("--out", help="folder for cv.json and cv.md.")] = Path("reports/cv"),
+    max_samples: Annotated[
+        int, typer.Option("--max-samples", min=0, help="cross-validate a seeded sample of N rows of train + val.")
+    ] = 0,
+    max_steps: Annotated[
+        int, typer.Option("--max-steps", min=0, help="stop each fold's fine-tune after N steps (0: epochs decide).")
+    ] = 0,
+    params: ParamsOpt = Path("params.yaml"),
+    set_: SetOpt = None,
+) -> None:
+    """K fine-tunes over stratified folds of train + val: per-fold metrics and their mean ± std."""
+    from tuneloop.cv import cross_validate
+
+    cfg = _params(params, set_)
+    report = cross_validate(
+        cfg, train_path, val_path, out_dir, folds=folds, max_samples=max_samples, max_steps=max_steps or -1
+    )
+    f1, acc = report.summary.macro_f1, report.summary.accuracy
+    out.print(
+        f"[green]cross-validated[/] {report.folds} folds of {report.rows} rows: macro-F1 {f1.mean:.4f} ± {f1.std:.4f}, "
+        f"accuracy {acc.mean:.4f} ± {acc.std:.4f}, {report.wall_time_s:.0f} s; report in {out_dir}"
+    )
+
+
 @app.command("evaluate")
 @user_errors
 def evaluate_cmd(

@@ -225,6 +225,12 @@ class DistillParams(_Section):
     transfer_rows: int = Field(default=0, ge=0, description="newest prediction-log texts added as unlabeled transfer")
 
 
+class CvParams(_Section):
+    """The `cv:` section (tuneloop cv): how many stratified folds of the prepared train+val rows."""
+
+    folds: int = Field(default=5, ge=2, le=50, description="K: fine-tunes, each validated on one held-out fold")
+
+
 SignalName = Literal[
     "novelty",
     "embedding",
@@ -283,6 +289,7 @@ class Params(_Section):
     serve: ServeParams
     monitor: MonitorParams
     distill: DistillParams = DistillParams()
+    cv: CvParams = CvParams()
 
     model_config = ConfigDict(extra="forbid", frozen=True, strict=True, populate_by_name=True)
 

@@ -15,6 +15,7 @@ import logging
 import os
 import shutil
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -132,6 +133,10 @@ class EncodedDataset:
     @property
     def real_tokens(self) -> int:
         return sum(len(ids) for ids in self.input_ids)
+
+    def subset(self, rows: Sequence[int]) -> EncodedDataset:
+        """The given rows, sharing their token ids (cross-validation folds index one encoding)."""
+        return EncodedDataset([self.input_ids[i] for i in rows], [self.labels[i] for i in rows])
 
 
 def encode(tokenizer: Any, frame: pd.DataFrame, label2id: dict[str, int], max_length: int) -> EncodedDataset:
@@ -400,19 +405,45 @@ def build_trainer(
 ) -> tuple[Trainer, dict[str, Any]]:
     """Load data and base model and assemble the Trainer; returns it with run info for metadata."""
     import torch
-    from transformers import DataCollatorWithPadding, PrinterCallback, Trainer
 
     p = params.train
     torch.set_num_threads(p.num_threads or os.cpu_count() or 1)
-    cuda = torch.cuda.is_available()
     train_df, val_df, labels = load_training_data(params, train_path, val_path, max_samples)
     tokenizer, model, source = load_base_model(base, labels, params.base.seed)
     extension = extend_vocabulary(params, tokenizer, model, train_df[TEXT].tolist())
     label2id = {label: i for i, label in enumerate(labels)}
     train_ds, val_ds = (encode(tokenizer, df, label2id, p.max_length) for df in (train_df, val_df))
+    weights = class_weights(train_df, labels) if p.class_weights else None
+    opts: dict[str, Any] = {"weights": weights, "max_steps": max_steps, "live_dir": live_dir, "resume": resume}
+    trainer, throughput = make_trainer(params, model, tokenizer, train_ds, val_ds, checkpoint_dir, **opts)
+    tokens = train_ds.real_tokens / max(len(train_ds), 1)
+    info = {"labels": labels, "base_model": base, "base_model_source": source, "real_tokens_per_sample": tokens}
+    info |= {"vocab_extension": extension, "pretrained": _pretrain_record(Path(source))}
+    info |= {"train_rows": len(train_ds), "val_rows": len(val_ds), "device": "cuda" if _cuda() else "cpu"}
+    info["production_rows"] = int((train_df.get(ORIGIN, pd.Series(dtype=str)) == PRODUCTION).sum())
+    return trainer, info | {"batch_size": throughput.batch_size, "throughput": throughput}
+
+
+def make_trainer(
+    params: Params,
+    model: Any,
+    tokenizer: Any,
+    train_ds: EncodedDataset,
+    val_ds: EncodedDataset,
+    checkpoint_dir: Path,
+    *,
+    weights: torch.Tensor | None = None,
+    max_steps: int = -1,
+    live_dir: Path | None = None,
+    resume: bool = False,
+) -> tuple[Trainer, ThroughputCallback]:
+    """The train stage's Trainer over already-encoded splits: its arguments, loss, early stopping and
+    progress line. Split from `build_trainer` so cross-validation fits each fold the same way."""
+    from transformers import DataCollatorWithPadding, PrinterCallback, Trainer
+
+    p, cuda = params.train, _cuda()
     batch_size = p.cuda_batch_size if cuda else p.batch_size
     throughput, steps_per_epoch = ThroughputCallback(batch_size), max(1, -(-len(train_ds) // batch_size))
-    weights = class_weights(train_df, labels) if p.class_weights else None
     trainer = Trainer(
         model=model,
         args=training_arguments(params, checkpoint_dir, steps_per_epoch, cuda, max_steps),
@@ -426,12 +457,13 @@ def build_trainer(
         callbacks=training_callbacks(p.early_stopping_patience, throughput, live_dir, resume),
     )
     trainer.remove_callback(PrinterCallback)  # it prints raw dicts; ThroughputCallback logs one line instead
-    tokens = train_ds.real_tokens / max(len(train_ds), 1)
-    info = {"labels": labels, "base_model": base, "base_model_source": source, "real_tokens_per_sample": tokens}
-    info |= {"vocab_extension": extension, "pretrained": _pretrain_record(Path(source))}
-    info |= {"train_rows": len(train_ds), "val_rows": len(val_ds), "device": "cuda" if cuda else "cpu"}
-    info["production_rows"] = int((train_df.get(ORIGIN, pd.Series(dtype=str)) == PRODUCTION).sum())
-    return trainer, info | {"batch_size": batch_size, "throughput": throughput}
+    return trainer, throughput
+
+
+def _cuda() -> bool:
+    import torch
+
+    return torch.cuda.is_available()
 
 
 def _pretrain_record(source: Path) -> dict[str, Any] | None:
