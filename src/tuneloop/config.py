@@ -84,11 +84,34 @@ class ValidateParams(_Section):
         return self
 
 
+AugmentMethod = Literal["noise", "contextual"]
+
+
+class AugmentParams(_Section):
+    """`prepare.augment`: extra train rows made from train rows (tuneloop.augment); val and test never change.
+
+    Defaults here so a params.yaml written before augmentation existed still reads (augmentation off).
+    """
+
+    methods: list[AugmentMethod] = Field(default=[], description="noise | contextual; [] = no augmentation")
+    copies: int = Field(default=1, ge=1, le=10, description="augmented rows per train row and method")
+    word_share: float = Field(default=0.15, gt=0, le=0.5, description="share of a text's words changed (at least 1)")
+    mlm_model: str | None = Field(default=None, description="contextual: a model with an MLM head; null = base")
+    top_k: int = Field(default=5, ge=1, le=50, description="contextual: a fill is drawn from this many predictions")
+
+    @model_validator(mode="after")
+    def _unique(self) -> AugmentParams:
+        if len(set(self.methods)) != len(self.methods):
+            raise ValueError("methods lists a method twice; raise copies for more rows per method")
+        return self
+
+
 class PrepareParams(_Section):
     val_fraction: float = Field(gt=0, lt=1)
     test_fraction: float = Field(ge=0, lt=1)
     test_path: str | None = Field(description="a provided test file; null = split one off")
     lowercase: bool
+    augment: AugmentParams = AugmentParams()
 
     @model_validator(mode="after")
     def _fractions(self) -> PrepareParams:

@@ -33,6 +33,7 @@ from tuneloop.config import EvaluateParams, Params
 from tuneloop.errors import DataError
 from tuneloop.reports import REPORT_VERSION, BaselineMetrics, EvalReport, Headline, ServedMetrics
 from tuneloop.tabular import LABEL, TEXT, read_labeled, write_csv_atomic, write_text_atomic
+from tuneloop.text import swap_letters
 
 if TYPE_CHECKING:
     from tuneloop.model import Classifier
@@ -165,19 +166,11 @@ def slice_metrics(
 # ---------------------------------------------------------------- behavioural tests
 
 
-def _typo(text: str, rng: random.Random) -> str:
-    letters = [i for i, c in enumerate(text[:-1]) if c.isalpha() and text[i + 1].isalpha()]
-    if not letters:
-        return text
-    i = rng.choice(letters)
-    return text[:i] + text[i + 1] + text[i] + text[i + 2 :]
-
-
 PERTURBATIONS = {
     "uppercase": lambda t, rng, cfg: t.upper(),
     "lowercase": lambda t, rng, cfg: t.lower(),
     "extra_whitespace": lambda t, rng, cfg: "  " + "  ".join(t.split()) + " ",
-    "typo": lambda t, rng, cfg: _typo(t, rng),
+    "typo": lambda t, rng, cfg: swap_letters(t, rng),
     "neutral_suffix": lambda t, rng, cfg: t + rng.choice(cfg.get("neutral_suffixes") or [" thanks"]),
 }
 

@@ -1,25 +1,28 @@
 """Prepare stage: normalise, dedupe, and split the validated rows into train/val/test.
 
 Run by DVC (`dvc repro prepare`) as `python -m tuneloop prepare`; reads only its own section of
-params.yaml (plus base.seed and data.labels). Outputs under data/prepared/:
+params.yaml (plus base.seed, data.labels, and train.base_model when contextual augmentation has no mlm_model
+of its own). Outputs under data/prepared/:
 train.csv, val.csv, test.csv, labels.json (the label map, written once for all splits) and
 dropped.csv (rows removed here and why: dedupe after normalisation, or leakage into a provided
-test file), so nothing is dropped silently.
+test file), so nothing is dropped silently. With `prepare.augment` the train split also holds augmented
+rows (origin `augmented`, see tuneloop.augment); val and test never do.
 """
 
 from __future__ import annotations
 
 import json
 import logging
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
 
+from tuneloop.augment import augment, load_mlm, mlm_choice
 from tuneloop.config import Params, PrepareParams
 from tuneloop.errors import DataError
-from tuneloop.tabular import LABEL, ORIGIN, TEXT, read_table, write_csv_atomic, write_text_atomic
+from tuneloop.tabular import AUGMENTED, LABEL, ORIGIN, TEXT, read_table, write_csv_atomic, write_text_atomic
 from tuneloop.text import normalize_text
 
 log = logging.getLogger(__name__)
@@ -148,11 +151,26 @@ def write_prepared(prepared: Prepared, out_dir: Path, metrics_path: Path | None 
         out_dir / "labels.json",
     )
     counts = {f"{name}_rows": len(split) for name, split in prepared.splits.items()}
+    train = prepared.splits["train"]
+    counts["augmented_rows"] = int((train[ORIGIN] == AUGMENTED).sum()) if ORIGIN in train.columns else 0
     counts["dropped_rows"] = len(prepared.dropped)
     counts["classes"] = len(prepared.labels)
     if metrics_path is not None:
         write_text_atomic(json.dumps(counts, indent=2) + "\n", metrics_path)
     return counts
+
+
+def add_augmented(prepared: Prepared, params: Params) -> Prepared:
+    """Append `prepare.augment`'s rows to the train split (seeded by base.seed); val and test never change."""
+    aug = params.prepare.augment
+    if not aug.methods:
+        return prepared
+    mlm = load_mlm(*mlm_choice(params)) if "contextual" in aug.methods else None
+    held_out = {*prepared.splits["val"][TEXT], *prepared.splits["test"][TEXT]}  # never leak one into train
+    train = augment(
+        prepared.splits["train"], aug, params.base.seed, mlm=mlm, avoid=held_out, lowercase=params.prepare.lowercase
+    )
+    return replace(prepared, splits={**prepared.splits, "train": train})
 
 
 def run(
@@ -165,6 +183,7 @@ def run(
     frame = read_table(input_path).frame
     test = read_table(params.prepare.test_path).frame if params.prepare.test_path else None
     prepared = prepare_frame(frame, params.prepare, params.base.seed, params.data.labels, test)
+    prepared = add_augmented(prepared, params)
     counts = write_prepared(prepared, out_dir, metrics_path)
     log.info("prepared %s", counts)
     return counts

@@ -25,6 +25,7 @@ from tuneloop.errors import DataError
 TEXT, LABEL = "text", "label"
 ORIGIN = "origin"  # where a row came from: corpus, or production feedback merged by tuneloop.retrain
 CORPUS, PRODUCTION = "corpus", "production"  # the values of ORIGIN
+AUGMENTED = "augmented"  # ORIGIN of train rows that prepare.augment made from other train rows
 FORMATS = {".csv": "csv", ".tsv": "tsv", ".parquet": "parquet", ".pq": "parquet", ".jsonl": "jsonl", ".ndjson": "jsonl"}
 REPLACEMENT_CHAR = "\ufffd"
 
