@@ -202,10 +202,12 @@ def load_rows(
     """
     import pandas as pd
 
-    from tuneloop.tabular import read_labeled
+    from tuneloop.tabular import AUGMENTED, ORIGIN, read_labeled
     from tuneloop.train import label_space, require_two_classes
 
     frame = pd.concat([read_labeled(train_path), read_labeled(val_path)], ignore_index=True)
+    if ORIGIN in frame:  # prepare.augment's rows are copies of other rows: in another fold they would leak
+        frame = frame[frame[ORIGIN] != AUGMENTED]
     sampled = max_samples if 0 < max_samples < len(frame) else 0
     if sampled:
         frame = frame.sample(n=max_samples, random_state=params.base.seed).sort_index()
