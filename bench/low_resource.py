@@ -6,10 +6,11 @@ Method, side by side in one run on one machine, everything seeded (base.seed):
   per class); unlabeled: every other train text, plus the dataset's unlabeled.csv when it has one
   (capped by `--max-unlabeled`); test: `--test-rows` rows of test.csv (stratified sample, or all);
 - baseline: TF-IDF + LinearSVC on the labeled train rows (evaluate's own baseline, tuneloop.baseline);
-- plain: `tuneloop train` from the packaged MiniLM on the labeled rows;
+- plain: `tuneloop train` from the packaged MiniLM on the labeled rows, its vocabulary as it is;
 - pretrained: `tuneloop pretrain` (MLM on labeled + unlabeled texts; `--extend-vocab` adds the corpus'
   unreadable units first), then the same `tuneloop train` from its checkpoint.
-Both fine-tunes use the same train params (epochs, lr, early stopping): the steps each took are printed.
+Both fine-tunes use the same train params (epochs, lr, early stopping): the steps each took are printed, with
+the gate's verdict (no champion: floors and beats_baseline) and the base tokenizer's coverage of the train rows.
 
     .venv/bin/python bench/low_resource.py --dataset banking77 --per-class 10
     .venv/bin/python bench/low_resource.py --dataset toutiao --per-class 200 --extend-vocab --max-unlabeled 20000
@@ -31,6 +32,7 @@ os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
 
 from tuneloop.config import load_params
 from tuneloop.evaluate import evaluate
+from tuneloop.gate import run_gate
 from tuneloop.pretrain import run as pretrain
 from tuneloop.train import train
 
@@ -63,17 +65,28 @@ def splits(args: argparse.Namespace, root: Path, seed: int) -> tuple[Path, Path,
 
 
 def fine_tune(params, base: str, paths: tuple[Path, ...], out: Path) -> dict:
+    """Train, evaluate (with the baseline) and run the gate's floors and beats_baseline (no champion)."""
     started = time.perf_counter()
     result = train(params, paths[0], paths[1], out / "model", base=base, live_dir=None)
     seconds = time.perf_counter() - started
     report = evaluate(params, out / "model", paths[3], out / "eval", behaviour_file="", train_path=paths[0])
+    verdict = run_gate(params, out / "model", out / "eval", paths[3])
+    beats = next(c for c in verdict.checks if c.name == "beats_baseline")
     return {
         "accuracy": round(report.accuracy, 4),
         "macro_f1": round(report.macro_f1, 4),
         "steps": result.steps,
         "train_seconds": round(seconds, 1),
+        "gate": {"passed": verdict.passed, "failed": [c.name for c in verdict.failed], "beats_baseline": beats.passed},
         "baseline": report.baseline,
     }
+
+
+def coverage_of(base: str, path: Path) -> dict:
+    """What validation's tokenizer_coverage measures, for the base model's own tokenizer."""
+    from tuneloop.vocab import coverage, load_tokenizer
+
+    return coverage(load_tokenizer(base), pd.read_csv(path)["text"].astype(str).tolist()).summary()
 
 
 def main() -> None:
@@ -90,8 +103,8 @@ def main() -> None:
     common = [
         "serve.backend=torch",  # judge the weights; the backends bench measures variants
         f"train.epochs={args.train_epochs}",
-        f"vocab.extend={str(args.extend_vocab).lower()}",
         "train.best_metric=loss",
+        "gate.latency_requests=20",  # no champion: the latency ratio is not judged
         *args.overrides,
     ]
     with tempfile.TemporaryDirectory(prefix="tuneloop-lowres-") as tmp:
@@ -104,6 +117,7 @@ def main() -> None:
             REPO / "params.yaml",
             [
                 *common,
+                f"vocab.extend={str(args.extend_vocab).lower()}",  # plain fine-tunes the base as it is
                 "pretrain.enabled=true",
                 f"pretrain.epochs={args.pretrain_epochs}",
                 f"pretrain.extra_text=[{paths[2]}]",
@@ -112,7 +126,8 @@ def main() -> None:
         started = time.perf_counter()
         record = pretrain(pre_params, [paths[0], paths[1]], root / "pretrained")
         pretrain_seconds = time.perf_counter() - started
-        pretrained = fine_tune(params, str(root / "pretrained"), paths, root / "pre")
+        pretrained = fine_tune(pre_params, str(root / "pretrained"), paths, root / "pre")
+        base_coverage = coverage_of(params.train.base_model, paths[0])
     baseline = plain.pop("baseline")
     pretrained.pop("baseline")
     print(
@@ -122,6 +137,7 @@ def main() -> None:
                 "per_class": args.per_class,
                 "rows": rows,
                 "pretrain_texts": record["texts"],
+                "base_tokenizer_coverage": base_coverage,
                 "baseline": {
                     "accuracy": round(baseline.accuracy, 4),
                     "macro_f1": round(baseline.macro_f1, 4),

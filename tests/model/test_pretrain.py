@@ -61,6 +61,13 @@ def test_fine_tuning_starts_from_the_checkpoint_and_serves_the_extended_vocabula
     assert clf.model.get_input_embeddings().weight.shape[0] == len(clf.tokenizer)
     probs = predict_proba(clf, ["国足击败对手", "央行下调利率"])
     assert probs.shape == (2, 2) and abs(probs.sum() - 2) < 1e-4
+    # Served as the service runs it by default (ONNX Runtime): the exported graph reads the extended vocabulary.
+    from tuneloop.compress import build_variants, for_serving
+
+    variants = build_variants(project / "models" / "candidate", "onnx", project / "onnx")
+    served = for_serving(clf, "onnx", variants)
+    assert served.backend == "onnx"  # parity with torch held on load, new embedding rows included
+    assert abs(predict_proba(served, ["国足击败对手", "央行下调利率"]) - probs).max() < 1e-4
 
 
 def test_disabled_stage_writes_only_its_marker_and_train_starts_from_the_base(project):
