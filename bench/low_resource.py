@@ -14,6 +14,7 @@ the gate's verdict (no champion: floors and beats_baseline) and the base tokeniz
 
     .venv/bin/python bench/low_resource.py --dataset banking77 --per-class 10
     .venv/bin/python bench/low_resource.py --dataset toutiao --per-class 200 --extend-vocab --max-unlabeled 20000
+    .venv/bin/python bench/low_resource.py --dataset sst2 --per-class 0 --no-pretrain   # default fine-tune vs baseline
 """
 
 from __future__ import annotations
@@ -37,7 +38,7 @@ from tuneloop.pretrain import run as pretrain
 from tuneloop.train import train
 
 REPO = Path(__file__).resolve().parents[1]
-DATA = REPO.parent / "shared" / "data"
+DATA = Path(os.environ.get("TUNELOOP_SHARED_DATA", REPO.parent / "shared" / "data"))
 
 
 def splits(args: argparse.Namespace, root: Path, seed: int) -> tuple[Path, Path, Path, Path]:
@@ -45,7 +46,7 @@ def splits(args: argparse.Namespace, root: Path, seed: int) -> tuple[Path, Path,
     folder = DATA / args.dataset
     pool = pd.read_csv(folder / "train.csv", dtype=str, keep_default_na=False)[["text", "label"]]
     labeled = pool.groupby("label", group_keys=False).apply(
-        lambda g: g.sample(min(len(g), args.per_class), random_state=seed)
+        lambda g: g.sample(min(len(g), args.per_class or len(g)), random_state=seed)
     )
     val = labeled.groupby("label", group_keys=False).apply(lambda g: g.sample(max(1, len(g) // 5), random_state=seed))
     unlabeled = pool.drop(index=labeled.index)["text"].tolist()
@@ -89,13 +90,40 @@ def coverage_of(base: str, path: Path) -> dict:
     return coverage(load_tokenizer(base), pd.read_csv(path)["text"].astype(str).tolist()).summary()
 
 
+def with_pretraining(args: argparse.Namespace, common: list[str], paths: tuple[Path, ...], root: Path) -> dict:
+    """`tuneloop pretrain` on labeled + unlabeled texts, then the same fine-tune from its checkpoint."""
+    params = load_params(
+        REPO / "params.yaml",
+        [
+            *common,
+            f"vocab.extend={str(args.extend_vocab).lower()}",  # plain fine-tunes the base as it is
+            "pretrain.enabled=true",
+            f"pretrain.epochs={args.pretrain_epochs}",
+            f"pretrain.extra_text=[{paths[2]}]",
+        ],
+    )
+    started = time.perf_counter()
+    record = pretrain(params, [paths[0], paths[1]], root / "pretrained")
+    seconds = time.perf_counter() - started
+    result = fine_tune(params, str(root / "pretrained"), paths, root / "pre")
+    result.pop("baseline")
+    return result | {
+        "pretrain_texts": record["texts"],
+        "pretrain_seconds": round(seconds, 1),
+        "pretrain_steps": record["steps"],
+        "mlm_loss": [record["mlm_loss_before"], record["mlm_loss_after"]],
+        "vocab_added": (record["vocab_extension"] or {}).get("added", 0),
+    }
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--dataset", default="banking77")
-    parser.add_argument("--per-class", type=int, default=10)
+    parser.add_argument("--per-class", type=int, default=10, help="labeled rows per class; 0 = every train row")
     parser.add_argument("--test-rows", type=int, default=0, help="0 = the whole test split")
     parser.add_argument("--max-unlabeled", type=int, default=50_000)
     parser.add_argument("--extend-vocab", action="store_true")
+    parser.add_argument("--no-pretrain", action="store_true", help="plain fine-tune vs baseline only")
     parser.add_argument("--pretrain-epochs", type=float, default=3.0)
     parser.add_argument("--train-epochs", type=float, default=8.0)
     parser.add_argument("--set", dest="overrides", action="append", default=[], help="extra params overrides")
@@ -113,50 +141,26 @@ def main() -> None:
         paths = splits(args, root, params.base.seed)
         rows = {name: len(pd.read_csv(p)) for name, p in zip(("train", "val", "unlabeled", "test"), paths)}
         plain = fine_tune(params, params.train.base_model, paths, root / "plain")
-        pre_params = load_params(
-            REPO / "params.yaml",
-            [
-                *common,
-                f"vocab.extend={str(args.extend_vocab).lower()}",  # plain fine-tunes the base as it is
-                "pretrain.enabled=true",
-                f"pretrain.epochs={args.pretrain_epochs}",
-                f"pretrain.extra_text=[{paths[2]}]",
-            ],
-        )
-        started = time.perf_counter()
-        record = pretrain(pre_params, [paths[0], paths[1]], root / "pretrained")
-        pretrain_seconds = time.perf_counter() - started
-        pretrained = fine_tune(pre_params, str(root / "pretrained"), paths, root / "pre")
+        pretrained = None if args.no_pretrain else with_pretraining(args, common, paths, root)
         base_coverage = coverage_of(params.train.base_model, paths[0])
     baseline = plain.pop("baseline")
-    pretrained.pop("baseline")
-    print(
-        json.dumps(
-            {
-                "dataset": args.dataset,
-                "per_class": args.per_class,
-                "rows": rows,
-                "pretrain_texts": record["texts"],
-                "base_tokenizer_coverage": base_coverage,
-                "baseline": {
-                    "accuracy": round(baseline.accuracy, 4),
-                    "macro_f1": round(baseline.macro_f1, 4),
-                    "analyzer": baseline.analyzer,
-                    "fit_seconds": baseline.fit_seconds,
-                },
-                "plain": plain,
-                "pretrained": pretrained
-                | {
-                    "pretrain_seconds": round(pretrain_seconds, 1),
-                    "pretrain_steps": record["steps"],
-                    "mlm_loss": [record["mlm_loss_before"], record["mlm_loss_after"]],
-                    "vocab_added": (record["vocab_extension"] or {}).get("added", 0),
-                },
-                "macro_f1_gain_points": round(100 * (pretrained["macro_f1"] - plain["macro_f1"]), 2),
-            },
-            indent=2,
-        )
-    )
+    result = {
+        "dataset": args.dataset,
+        "per_class": args.per_class or "all",
+        "rows": rows,
+        "base_tokenizer_coverage": base_coverage,
+        "baseline": {
+            "accuracy": round(baseline.accuracy, 4),
+            "macro_f1": round(baseline.macro_f1, 4),
+            "analyzer": baseline.analyzer,
+            "fit_seconds": baseline.fit_seconds,
+        },
+        "plain": plain,
+        "pretrained": pretrained,
+    }
+    if pretrained is not None:
+        result["macro_f1_gain_points"] = round(100 * (pretrained["macro_f1"] - plain["macro_f1"]), 2)
+    print(json.dumps(result, indent=2))
 
 
 if __name__ == "__main__":
