@@ -84,3 +84,18 @@ def test_extra_text_files_are_read_or_refused_with_the_fix(project):
     params = load_params(REPO / "params.yaml", ["pretrain.extra_text=[missing.txt]"])
     with pytest.raises(DataError, match="missing.txt, which does not exist"):
         corpus(params, [])
+
+
+def test_prediction_log_texts_join_the_corpus_and_hashed_ones_do_not(project, monkeypatch):
+    from tests.code.test_predlog import _prediction
+    from tuneloop.predlog import PredictionLog
+
+    url = f"sqlite:///{project / 'log.db'}"
+    for store_text, text in ((True, "股市今天又跌了"), (False, "my card number is 4111")):
+        plog = PredictionLog(url, store_text=store_text)
+        plog.log(_prediction(1, text=text))
+        plog.close()
+    monkeypatch.setenv("TUNELOOP_DB_URL", url)
+    params = load_params(REPO / "params.yaml", ["pretrain.prediction_log_rows=10"])
+    texts = corpus(params, [])
+    assert texts == ["股市今天又跌了"]  # the privacy-mode row kept only a hash: nothing to learn from
