@@ -126,7 +126,7 @@ class _PaddedOffsets:
 def pretrain(params: Params, splits: list[Path], out: Path, max_steps: int = -1) -> dict[str, Any]:
     """Extend the vocabulary (vocab.extend), then MLM-train on the corpus; write the model and pretrain.json."""
     import torch
-    from transformers import DataCollatorForLanguageModeling, Trainer
+    from transformers import DataCollatorForLanguageModeling, PrinterCallback, Trainer
 
     started, p = time.time(), params.pretrain
     torch.set_num_threads(params.train.num_threads or os.cpu_count() or 1)
@@ -148,6 +148,7 @@ def pretrain(params: Params, splits: list[Path], out: Path, max_steps: int = -1)
         eval_dataset=eval_ds,
         data_collator=_PaddedOffsets(collator) if p.whole_word_mask else collator,
     )
+    trainer.remove_callback(PrinterCallback)  # raw dicts on stdout; the stage logs one line at the end instead
     before = trainer.evaluate()["eval_loss"]
     steps = int(trainer.train().global_step)
     after = trainer.evaluate()["eval_loss"]
