@@ -128,13 +128,15 @@ def pretrain(params: Params, splits: list[Path], out: Path, max_steps: int = -1)
     import torch
     from transformers import DataCollatorForLanguageModeling, PrinterCallback, Trainer
 
+    from tuneloop.vocab import extend_if_asked
+
     started, p = time.time(), params.pretrain
     torch.set_num_threads(params.train.num_threads or os.cpu_count() or 1)
     texts = corpus(params, splits)
     if len(texts) < 20:
         raise DataError(f"pre-training needs text: found {len(texts)} distinct texts in {[str(s) for s in splits]}.")
     tokenizer, model = _load(params.train.base_model, params.base.seed)
-    extension = _extend(params, tokenizer, model, texts)
+    extension = extend_if_asked(params.vocab, tokenizer, model, texts)
     held = max(int(len(texts) * HELD_OUT), min(64, len(texts) // 5))  # enough masked tokens for a loss
     order = pd.Series(texts).sample(frac=1.0, random_state=params.base.seed).tolist()
     train_ds, eval_ds = (_Texts(tokenizer, t, params.train.max_length) for t in (order[held:], order[:held]))
@@ -157,16 +159,6 @@ def pretrain(params: Params, splits: list[Path], out: Path, max_steps: int = -1)
     log.info("pre-trained on %d texts, %d steps: MLM loss %.3f -> %.3f (perplexity %.1f -> %.1f)",
              len(texts), steps, before, after, math.exp(min(before, 50)), math.exp(min(after, 50)))  # fmt: skip
     return record
-
-
-def _extend(params: Params, tokenizer: Any, model: Any, texts: list[str]) -> dict[str, Any] | None:
-    if not params.vocab.extend:
-        return None
-    from tuneloop.vocab import extend, plan_extension
-
-    extension = plan_extension(tokenizer, texts, params.vocab.min_count, params.vocab.max_new_tokens)
-    extend(tokenizer, model, extension, texts)
-    return extension.record()
 
 
 def _arguments(params: Params, out: Path, max_steps: int) -> Any:

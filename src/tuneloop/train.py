@@ -326,17 +326,6 @@ def starting_point(params: Params, pretrained: str | Path | None) -> str:
     return params.train.base_model
 
 
-def extend_vocabulary(params: Params, tokenizer: Any, model: Any, texts: list[str]) -> dict[str, Any] | None:
-    """vocab.extend: add the training texts' unreadable units (none left when the pretrain stage added them)."""
-    if not params.vocab.extend:
-        return None
-    from tuneloop.vocab import extend, plan_extension
-
-    extension = plan_extension(tokenizer, texts, params.vocab.min_count, params.vocab.max_new_tokens)
-    extend(tokenizer, model, extension, texts)
-    return extension.record()
-
-
 def load_base_model(base: str, labels: list[str], seed: int) -> tuple[Any, Any, str]:
     """Tokenizer and a sequence classifier with a fresh head for `labels`, from safetensors only."""
     from transformers import AutoModelForSequenceClassification, AutoTokenizer, set_seed
@@ -406,11 +395,13 @@ def build_trainer(
     """Load data and base model and assemble the Trainer; returns it with run info for metadata."""
     import torch
 
+    from tuneloop.vocab import extend_if_asked
+
     p = params.train
     torch.set_num_threads(p.num_threads or os.cpu_count() or 1)
     train_df, val_df, labels = load_training_data(params, train_path, val_path, max_samples)
     tokenizer, model, source = load_base_model(base, labels, params.base.seed)
-    extension = extend_vocabulary(params, tokenizer, model, train_df[TEXT].tolist())
+    extension = extend_if_asked(params.vocab, tokenizer, model, train_df[TEXT].tolist())
     label2id = {label: i for i, label in enumerate(labels)}
     train_ds, val_ds = (encode(tokenizer, df, label2id, p.max_length) for df in (train_df, val_df))
     weights = class_weights(train_df, labels) if p.class_weights else None

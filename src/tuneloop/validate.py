@@ -364,10 +364,11 @@ def _measured_coverage(texts: list[str], tokenizer: Any, vocab: VocabParams | No
 
     if vocab is None or not vocab.extend:
         return coverage(tokenizer, texts), ""
-    before = coverage(tokenizer, texts)
-    extension = plan_extension(tokenizer, texts, vocab.min_count, vocab.max_new_tokens)
+    extension = plan_extension(tokenizer, texts, vocab.min_count, vocab.max_new_tokens)  # measures "before"
     extend(tokenizer, None, extension, [])
-    note = f" after vocab.extend adds {len(extension.units)} units (before: [UNK] share {before.unk_share:.1%})"
+    note = (
+        f" after vocab.extend adds {len(extension.units)} units (before: [UNK] share {extension.unk_share_before:.1%})"
+    )
     return coverage(tokenizer, texts), note
 
 

@@ -16,12 +16,15 @@ import hashlib
 import logging
 from collections import Counter
 from dataclasses import asdict, dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
 from tuneloop.baseline import UNSPACED
 from tuneloop.errors import TuneloopError
+
+if TYPE_CHECKING:
+    from tuneloop.config import VocabParams
 
 log = logging.getLogger(__name__)
 
@@ -136,6 +139,16 @@ def plan_extension(tokenizer: Any, texts: list[str], min_count: int, max_new: in
             units[word] = n  # a frequent unreadable word becomes one piece (longest match first)
     chosen = [u for u, n in units.most_common() if n >= min_count and u not in vocab][:max_new]
     return Extension(units=chosen, min_count=min_count, unk_share_before=coverage(tokenizer, texts).unk_share)
+
+
+def extend_if_asked(settings: VocabParams, tokenizer: Any, model: Any, texts: list[str]) -> dict[str, Any] | None:
+    """`vocab.extend`: plan and apply the extension for `texts`; its record (tuneloop.json), or None when off.
+    Pretrain and train both call it; train adds nothing when the pretrained checkpoint already holds the units."""
+    if not settings.extend:
+        return None
+    extension = plan_extension(tokenizer, texts, settings.min_count, settings.max_new_tokens)
+    extend(tokenizer, model, extension, texts)
+    return extension.record()
 
 
 def extend(tokenizer: Any, model: Any | None, extension: Extension, texts: list[str]) -> None:
