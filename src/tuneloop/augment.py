@@ -160,7 +160,8 @@ def load_mlm(name: str, key: str) -> MaskedLM:
         raise ModelError(f"contextual augmentation uses {key}: {exc} {MLM_FIX}") from None
     try:
         with _quiet_loading():
-            model, info = AutoModelForMaskedLM.from_pretrained(path, output_loading_info=True)
+            # safetensors only, as train loads a base: never a pickled pytorch_model.bin (torch.load)
+            model, info = AutoModelForMaskedLM.from_pretrained(path, output_loading_info=True, use_safetensors=True)
             tokenizer = AutoTokenizer.from_pretrained(path)
     except (OSError, ValueError, SafetensorError) as exc:
         # A missing local folder reaches from_pretrained as a hub id ("models/pretrained" is one in form).
