@@ -195,16 +195,45 @@ def train_cmd(
         Path | None,
         typer.Option("--pretrained", help="the pretrain stage's output: start from it when it holds a model."),
     ] = None,
+    nproc: Annotated[
+        int | None,
+        typer.Option(
+            "--nproc", min=0, help="data-parallel processes via torchrun (default: train.nproc; 0 = per GPU)."
+        ),
+    ] = None,
     params: ParamsOpt = Path("params.yaml"),
     set_: SetOpt = None,
 ) -> None:
     """Fine-tune a sequence classifier (the DVC `train` stage)."""
-    from tuneloop.train import starting_point, train
+    from tuneloop.train import (
+        is_main_process,
+        launch,
+        preflight,
+        processes_to_launch,
+        starting_point,
+        train,
+        under_launcher,
+    )
 
     cfg, samples, steps = _params(params, set_), 32 if dry_run else max_samples, 2 if dry_run else -1
-    where: dict[str, Any] = {"checkpoint_dir": checkpoints, "live_dir": live_dir or None, "resume": resume}
     base = base or starting_point(cfg, pretrained)
+    processes = processes_to_launch(cfg.train.nproc if nproc is None else nproc)
+    if processes > 1 and not under_launcher():
+        preflight(cfg, train_path, val_path, base, processes)
+        args = ["train", "--train", str(train_path), "--val", str(val_path), "--out", str(out_dir), "--base", base]
+        args += ["--live-dir", live_dir, "--max-samples", str(samples), "--params", str(params)]
+        args += ["--checkpoints", str(checkpoints)] if checkpoints else []
+        args += [*(["--resume"] if resume else []), *(["--dry-run"] if dry_run else [])]
+        for item in set_ or []:
+            args += ["--set", item]
+        code = launch(processes, args)
+        if code:
+            err.print(f"[red]error:[/] {processes} training processes failed (exit code {code}); see their log above.")
+        raise typer.Exit(code)
+    where: dict[str, Any] = {"checkpoint_dir": checkpoints, "live_dir": live_dir or None, "resume": resume}
     result = train(cfg, train_path, val_path, out_dir, base=base, max_samples=samples, max_steps=steps, **where)
+    if not is_main_process():
+        return
     m = result.val_metrics
     out.print(
         f"[green]trained[/] {out_dir}: val macro-F1 {m['macro_f1']:.4f}, accuracy {m['accuracy']:.4f}, "

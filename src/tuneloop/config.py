@@ -138,6 +138,7 @@ class TrainParams(_Section):
     save_total_limit: int = Field(ge=1)
     max_samples: int = Field(ge=0)
     num_threads: int = Field(ge=0)
+    nproc: int = Field(default=1, ge=0, description="data-parallel processes; >1 launches torchrun; 0 = one per GPU")
 
 
 class VocabParams(_Section):

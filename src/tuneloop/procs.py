@@ -192,17 +192,19 @@ def cap_malloc_arenas(arenas: int = 2) -> bool:
 
 
 def exit_with_parent(interval_s: float = 1.0) -> threading.Thread:
-    """In a server worker: stop gracefully (SIGTERM to itself) when the process that started it is gone.
+    """In a server or training worker: stop gracefully (SIGTERM to itself) when the process that started it
+    is gone.
 
-    A worker whose arbiter was killed (SIGKILL, OOM) is reparented; it would go on serving with no
-    supervisor and hold the port. Checked every `interval_s` on a daemon thread.
+    A worker whose arbiter (or torchrun agent) was killed (SIGKILL, OOM) is reparented; it would go on
+    serving with no supervisor and hold the port, or go on training and race a resumed run for its
+    checkpoints. Checked every `interval_s` on a daemon thread.
     """
     parent = os.getppid()
 
     def watch() -> None:
         while os.getppid() == parent:
             time.sleep(interval_s)
-        log.error("worker %d: its server process %d is gone; stopping this worker", os.getpid(), parent)
+        log.error("worker %d: its parent process %d (server or launcher) is gone; stopping", os.getpid(), parent)
         os.kill(os.getpid(), signal.SIGTERM)
         time.sleep(STOP_GRACE_S)
         os._exit(1)  # the graceful stop hung: leave anyway

@@ -6,6 +6,12 @@ and padded only to their own longest text (dynamic padding); CUDA gets bf16 + TF
 and a large batch; CPU gets every core. Early stopping on validation macro-F1 restores the best
 checkpoint; checkpoints are written every evaluation so `--resume` continues after a crash with
 optimizer, scheduler, RNG and data order restored (all Trainer's own resume logic).
+
+Data-parallel: the same command runs unchanged under `torchrun --nproc-per-node N` or `accelerate launch`
+(or `train.nproc` / `--nproc N`, which launch torchrun themselves): one process per device, the Trainer's
+DDP synchronises gradients, batch sizes in params are global (split over the processes) and length-grouped
+batches are planned over the global batch, so N processes take the same steps as one; only rank 0 writes
+dvclive files, the model and logs progress (Trainer itself saves checkpoints on rank 0 only).
 """
 
 from __future__ import annotations
@@ -14,6 +20,7 @@ import json
 import logging
 import os
 import shutil
+import sys
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -48,6 +55,76 @@ class TrainResult:
     train_samples_per_second: float
     wall_time_s: float
     steps: int
+
+
+# ---------------------------------------------------------------- processes
+
+
+def world() -> tuple[int, int]:
+    """(rank, world size) of this process as torchrun / accelerate launch set them; (0, 1) when run alone."""
+    return int(os.environ.get("RANK", "0")), int(os.environ.get("WORLD_SIZE", "1"))
+
+
+def is_main_process() -> bool:
+    """Rank 0 (or a single process): the one that writes files and logs progress."""
+    return world()[0] == 0
+
+
+def per_device_batch(global_batch: int, key: str, processes: int = 0) -> int:
+    """The batch each of `processes` (default: this run's world size) takes so that all of them together
+    take `global_batch` per step.
+
+    Raises:
+        ModelError: the global batch does not split evenly over the processes.
+    """
+    processes = processes or world()[1]
+    if global_batch % processes:
+        raise ModelError(
+            f"train.{key}={global_batch} is the global batch (all processes together) and does not split over "
+            f"{processes} processes: set it to a multiple of {processes} (e.g. "
+            f"--set train.{key}={max(1, round(global_batch / processes)) * processes})."
+        )
+    return global_batch // processes
+
+
+def processes_to_launch(nproc: int) -> int:
+    """train.nproc resolved: 0 = one per visible CUDA device (1 without one)."""
+    if nproc:
+        return nproc
+    import torch
+
+    return max(1, torch.cuda.device_count())
+
+
+def preflight(params: Params, train_path: Path, val_path: Path, base: str, processes: int) -> None:
+    """Before launching `processes` training processes, the errors each would hit, said once: a global batch
+    that does not split, unusable data, a missing base model (torchrun would print N copies and its own
+    failure report)."""
+    key = "cuda_batch_size" if _cuda() else "batch_size"
+    per_device_batch(getattr(params.train, key), key, processes)
+    load_training_data(params, train_path, val_path)
+    resolve_base_model(base)
+
+
+def under_launcher() -> bool:
+    """Whether torchrun / accelerate launch started this process (they set LOCAL_RANK)."""
+    return "LOCAL_RANK" in os.environ
+
+
+def launch(nproc: int, args: list[str]) -> int:
+    """Run `tuneloop <args>` as `nproc` data-parallel processes under torchrun on this machine; its exit code.
+
+    `--standalone` rendezvous on a free local port, so two launches never collide. torchrun sets
+    OMP_NUM_THREADS=1; build_trainer gives each CPU process its share of the cores instead. SIGTERM/SIGINT
+    reach torchrun (which stops its workers) and nothing of the tree outlives this process (procs.run_tree;
+    torchrun starts each worker in its own session, where a kill of this process group would not reach it).
+    """
+    from tuneloop.procs import run_tree
+
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc-per-node={nproc}"]
+    cmd += ["-m", "tuneloop", *args]
+    log.info("launching %d training processes: %s", nproc, " ".join(cmd))
+    return run_tree(cmd, dict(os.environ), "torchrun")
 
 
 # ---------------------------------------------------------------- data
@@ -159,12 +236,14 @@ def training_arguments(
     eval_steps = p.eval_steps or steps_per_epoch
     # bf16 and TF32 need Ampere or newer; older GPUs (T4, V100) get fp16 mixed precision instead.
     ampere = cuda and torch.cuda.get_device_capability()[0] >= 8
+    key = "cuda_batch_size" if cuda else "batch_size"
+    batch = per_device_batch(getattr(p, key), key)
     return TrainingArguments(
         output_dir=str(checkpoint_dir),
         num_train_epochs=p.epochs,
         max_steps=max_steps,
-        per_device_train_batch_size=p.cuda_batch_size if cuda else p.batch_size,
-        per_device_eval_batch_size=(p.cuda_batch_size if cuda else p.batch_size) * 2,
+        per_device_train_batch_size=batch,
+        per_device_eval_batch_size=batch * 2,
         learning_rate=p.lr,
         weight_decay=p.weight_decay,
         warmup_steps=p.warmup_ratio,  # a float < 1 is a ratio of all steps
@@ -191,6 +270,13 @@ def training_arguments(
         report_to=[],  # dvclive is attached as a callback, nothing else reports
         disable_tqdm=not _interactive(),
         save_only_model=False,  # optimizer, scheduler and RNG state are what makes --resume exact
+        # DDP: every parameter of a BERT classifier takes part in the loss, so the extra autograd traversal
+        # find_unused_parameters=True costs per step (and PyTorch warns about) buys nothing.
+        ddp_find_unused_parameters=False,
+        # The loss is a per-process mean over equal shards (weighted_loss ignores num_items_in_batch), which
+        # DDP's gradient averaging turns into the global mean; True would all-gather item counts every step
+        # and scale the loss by the process count.
+        average_tokens_across_devices=False,
     )
 
 
@@ -224,6 +310,46 @@ def weighted_loss(weights: torch.Tensor | None, smoothing: float):
     return loss
 
 
+class GlobalBatchSampler:
+    """Trainer's length-grouped sampling, planned over the global batch and seeded per epoch.
+
+    Trainer plans length groups over the per-device batch, so N processes would take other batches than
+    one process with the same global batch. Here the index order is the one a single process takes, and
+    accelerate's shards give rank r the r-th slice of every global batch: the same steps, whatever N. The
+    order depends on (seed, epoch) only (Trainer calls set_epoch), so --resume continues it exactly.
+    """
+
+    def __init__(self, lengths: list[int], global_batch: int, seed: int):
+        self.lengths, self.global_batch, self.seed, self.epoch = lengths, global_batch, seed, 0
+
+    def set_epoch(self, epoch: int) -> None:
+        self.epoch = epoch
+
+    def __len__(self) -> int:
+        return len(self.lengths)
+
+    def __iter__(self) -> Any:
+        import torch
+        from transformers.trainer_pt_utils import get_length_grouped_indices
+
+        generator = torch.Generator().manual_seed(self.seed + self.epoch)
+        return iter(get_length_grouped_indices(self.lengths, self.global_batch, generator=generator))
+
+
+def trainer_class() -> type[Trainer]:
+    """Trainer with GlobalBatchSampler as its training sampler."""
+    from transformers import Trainer
+
+    class GlobalBatchTrainer(Trainer):
+        def _get_train_sampler(self, train_dataset: Any = None) -> Any:
+            dataset: Any = train_dataset if train_dataset is not None else self.train_dataset  # EncodedDataset
+            args = self.args
+            global_batch = args.per_device_train_batch_size * args.world_size * args.gradient_accumulation_steps
+            return GlobalBatchSampler([len(ids) for ids in dataset.input_ids], global_batch, args.data_seed or 0)
+
+    return GlobalBatchTrainer
+
+
 class ThroughputCallback(TrainerCallback):
     """One log line per logging step (loss, samples/s, lr), and samples/s after warm-up for benchmarks."""
 
@@ -245,6 +371,8 @@ class ThroughputCallback(TrainerCallback):
         self._end = now
 
     def on_log(self, args, state, control, logs=None, **kwargs):
+        if not state.is_world_process_zero:
+            return
         if logs and "eval_macro_f1" in logs:
             log.info(
                 "step %d/%d | val macro-F1 %.4f | val accuracy %.4f | val loss %.4f",
@@ -372,7 +500,7 @@ def training_callbacks(patience: int, throughput: ThroughputCallback, live_dir: 
     from transformers import EarlyStoppingCallback
 
     callbacks: list[Any] = [EarlyStoppingCallback(early_stopping_patience=patience), throughput]
-    live = open_live(live_dir, resume) if live_dir is not None else None
+    live = open_live(live_dir, resume) if live_dir is not None and is_main_process() else None
     if live is not None:
         from transformers.integrations import DVCLiveCallback
 
@@ -398,7 +526,9 @@ def build_trainer(
     from tuneloop.vocab import extend_if_asked
 
     p = params.train
-    torch.set_num_threads(p.num_threads or os.cpu_count() or 1)
+    # Every core, shared out among this machine's training processes (torchrun would leave each one thread).
+    local_processes = int(os.environ.get("LOCAL_WORLD_SIZE", "1"))
+    torch.set_num_threads(p.num_threads or max(1, (os.cpu_count() or 1) // local_processes))
     train_df, val_df, labels = load_training_data(params, train_path, val_path, max_samples)
     tokenizer, model, source = load_base_model(base, labels, params.base.seed)
     extension = extend_if_asked(params.vocab, tokenizer, model, train_df[TEXT].tolist())
@@ -430,12 +560,12 @@ def make_trainer(
 ) -> tuple[Trainer, ThroughputCallback]:
     """The train stage's Trainer over already-encoded splits: its arguments, loss, early stopping and
     progress line. Split from `build_trainer` so cross-validation fits each fold the same way."""
-    from transformers import DataCollatorWithPadding, PrinterCallback, Trainer
+    from transformers import DataCollatorWithPadding, PrinterCallback
 
     p, cuda = params.train, _cuda()
-    batch_size = p.cuda_batch_size if cuda else p.batch_size
+    batch_size = p.cuda_batch_size if cuda else p.batch_size  # global: all processes together
     throughput, steps_per_epoch = ThroughputCallback(batch_size), max(1, -(-len(train_ds) // batch_size))
-    trainer = Trainer(
+    trainer = trainer_class()(
         model=model,
         args=training_arguments(params, checkpoint_dir, steps_per_epoch, cuda, max_steps),
         train_dataset=train_ds,
@@ -488,6 +618,10 @@ def train(
     checkpoint in `checkpoint_dir` (default `<out_dir>.checkpoints`); `live_dir` is dvclive's folder (None:
     off); `max_samples` / `max_steps` bound smoke runs."""
     started = time.time()
+    if under_launcher():  # a worker whose torchrun agent was killed must not train on as an orphan
+        from tuneloop.procs import exit_with_parent
+
+        exit_with_parent()
     out_dir, train_path, val_path = Path(out_dir), Path(train_path), Path(val_path)
     checkpoints = Path(checkpoint_dir) if checkpoint_dir else out_dir.with_name(out_dir.name + ".checkpoints")
     resume_from = checkpoint_to_resume(checkpoints, resume)
@@ -501,6 +635,8 @@ def train(
     result = TrainResult(out_dir, val_metrics, speed, time.time() - started, steps)
     meta = describe_run(params, info, {"train": train_path, "val": val_path}, result)
     meta["best_checkpoint"] = trainer.state.best_model_checkpoint
+    if not is_main_process():  # the other ranks hold the same weights; rank 0 writes them
+        return result
     _write_model_dir(trainer, out_dir, meta)
     if not keep_checkpoints:
         shutil.rmtree(checkpoints, ignore_errors=True)
@@ -520,6 +656,7 @@ def describe_run(params: Params, info: dict[str, Any], inputs: dict[str, Path], 
         "created_at": utc_now(),
         "wall_time_s": round(run.wall_time_s, 1),
         "device": info["device"],
+        "processes": world()[1],  # data-parallel training processes (torchrun / accelerate launch)
         "train_rows": info["train_rows"],
         "val_rows": info["val_rows"],
         "production_train_rows": info["production_rows"],  # feedback rows merged by tuneloop.retrain
@@ -534,7 +671,7 @@ def describe_run(params: Params, info: dict[str, Any], inputs: dict[str, Path], 
 def checkpoint_to_resume(checkpoints: Path, resume: bool) -> str | None:
     """With --resume, the newest checkpoint (an error when there is none); else none, old ones cleared."""
     if not resume:
-        if checkpoints.exists():
+        if checkpoints.exists() and is_main_process():
             shutil.rmtree(checkpoints)  # a fresh run must not mix with an old run's checkpoints
         return None
     newest = last_checkpoint(checkpoints)

