@@ -6,10 +6,20 @@ One process, one run, same data, model, steps and hardware:
 - baseline: a plain transformers Trainer with what most tutorials do: fp32, every text padded to
   max length 128, batch 32, default AdamW and learning rate.
 
-Prints JSON: samples/s after warm-up, real (non-padding) tokens/s, peak memory, final validation
-macro-F1 (both after the same number of steps), and the ratios.
+Prints JSON: samples/s after warm-up, real (non-padding) tokens/s, model FLOPs utilisation (MFU), peak
+memory, final validation macro-F1 (both sides after the same number of training samples: each takes
+`--samples / batch` steps), and the ratios.
 
-    python bench/train_throughput.py --data ../shared/data/banking77/train.csv --max-steps 60
+MFU = real tokens/s x training FLOPs per token (6 x non-embedding parameters + 12 x layers x hidden x mean
+length, the attention term) / peak FLOP/s: the datasheet's dense bf16 peak for a known GPU (H100/H200
+989 TFLOP/s, A100 312), else a matmul peak measured here in the same run (fp32 on a CPU), or --peak-tflops.
+
+`--nproc N` adds tuneloop's path as N data-parallel processes (torchrun, gloo on a CPU, NCCL on GPUs)
+beside 1 process, each in a fresh process, and reports the speed-up. On a CPU the N processes share the
+same cores (each gets cores/N threads), so the speed-up there measures DDP's overhead, not scaling.
+
+    python bench/train_throughput.py --data ../shared/data/banking77/train.csv --samples 1920
+    python bench/train_throughput.py --data ../shared/data/sst2/train.csv --samples 256000 --nproc 1  # H200
 """
 
 from __future__ import annotations
@@ -17,6 +27,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import subprocess
 import sys
 import threading
 import time
@@ -80,6 +91,41 @@ def split(data: Path, workdir: Path, seed: int, val_rows: int) -> tuple[Path, Pa
     return paths
 
 
+# Dense bf16 peaks from the vendors' datasheets (TFLOP/s per device, no sparsity).
+GPU_PEAK_TFLOPS = {"H200": 989.4, "H100": 989.4, "A100": 312.0, "L40S": 362.1, "A10G": 70.0, "L4": 121.0}
+
+
+def peak_tflops(cuda: bool, measure_s: float = 2.0) -> tuple[float, str]:
+    """Peak FLOP/s of one device: the datasheet's for a known GPU, else a square matmul measured here."""
+    import torch
+
+    if cuda:
+        name = torch.cuda.get_device_name()
+        for key, peak in GPU_PEAK_TFLOPS.items():
+            if key in name:
+                return peak, f"datasheet dense bf16 ({key})"
+    dtype, device = (torch.bfloat16, "cuda") if cuda else (torch.float32, "cpu")
+    n = 4096 if cuda else 1024
+    a, b = torch.randn(n, n, dtype=dtype, device=device), torch.randn(n, n, dtype=dtype, device=device)
+    for _ in range(3):
+        a @ b
+    runs, started = 0, time.perf_counter()
+    while time.perf_counter() - started < measure_s:
+        a @ b
+        runs += 1
+        if cuda:
+            torch.cuda.synchronize()
+    return round(2 * n**3 * runs / (time.perf_counter() - started) / 1e12, 3), f"measured {dtype} matmul {n}"
+
+
+def train_flops_per_token(model, mean_tokens: float) -> float:
+    """Forward + backward FLOPs per token: 6 x non-embedding parameters + the attention score/value matmuls."""
+    config = model.config
+    embeddings = sum(p.numel() for n, p in model.named_parameters() if "embeddings" in n)
+    dense = sum(p.numel() for p in model.parameters()) - embeddings
+    return 6 * dense + 12 * config.num_hidden_layers * config.hidden_size * mean_tokens
+
+
 def run_tuneloop(params, train_csv: Path, val_csv: Path, base: str, max_steps: int, workdir: Path) -> dict:
     import torch
 
@@ -96,13 +142,19 @@ def run_tuneloop(params, train_csv: Path, val_csv: Path, base: str, max_steps: i
         trainer.train()
     throughput = info["throughput"]
     metrics = trainer.evaluate()
+    tokens = info["real_tokens_per_sample"]
     return {
         "samples_per_second": round(throughput.samples_per_second, 1),
-        "real_tokens_per_second": round(throughput.samples_per_second * info["real_tokens_per_sample"], 1),
+        "real_tokens_per_second": round(throughput.samples_per_second * tokens, 1),
+        "train_tflops": round(
+            throughput.samples_per_second * tokens * train_flops_per_token(trainer.model, tokens) / 1e12, 4
+        ),
         "peak_memory_mib": memory.mib,
         "val_macro_f1": round(metrics["eval_macro_f1"], 4),
         "batch_size": info["batch_size"],
         "steps": trainer.state.global_step,
+        "samples": trainer.state.global_step * info["batch_size"],
+        "processes": int(os.environ.get("WORLD_SIZE", "1")),
     }
 
 
@@ -168,26 +220,70 @@ def run_baseline(train_csv: Path, val_csv: Path, base: str, max_steps: int, seed
     with PeakMemory(cuda) as memory:
         trainer.train()
     metrics = trainer.evaluate()
+    tokens = train_ds.real_tokens / len(train_ds)
     return {
         "samples_per_second": round(timer.samples_per_second, 1),
-        "real_tokens_per_second": round(timer.samples_per_second * train_ds.real_tokens / len(train_ds), 1),
+        "real_tokens_per_second": round(timer.samples_per_second * tokens, 1),
+        "train_tflops": round(timer.samples_per_second * tokens * train_flops_per_token(model, tokens) / 1e12, 4),
         "peak_memory_mib": memory.mib,
         "val_macro_f1": round(metrics["eval_macro_f1"], 4),
         "batch_size": 32,
         "steps": trainer.state.global_step,
+        "samples": trainer.state.global_step * 32,
     }
+
+
+def worker(args: argparse.Namespace) -> None:
+    """One tuneloop run (alone or as one rank under torchrun); rank 0 writes its result to --worker-out."""
+    import logging
+
+    logging.basicConfig(level=logging.WARNING)
+    from tuneloop.config import load_params
+    from tuneloop.model import resolve_base_model
+
+    params = load_params(args.params, args.overrides)
+    train_csv, val_csv = args.workdir / "train.csv", args.workdir / "val.csv"
+    steps = max(1, args.samples // tuneloop_batch(params))
+    result = run_tuneloop(params, train_csv, val_csv, resolve_base_model(args.base), steps, args.workdir)
+    if int(os.environ.get("RANK", "0")) == 0:
+        args.worker_out.write_text(json.dumps(result))
+
+
+def tuneloop_batch(params) -> int:
+    import torch
+
+    return params.train.cuda_batch_size if torch.cuda.is_available() else params.train.batch_size
+
+
+def run_processes(nproc: int, argv: list[str], out: Path) -> dict:
+    """This script in worker mode as `nproc` processes (torchrun when > 1), each in a fresh interpreter."""
+    launcher = [sys.executable]
+    if nproc > 1:
+        launcher += ["-m", "torch.distributed.run", "--standalone", f"--nproc-per-node={nproc}"]
+    subprocess.run([*launcher, __file__, *argv, "--worker-out", str(out)], check=True, stdout=subprocess.DEVNULL)
+    return json.loads(out.read_text())
+
+
+def with_mfu(run: dict, peak: float, devices: int) -> dict:
+    return run | {"mfu": round(run["train_tflops"] / (peak * devices), 4)}
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--data", type=Path, required=True, help="any text,label CSV")
-    parser.add_argument("--max-steps", type=int, default=60, help="training steps for each side")
+    parser.add_argument("--samples", type=int, default=1920, help="training samples for each side (steps x batch)")
+    parser.add_argument("--nproc", type=int, default=0, help="also run tuneloop's path as N DDP processes")
+    parser.add_argument("--peak-tflops", type=float, default=0.0, help="peak TFLOP/s of one device for MFU")
+    parser.add_argument("--worker-out", type=Path, help=argparse.SUPPRESS)
     parser.add_argument("--base", default="minilm", help="base model (default: the packaged MiniLM-L6)")
     parser.add_argument("--val-rows", type=int, default=1000, help="validation rows split off the data")
     parser.add_argument("--params", type=Path, default=REPO / "params.yaml")
     parser.add_argument("--set", dest="overrides", action="append", default=[], help="tuneloop param override")
     parser.add_argument("--workdir", type=Path, default=Path("build/bench-train"))
     args = parser.parse_args()
+    if args.worker_out:
+        worker(args)
+        return
 
     import logging
 
@@ -201,16 +297,27 @@ def main() -> None:
     args.workdir.mkdir(parents=True, exist_ok=True)
     train_csv, val_csv = split(args.data, args.workdir, params.base.seed, args.val_rows)
     base = resolve_base_model(args.base)
+    cuda = torch.cuda.is_available()
+    peak, peak_source = (args.peak_tflops, "--peak-tflops") if args.peak_tflops else peak_tflops(cuda)
     started = time.time()
-    tuneloop = run_tuneloop(params, train_csv, val_csv, base, args.max_steps, args.workdir)
-    baseline = run_baseline(train_csv, val_csv, base, args.max_steps, params.base.seed, args.workdir)
+    argv = [a for a in sys.argv[1:]]
+    # Each side in a fresh process, tuneloop first then the common recipe, as before in one process.
+    tuneloop = with_mfu(run_processes(1, argv, args.workdir / "tuneloop-1.json"), peak, 1)
+    parallel = None
+    if args.nproc > 1:
+        parallel = run_processes(args.nproc, argv, args.workdir / f"tuneloop-{args.nproc}.json")
+        parallel = with_mfu(parallel, peak, args.nproc if cuda else 1)  # CPU processes share one machine's peak
+    baseline_steps = max(1, args.samples // 32)
+    baseline = with_mfu(run_baseline(train_csv, val_csv, base, baseline_steps, params.base.seed, args.workdir), peak, 1)
     result = {
         "data": str(args.data),
         "device": torch.cuda.get_device_name()
         if torch.cuda.is_available()
         else f"cpu ({torch.get_num_threads()} threads)",
         "torch": torch.__version__,
-        "max_steps": args.max_steps,
+        "samples": args.samples,
+        "peak_tflops_per_device": peak,
+        "peak_source": peak_source,
         "tuneloop": tuneloop,
         "baseline_common_recipe": baseline,
         "ratio_samples_per_second": round(
@@ -222,6 +329,11 @@ def main() -> None:
         "macro_f1_delta": round(tuneloop["val_macro_f1"] - baseline["val_macro_f1"], 4),
         "wall_s": round(time.time() - started, 1),
     }
+    if parallel is not None:
+        result[f"tuneloop_{args.nproc}_processes"] = parallel
+        result["ddp_speedup_samples_per_second"] = round(
+            parallel["samples_per_second"] / max(tuneloop["samples_per_second"], 1e-9), 2
+        )
     json.dump(result, sys.stdout, indent=2)
     print()
 
