@@ -44,7 +44,7 @@ def root(verbose: Annotated[bool, typer.Option("--verbose", "-v", help="debug lo
         handler.addFilter(_only_warnings_from(NOISY_LOGGERS))
 
 
-NOISY_LOGGERS = ("great_expectations", "dvc", "urllib3", "filelock", "httpx")
+NOISY_LOGGERS = ("great_expectations", "dvc", "urllib3", "filelock", "httpx", "aiobotocore", "botocore", "s3fs")
 
 
 class _OnlyWarningsFrom(logging.Filter):
@@ -586,6 +586,43 @@ def models_rollback(
     from tuneloop import registry
 
     out.print(f"[yellow]rolled back[/]: champion is {registry.rollback(_task(task), reason=reason).tag}")
+
+
+@models_app.command("push")
+@user_errors
+def models_push(
+    tag: Annotated[str | None, typer.Argument(help="model tag (default: the task's champion).")] = None,
+    task: TaskOpt = None,
+    params: ParamsOpt = Path("params.yaml"),
+    set_: SetOpt = None,
+) -> None:
+    """Copy a model to the shared store (store.url); pushing the champion also publishes it as the store's."""
+    from tuneloop import store
+
+    cfg = _params(params, set_)
+    moved = store.push(tag, task or cfg.task.name, store.from_params(cfg.store))
+    done = "pushed" if moved.copied else "already in the store:"
+    out.print(f"{done} {moved.tag} -> {cfg.store.url}" + (" (the store's champion)" if moved.champion else ""))
+
+
+@models_app.command("pull")
+@user_errors
+def models_pull(
+    tag: Annotated[str | None, typer.Argument(help="model tag (default: the store's champion, promoted here).")] = None,
+    task: TaskOpt = None,
+    params: ParamsOpt = Path("params.yaml"),
+    set_: SetOpt = None,
+) -> None:
+    """Copy a model from the shared store (store.url), every file checked against its SHA-256 manifest.
+
+    With no TAG, the store's champion of the task, which becomes the champion here: `tuneloop serve` serves it.
+    """
+    from tuneloop import store
+
+    cfg = _params(params, set_)
+    moved = store.pull(tag, task or cfg.task.name, store.from_params(cfg.store))
+    done = "pulled" if moved.copied else "already here:"
+    out.print(f"{done} {moved.tag} <- {cfg.store.url}" + (" (champion)" if moved.champion else ""))
 
 
 @app.command("package")

@@ -14,7 +14,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from tuneloop.errors import ConfigError
 
@@ -296,6 +296,37 @@ class MonitorParams(_Section):
     state_dir: str = Field(min_length=1, description="verdict history (hysteresis) and reports")
 
 
+class StoreParams(_Section):
+    """The `store:` section: shared object storage for models (`tuneloop models push/pull`, tuneloop.store).
+
+    Credentials are never params: botocore's usual chain reads them (AWS_ACCESS_KEY_ID / AWS_SECRET_ACCESS_KEY,
+    AWS_PROFILE, an instance role). Defaults here so a params.yaml written before the store existed still reads.
+    """
+
+    url: str | None = Field(default=None, description="s3://BUCKET/PREFIX; null = no shared store")
+    endpoint_url: str | None = Field(default=None, description="an S3-compatible server; null = AWS S3")
+
+    @field_validator("url")
+    @classmethod
+    def _s3_url(cls, url: str | None) -> str | None:
+        if url is not None and not url.startswith("s3://"):
+            scheme = f"scheme {url.split('://', 1)[0]}://" if "://" in url else "no scheme"
+            raise ValueError(
+                f"{scheme}, but the model store speaks S3: write s3://BUCKET/PREFIX (MinIO, Ceph and other "
+                "S3-compatible servers through store.endpoint_url)"
+            )
+        if url is not None and not re.fullmatch(r"s3://[a-z0-9][a-z0-9.-]{1,61}[a-z0-9](/\S*)?", url):
+            raise ValueError("no valid bucket name (3-63 of a-z 0-9 . -): write s3://BUCKET/PREFIX")
+        return url
+
+    @field_validator("endpoint_url")
+    @classmethod
+    def _http_url(cls, url: str | None) -> str | None:
+        if url is not None and not re.fullmatch(r"https?://[^\s/]+/?", url):
+            raise ValueError("not http(s)://HOST[:PORT]: write e.g. http://minio.internal:9000")
+        return url
+
+
 class Params(_Section):
     """Every section of params.yaml."""
 
@@ -314,6 +345,7 @@ class Params(_Section):
     monitor: MonitorParams
     distill: DistillParams = DistillParams()
     cv: CvParams = CvParams()
+    store: StoreParams = StoreParams()
 
     model_config = ConfigDict(extra="forbid", frozen=True, strict=True, populate_by_name=True)
 

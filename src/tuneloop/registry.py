@@ -408,6 +408,13 @@ def history(task: str = DEFAULT_TASK) -> list[dict[str, Any]]:
     return list(_read_state(task)["history"])
 
 
+def relabel(task: str = DEFAULT_TASK) -> None:
+    """Rewrite the task's stage labels from this store's pointer: a model imported from elsewhere
+    (`tuneloop models pull`) arrives with the stage it had on the machine that pushed it."""
+    with _locked(task):
+        _reconcile(task, _read_state(task))
+
+
 def _reconcile(task: str, state: dict[str, Any]) -> None:
     """Rewrite the task's `stage` labels to agree with the pointer (caller holds the lock)."""
     former = {h["tag"] for h in state["history"]} | {h["previous"] for h in state["history"] if h["previous"]}
