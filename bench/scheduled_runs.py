@@ -111,14 +111,15 @@ def main() -> None:
     try:
         _wait_ok(f"{api}/health", 120)
         subprocess.run([sys.executable, "-m", "tuneloop", "deploy"], env=client, check=True, capture_output=True)
-        pool = load_params().deploy.work_pool
-        started.append(
+        deploy = load_params().deploy  # a worker per pool: the pipeline on the CPU pool, the train stage on the GPU's
+        started += [
             _start(
                 [sys.executable, "-m", "prefect", "worker", "start", "--pool", pool, "--limit", "1"],
                 client,
-                logs / "worker.log",
+                logs / f"worker-{pool}.log",
             )
-        )
+            for pool in (deploy.cpu_pool, deploy.gpu_pool)
+        ]
         started += [
             _start([sys.executable, "-c", "while True: pass"], env, logs / "busy.log") for _ in range(args.busy)
         ]

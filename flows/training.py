@@ -85,9 +85,42 @@ def pretrain(force: bool = False) -> dict[str, Any]:
 
 
 @task(name="train")
-def train(force: bool = False) -> dict[str, Any]:
-    """Fine-tune the challenger (DVC stage `train`)."""
-    return _stage("train", force)
+def train(params: Any, force: bool = False) -> dict[str, Any]:
+    """Fine-tune the challenger (DVC stage `train`): in the train pool's deployment where `tuneloop deploy`
+    created one on this server (deploy.train_pool), else in this process."""
+    from tuneloop.orchestration import train_stage_deployment
+
+    deployment = train_stage_deployment(params.deploy)
+    if deployment is None:
+        return _stage("train", force)
+    return _train_elsewhere(deployment, params.deploy.train_timeout_s, force)
+
+
+def _train_elsewhere(deployment: Any, timeout_s: float, force: bool) -> dict[str, Any]:
+    """Push train's inputs to the DVC remote, run the train-stage deployment as a subflow, take back what it
+    wrote (nothing to take when its worker shares this workspace)."""
+    from tuneloop.orchestration import read_handback, run_stage_deployment
+    from tuneloop.pipeline import apply_handback, push_stage_inputs, workspace_id
+
+    started, logger = time.perf_counter(), get_run_logger()
+    pushed = push_stage_inputs("train")
+    if pushed:
+        logger.info("pushed the outputs of %s to the DVC remote", ", ".join(pushed))
+    lock = Path("dvc.lock")
+    parameters = {
+        "force": force,
+        "origin": workspace_id(),
+        "params_text": Path("params.yaml").read_text(encoding="utf-8"),
+        "lock_text": lock.read_text(encoding="utf-8") if lock.is_file() else "",
+    }
+    run = run_stage_deployment(deployment, parameters, timeout_s)
+    handback = read_handback(run.id)
+    if handback is not None:
+        apply_handback(handback)
+        logger.info("pulled models/candidate and train's dvc.lock entry from flow run %s", run.name)
+    seconds = time.perf_counter() - started
+    logger.info("train ran in flow run %s on pool %s: %.1f s", run.name, deployment.work_pool_name, seconds)
+    return {"stage": "train", "flow_run": str(run.id), "work_pool": deployment.work_pool_name, "seconds": seconds}
 
 
 @task(name="evaluate")
@@ -173,7 +206,7 @@ def training_pipeline(overrides: list[str] | None = None, force: bool = False, r
     apply_overrides(overrides or [])
     params = load_params()
     stages = [collect_feedback(params.data.raw_path)] if retrain else []
-    stages += [validate(force), prepare(force), pretrain(force), train(force), evaluate(force)]
+    stages += [validate(force), prepare(force), pretrain(force), train(params, force), evaluate(force)]
     released = release(params)
     bento = package(released["champion"])
     stages.append({"stage": "release", "seconds": released["seconds"]})

@@ -718,18 +718,30 @@ def pipeline_monitor(set_: SetOpt = None) -> None:
 @app.command("deploy")
 @user_errors
 def deploy_cmd(params: ParamsOpt = Path("params.yaml"), set_: SetOpt = None) -> None:
-    """Create the process work pool and the scheduled training deployment on the Prefect server."""
-    from tuneloop.orchestration import deploy_monitoring, deploy_training
+    """Create the CPU and GPU work pools, the scheduled training and monitoring deployments and the train-stage
+    deployment on the Prefect server."""
+    from tuneloop.orchestration import deploy_monitoring, deploy_train_stage, deploy_training, train_stage_pool
 
     cfg = _params(params, set_)
+    pools = cfg.deploy
     deployment_id = deploy_training(cfg, Path.cwd())
     monitoring_id = deploy_monitoring(cfg, Path.cwd())
+    stage_id = deploy_train_stage(cfg, Path.cwd())
+    out.print(f"work pools {pools.cpu_pool} and {pools.gpu_pool} (process)")
     out.print(f"deployment tuneloop-monitoring/monitoring ({monitoring_id}): every {cfg.monitor.schedule_minutes} min")
     out.print(
-        f"deployment tuneloop-training/training ({deployment_id}): cron '{cfg.deploy.training_cron}' "
-        f"{cfg.deploy.timezone} and on drift of task '{cfg.task.name}' (retrain), pool {cfg.deploy.work_pool}.\n"
-        f"Start a worker: prefect worker start --pool {cfg.deploy.work_pool}"
+        f"deployment tuneloop-training/training ({deployment_id}): cron '{pools.training_cron}' "
+        f"{pools.timezone} and on drift of task '{cfg.task.name}' (retrain), pool {pools.cpu_pool}"
     )
+    stage_pool = train_stage_pool(pools)
+    if stage_id is None:
+        out.print("train stage: in the training flow's own process (deploy.train_pool: inline)")
+    else:
+        out.print(
+            f"deployment tuneloop-train-stage/train ({stage_id}): the training flow's train stage, pool {stage_pool}"
+        )
+    workers = dict.fromkeys([pools.cpu_pool, stage_pool or pools.cpu_pool])
+    out.print("Start workers: " + "; ".join(f"prefect worker start --pool {name}" for name in workers))
 
 
 @app.command("serve")

@@ -203,9 +203,30 @@ class GateParams(_Section):
 
 
 class DeployParams(_Section):
-    work_pool: str = Field(min_length=1)
+    """The `deploy:` section: Prefect work pools, where the train stage runs, the training schedule."""
+
+    cpu_pool: str = Field(min_length=1, description="process pool: the pipeline flow, monitoring, every CPU stage")
+    gpu_pool: str = Field(min_length=1, description="process pool on the GPU machines: the train stage")
+    train_pool: Literal["gpu", "cpu", "inline"] = Field(
+        default="gpu",
+        description="where the training flow runs `train` against a server holding the train-stage deployment: "
+        "that deployment in gpu_pool or cpu_pool, or inline (in the flow's own process, as without a server)",
+    )
+    train_timeout_s: float = Field(default=21600, gt=0, description="the train stage's flow run, queued and running")
     training_cron: str = Field(min_length=9, description="five-field cron expression")
     timezone: str = Field(min_length=1)
+
+    @model_validator(mode="before")
+    @classmethod
+    def _work_pool_replaced(cls, data: Any) -> Any:
+        """`work_pool` (one pool for everything) was split in two; say how to rename it rather than 'unknown key'."""
+        if isinstance(data, dict) and "work_pool" in data:
+            raise ValueError(
+                f"deploy.work_pool ({data['work_pool']!r}) was replaced by two pools: rename it to deploy.cpu_pool "
+                "(the pipeline and monitoring flows) and add deploy.gpu_pool (the train stage), e.g. "
+                "cpu_pool: tuneloop-cpu and gpu_pool: tuneloop-gpu; then run `tuneloop deploy` again"
+            )
+        return data
 
 
 class ServeParams(_Section):

@@ -1,30 +1,42 @@
-"""Prefect deployments: the process work pool and the scheduled training deployment.
+"""Prefect deployments: the CPU and GPU process work pools, the scheduled training and monitoring
+deployments (CPU pool), and the train-stage deployment (GPU pool) the training flow hands `train` to.
 
-The monitoring deployment joins here when the monitoring flow lands; its slot is the same
-pool with its own schedule.
+One Prefect server drives workers on several machines: `prefect worker start --pool tuneloop-cpu` where
+the pipeline's CPU stages run, `--pool tuneloop-gpu` on the GPU machines (README, "Scale-out").
 """
 
 from __future__ import annotations
 
 import asyncio
+import json
 from pathlib import Path
 from typing import Any
 
-from tuneloop.config import Params
+from tuneloop.config import DeployParams, Params
+from tuneloop.pipeline import Handback, StageFailed
 
 TRAINING_ENTRYPOINT = "flows/training.py:training_pipeline"
+TRAIN_STAGE_ENTRYPOINT = "flows/train_stage.py:train_stage"
+TRAIN_STAGE_DEPLOYMENT = "tuneloop-train-stage/train"
+HANDBACK_KEY = "train-handback"  # the table artifact a train-stage run on another machine hands back
 
 
-async def _ensure_pool(name: str) -> None:
+async def _ensure_pools(names: list[str]) -> None:
     from prefect.client.orchestration import get_client
     from prefect.client.schemas.actions import WorkPoolCreate
     from prefect.exceptions import ObjectAlreadyExists
 
     async with get_client() as client:
-        try:
-            await client.create_work_pool(WorkPoolCreate(name=name, type="process"))
-        except ObjectAlreadyExists:
-            pass
+        for name in dict.fromkeys(names):
+            try:
+                await client.create_work_pool(WorkPoolCreate(name=name, type="process"))
+            except ObjectAlreadyExists:
+                pass
+
+
+def ensure_pools(cfg: DeployParams) -> None:
+    """Create the CPU and the GPU process work pools where they are not there yet."""
+    asyncio.run(_ensure_pools([cfg.cpu_pool, cfg.gpu_pool]))
 
 
 DRIFT_EVENT = "tuneloop.drift.detected"
@@ -54,11 +66,11 @@ def deploy_training(params: Params, project_root: Path) -> str:
     from prefect.schedules import Cron
 
     cfg = params.deploy
-    asyncio.run(_ensure_pool(cfg.work_pool))
+    ensure_pools(cfg)
     remote: Any = flow.from_source(source=str(project_root), entrypoint=TRAINING_ENTRYPOINT)  # sync here
     deployment_id = remote.deploy(
         name="training",
-        work_pool_name=cfg.work_pool,
+        work_pool_name=cfg.cpu_pool,
         schedules=[Cron(cfg.training_cron, timezone=cfg.timezone)],
         triggers=[drift_trigger(params.task.name)],
         description="[collect feedback] -> validate -> prepare -> pretrain -> train -> evaluate -> release -> package",
@@ -71,22 +83,113 @@ MONITORING_ENTRYPOINT = "flows/monitoring.py:monitoring"
 
 
 def deploy_monitoring(params: Params, project_root: Path) -> str:
-    """Create (or update) `tuneloop-monitoring/monitoring`: every monitor.schedule_minutes, same work pool."""
+    """Create (or update) `tuneloop-monitoring/monitoring`: every monitor.schedule_minutes, in the CPU pool."""
     from datetime import timedelta
 
     from prefect import flow
     from prefect.schedules import Interval
 
-    asyncio.run(_ensure_pool(params.deploy.work_pool))
+    ensure_pools(params.deploy)
     remote: Any = flow.from_source(source=str(project_root), entrypoint=MONITORING_ENTRYPOINT)
     deployment_id = remote.deploy(
         name="monitoring",
-        work_pool_name=params.deploy.work_pool,
+        work_pool_name=params.deploy.cpu_pool,
         schedules=[Interval(timedelta(minutes=params.monitor.schedule_minutes))],
         description="prediction-log window vs the champion's reference -> verdict (Evidently snapshot)",
         print_next_steps=False,
     )
     return str(deployment_id)
+
+
+def train_stage_pool(cfg: DeployParams) -> str | None:
+    """The pool the train stage's deployment goes to (deploy.train_pool), or None for inline."""
+    return {"gpu": cfg.gpu_pool, "cpu": cfg.cpu_pool}.get(cfg.train_pool)
+
+
+def deploy_train_stage(params: Params, project_root: Path) -> str | None:
+    """Create (or update) `tuneloop-train-stage/train` in the pool deploy.train_pool names (no schedule: the
+    training flow runs it). Returns its id, or None when deploy.train_pool is inline (nothing to deploy)."""
+    from prefect import flow
+
+    pool = train_stage_pool(params.deploy)
+    if pool is None:
+        return None
+    ensure_pools(params.deploy)
+    remote: Any = flow.from_source(source=str(project_root), entrypoint=TRAIN_STAGE_ENTRYPOINT)
+    deployment_id = remote.deploy(
+        name="train",
+        work_pool_name=pool,
+        description="the train stage (dvc repro train) for the training flow; data through the DVC remote",
+        print_next_steps=False,
+    )
+    return str(deployment_id)
+
+
+def train_stage_deployment(cfg: DeployParams) -> Any | None:
+    """The deployment the training flow hands `train` to: None (run it in-process) when deploy.train_pool is
+    inline, when no Prefect server is configured (`make demo`), or when `tuneloop deploy` has not created it."""
+    if cfg.train_pool == "inline" or not server_configured():
+        return None
+    from prefect.client.orchestration import get_client
+    from prefect.exceptions import ObjectNotFound
+
+    with get_client(sync_client=True) as client:
+        try:
+            return client.read_deployment_by_name(TRAIN_STAGE_DEPLOYMENT)
+        except ObjectNotFound:
+            return None
+
+
+def run_stage_deployment(deployment: Any, parameters: dict[str, Any], timeout_s: float) -> Any:
+    """Run `deployment` as a subflow of the calling task and wait for it; return its flow run.
+
+    Raises:
+        StageFailed: the run did not complete (its state and message, and how to read its logs), or it
+            did not finish within `timeout_s` (then it is cancelled; the likely cause is no worker on its pool).
+    """
+    from prefect.client.orchestration import get_client
+    from prefect.deployments import run_deployment
+    from prefect.states import Cancelling
+
+    pool = deployment.work_pool_name
+    run: Any = run_deployment(deployment.id, parameters=parameters, timeout=timeout_s, poll_interval=2, as_subflow=True)
+    state = run.state
+    if state is None or not state.is_final():
+        with get_client(sync_client=True) as client:
+            client.set_flow_run_state(run.id, Cancelling(message=f"no result within {timeout_s:.0f} s"), force=True)
+        raise StageFailed(
+            f"flow run '{run.name}' of {TRAIN_STAGE_DEPLOYMENT} (pool {pool}) did not finish within "
+            f"deploy.train_timeout_s = {timeout_s:.0f} s and was cancelled. Is a worker polling the pool? "
+            f"`prefect worker start --pool {pool}` on a machine that has the project."
+        )
+    if not state.is_completed():
+        raise StageFailed(
+            f"flow run '{run.name}' of {TRAIN_STAGE_DEPLOYMENT} (pool {pool}) ended {state.name}: "
+            f"{state.message or 'no message'}. Its logs: `prefect flow-run logs {run.id}`."
+        )
+    return run
+
+
+def read_handback(flow_run_id: Any) -> Handback | None:
+    """What a train-stage run on another machine handed back (its table artifact), or None when it shared
+    this workspace (it wrote dvc.lock and the outputs here itself)."""
+    from prefect.client.orchestration import get_client
+    from prefect.client.schemas.filters import (
+        ArtifactFilter,
+        ArtifactFilterFlowRunId,
+        ArtifactFilterKey,
+    )
+
+    wanted = ArtifactFilter(
+        flow_run_id=ArtifactFilterFlowRunId(any_=[flow_run_id]), key=ArtifactFilterKey(any_=[HANDBACK_KEY])
+    )
+    with get_client(sync_client=True) as client:
+        found = client.read_artifacts(artifact_filter=wanted)
+    if not found:
+        return None
+    data = found[0].data
+    rows: Any = json.loads(data) if isinstance(data, str) else data
+    return Handback.from_rows(rows)
 
 
 def server_configured() -> bool:

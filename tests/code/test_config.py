@@ -93,3 +93,21 @@ def test_cli_set_override_with_negative_fraction(project, cli):
     result = cli("data", "import", "in.csv", "--no-dvc", "--set", "prepare.test_fraction=-1")
     assert result.exit_code == 1
     assert "prepare.test_fraction = -1" in result.stderr
+
+
+def test_the_old_single_work_pool_names_the_two_keys_replacing_it(tmp_path):
+    def old_deploy(raw):
+        raw["deploy"] = {"work_pool": "tuneloop-local", "training_cron": "0 3 * * 1", "timezone": "UTC"}
+
+    with pytest.raises(ConfigError) as exc:
+        load_params(_params_with(tmp_path, old_deploy))
+    message = str(exc.value)
+    assert "deploy.work_pool ('tuneloop-local') was replaced" in message
+    assert "deploy.cpu_pool" in message and "deploy.gpu_pool" in message and "unknown key" not in message
+
+
+def test_train_pool_takes_gpu_cpu_or_inline_and_defaults_to_gpu(tmp_path):
+    assert load_params(REPO / "params.yaml").deploy.train_pool == "gpu"
+    assert load_params(REPO / "params.yaml", ["deploy.train_pool=inline"]).deploy.train_pool == "inline"
+    with pytest.raises(ConfigError, match=r"deploy\.train_pool = 'tpu'.*'gpu', 'cpu' or 'inline'"):
+        load_params(REPO / "params.yaml", ["deploy.train_pool=tpu"])

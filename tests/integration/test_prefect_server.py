@@ -52,7 +52,9 @@ def test_dashboard_on_postgres_records_runs_and_the_scheduled_deployment(project
         runs = httpx.post(f"{api}/flow_runs/filter", json={}, timeout=10).json()
         assert any(r["state_type"] == "COMPLETED" for r in runs)
         deployment = httpx.get(f"{api}/deployments/name/tuneloop-training/training", timeout=10).json()
-        assert deployment["work_pool_name"] == "tuneloop-local"
+        assert deployment["work_pool_name"] == "tuneloop-cpu"
+        stage = httpx.get(f"{api}/deployments/name/tuneloop-train-stage/train", timeout=10).json()
+        assert stage["work_pool_name"] == "tuneloop-gpu"
         assert deployment["schedules"][0]["schedule"]["cron"] == "0 3 * * 1"
         import psycopg
 
