@@ -139,6 +139,7 @@ class TrainParams(_Section):
     max_samples: int = Field(ge=0)
     num_threads: int = Field(ge=0)
     nproc: int = Field(default=1, ge=0, description="data-parallel processes; >1 launches torchrun; 0 = one per GPU")
+    compile: bool = Field(default=False, description="torch.compile the model on CUDA (bench before enabling)")
 
 
 class VocabParams(_Section):

@@ -290,7 +290,7 @@ def baseline_check(
         why += (
             ": the fine-tuned model does not beat a bag-of-n-grams model. If the validation report's "
             "tokenizer_coverage warned, the base model cannot read this text: extend its vocabulary "
-            "(train.extend_vocab) and continue pre-training on it (`tuneloop pretrain`), or pick a base model "
+            "(vocab.extend: true) and continue pre-training on it (`tuneloop pretrain`), or pick a base model "
             "for this language; otherwise train longer or on more rows"
         )
     details = base.model_dump() | {"test": result}

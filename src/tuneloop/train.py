@@ -263,7 +263,11 @@ def training_arguments(
         tf32=ampere,
         optim="adamw_torch_fused" if cuda else "adamw_torch",
         dataloader_pin_memory=cuda,
-        dataloader_num_workers=0,  # data is pre-tokenised; workers would only steal CPU cores
+        # CPU: the data is pre-tokenised and workers would only steal cores from the model. CUDA: collating
+        # (padding) the next batches in two workers keeps the host off the step's critical path.
+        dataloader_num_workers=2 if cuda else 0,
+        dataloader_persistent_workers=cuda,
+        torch_compile=cuda and p.compile,
         use_cpu=not cuda,
         seed=params.base.seed,
         data_seed=params.base.seed,
@@ -470,6 +474,8 @@ def load_base_model(base: str, labels: list[str], seed: int) -> tuple[Any, Any, 
             problem_type="single_label_classification",
             ignore_mismatched_sizes=True,
             use_safetensors=True,  # never a pickled pytorch_model.bin (torch.load) from a base folder
+            # attention: transformers picks SDPA (flash / memory-efficient kernels on CUDA) for every model
+            # that supports it (MiniLM loads as "sdpa"); forcing it would refuse older custom architectures
         )
     except OSError as exc:
         raise ModelError(

@@ -20,7 +20,7 @@ def test_corpus_is_realistic_enough_to_be_hard():
     assert len(counts) == len(INTENTS) >= 8
     assert counts.max() / counts.min() > 2.5  # imbalanced
     assert frame["text"].nunique() > 1500  # paraphrase variety
-    # Ambiguous messages join two intents; some carry each of the two labels.
+    # Two-intent messages join two intents; the first decides, so either can be the label.
     joined = frame[frame["text"].str.contains(" and ") & frame["text"].str.contains("refund")]
     assert joined["label"].nunique() >= 2
 

@@ -1,17 +1,23 @@
 """Fixtures and helpers shared by the integration tests: the Prefect test server, process groups (servers,
-workers) that leave nothing behind, deployment runs through the API."""
+workers) that leave nothing behind, deployment runs through the API, an S3-compatible server (Moto)."""
 
 from __future__ import annotations
 
 import os
 import signal
 import subprocess
+import sys
 import time
+import uuid
 from collections.abc import Iterator
 from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
 
 import httpx
 import pytest
+
+from tests.conftest import free_port
 
 
 @pytest.fixture(scope="session")
@@ -76,3 +82,79 @@ def run_deployment_and_wait(api: str, name: str, seconds: float) -> dict:
     created = httpx.post(f"{api}/deployments/{deployment['id']}/create_flow_run", json={}, timeout=30)
     assert created.status_code in (200, 201), created.text
     return wait_for_run(api, created.json()["id"], seconds)
+
+
+@dataclass(frozen=True)
+class S3:
+    endpoint: str
+    bucket: str
+
+    @property
+    def url(self) -> str:
+        return f"s3://{self.bucket}/team"
+
+    def settings(self) -> list[str]:
+        return ["--set", f"store.url={self.url}", "--set", f"store.endpoint_url={self.endpoint}"]
+
+
+@pytest.fixture(scope="session")
+def s3_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    """A Moto S3 server process on a free port for the session; skipped with the reason where it cannot start."""
+    try:
+        import moto.server  # noqa: F401
+    except ImportError as exc:
+        pytest.skip(f"moto[server] is not installed ({exc}): pip install -e '.[dev]'")
+    port, log = free_port(), tmp_path_factory.mktemp("moto") / "server.log"
+    with log.open("w") as out:  # a file, not a pipe: the server logs every request and would fill a pipe
+        server = subprocess.Popen(
+            [sys.executable, "-m", "moto.server", "-H", "127.0.0.1", "-p", str(port)],
+            stdout=out,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )
+    endpoint = f"http://127.0.0.1:{port}"
+    deadline = time.time() + 30
+    while True:
+        try:
+            if httpx.get(endpoint, timeout=2).status_code == 200:
+                break
+        except httpx.HTTPError:
+            pass
+        if server.poll() is not None or time.time() > deadline:
+            server.kill()
+            last = (log.read_text(errors="replace").strip().splitlines() or ["no answer within 30 s"])[-1]
+            pytest.skip(f"Moto's S3 server did not start on 127.0.0.1:{port}: {last}")
+        time.sleep(0.2)
+    yield endpoint
+    os.killpg(server.pid, signal.SIGTERM)
+    server.wait(10)
+
+
+@pytest.fixture
+def s3(s3_server: str, monkeypatch: pytest.MonkeyPatch) -> S3:
+    """A fresh bucket on the server, and AWS credentials in the environment only (as the store wants them)."""
+    import boto3
+
+    for key in ("AWS_PROFILE", "AWS_SESSION_TOKEN", "AWS_ENDPOINT_URL", "AWS_ENDPOINT_URL_S3"):
+        monkeypatch.delenv(key, raising=False)
+    monkeypatch.setenv("AWS_ACCESS_KEY_ID", "tuneloop-test")
+    monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", "tuneloop-test-secret")
+    monkeypatch.setenv("AWS_DEFAULT_REGION", "us-east-1")
+    monkeypatch.setenv("AWS_SHARED_CREDENTIALS_FILE", "/nonexistent")  # never the developer's ~/.aws
+    monkeypatch.setenv("AWS_CONFIG_FILE", "/nonexistent")
+    monkeypatch.setenv("AWS_EC2_METADATA_DISABLED", "true")
+    bucket = f"tuneloop-{uuid.uuid4().hex[:12]}"
+    boto3.client("s3", endpoint_url=s3_server).create_bucket(Bucket=bucket)
+    return S3(s3_server, bucket)
+
+
+def pull_elsewhere(home: Path, work: Path, *args: str) -> subprocess.CompletedProcess[str]:
+    """`tuneloop models pull ARGS` as another machine would: its own process and BentoML home."""
+    return subprocess.run(
+        [sys.executable, "-m", "tuneloop", "models", "pull", *args],
+        cwd=work,
+        env={**os.environ, "BENTOML_HOME": str(home)},
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )

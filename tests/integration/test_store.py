@@ -10,10 +10,6 @@ import shutil
 import signal
 import subprocess
 import sys
-import time
-import uuid
-from collections.abc import Iterator
-from dataclasses import dataclass
 from pathlib import Path
 
 import httpx
@@ -21,71 +17,8 @@ import pytest
 import yaml
 
 from tests.conftest import REPO, free_port, wait_http_ok
+from tests.integration.conftest import pull_elsewhere
 from tuneloop import registry
-
-
-@dataclass(frozen=True)
-class S3:
-    endpoint: str
-    bucket: str
-
-    @property
-    def url(self) -> str:
-        return f"s3://{self.bucket}/team"
-
-    def settings(self) -> list[str]:
-        return ["--set", f"store.url={self.url}", "--set", f"store.endpoint_url={self.endpoint}"]
-
-
-@pytest.fixture(scope="module")
-def s3_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
-    """A Moto S3 server process on a free port for this module; skipped with the reason where it cannot start."""
-    try:
-        import moto.server  # noqa: F401
-    except ImportError as exc:
-        pytest.skip(f"moto[server] is not installed ({exc}): pip install -e '.[dev]'")
-    port, log = free_port(), tmp_path_factory.mktemp("moto") / "server.log"
-    with log.open("w") as out:  # a file, not a pipe: the server logs every request and would fill a pipe
-        server = subprocess.Popen(
-            [sys.executable, "-m", "moto.server", "-H", "127.0.0.1", "-p", str(port)],
-            stdout=out,
-            stderr=subprocess.STDOUT,
-            start_new_session=True,
-        )
-    endpoint = f"http://127.0.0.1:{port}"
-    deadline = time.time() + 30
-    while True:
-        try:
-            if httpx.get(endpoint, timeout=2).status_code == 200:
-                break
-        except httpx.HTTPError:
-            pass
-        if server.poll() is not None or time.time() > deadline:
-            server.kill()
-            last = (log.read_text(errors="replace").strip().splitlines() or ["no answer within 30 s"])[-1]
-            pytest.skip(f"Moto's S3 server did not start on 127.0.0.1:{port}: {last}")
-        time.sleep(0.2)
-    yield endpoint
-    os.killpg(server.pid, signal.SIGTERM)
-    server.wait(10)
-
-
-@pytest.fixture
-def s3(s3_server: str, monkeypatch: pytest.MonkeyPatch) -> S3:
-    """A fresh bucket on the server, and AWS credentials in the environment only (as the store wants them)."""
-    import boto3
-
-    for key in ("AWS_PROFILE", "AWS_SESSION_TOKEN", "AWS_ENDPOINT_URL", "AWS_ENDPOINT_URL_S3"):
-        monkeypatch.delenv(key, raising=False)
-    monkeypatch.setenv("AWS_ACCESS_KEY_ID", "tuneloop-test")
-    monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", "tuneloop-test-secret")
-    monkeypatch.setenv("AWS_DEFAULT_REGION", "us-east-1")
-    monkeypatch.setenv("AWS_SHARED_CREDENTIALS_FILE", "/nonexistent")  # never the developer's ~/.aws
-    monkeypatch.setenv("AWS_CONFIG_FILE", "/nonexistent")
-    monkeypatch.setenv("AWS_EC2_METADATA_DISABLED", "true")
-    bucket = f"tuneloop-{uuid.uuid4().hex[:12]}"
-    boto3.client("s3", endpoint_url=s3_server).create_bucket(Bucket=bucket)
-    return S3(s3_server, bucket)
 
 
 def _variant_of(model: Path, out: Path, nudge: float) -> Path:
@@ -109,18 +42,6 @@ def onnx_variants(tiny_classifier: Path, tmp_path_factory: pytest.TempPathFactor
     return out
 
 
-def _pull_elsewhere(home: Path, work: Path, *args: str) -> subprocess.CompletedProcess[str]:
-    """`tuneloop models pull ARGS` as another machine would: its own process and BentoML home."""
-    return subprocess.run(
-        [sys.executable, "-m", "tuneloop", "models", "pull", *args],
-        cwd=work,
-        env={**os.environ, "BENTOML_HOME": str(home)},
-        capture_output=True,
-        text=True,
-        timeout=120,
-    )
-
-
 def test_a_machine_with_an_empty_store_pulls_the_champion_and_serves_it(
     s3, store, cli, tiny_classifier, onnx_variants, tmp_path, monkeypatch
 ):
@@ -142,7 +63,7 @@ def test_a_machine_with_an_empty_store_pulls_the_champion_and_serves_it(
     assert again.exit_code == 0 and f"already in the store: {tag}" in again.stdout  # idempotent
 
     home = tmp_path / "empty-bentoml-home"
-    pulled = _pull_elsewhere(home, work)
+    pulled = pull_elsewhere(home, work)
     assert pulled.returncode == 0, pulled.stdout + pulled.stderr
     assert f"pulled {tag}" in pulled.stdout and "(champion)" in pulled.stdout
     assert json.loads((home / "tuneloop" / "classifier" / "champion.json").read_text())["champion"] == tag
@@ -150,7 +71,7 @@ def test_a_machine_with_an_empty_store_pulls_the_champion_and_serves_it(
     mine = registry.get(tag)
     for name in ("model.safetensors", "reference.parquet", "onnx/model.onnx", "onnx/model.int8.onnx"):
         assert (entry / name).read_bytes() == (mine.path / name).read_bytes(), name
-    assert "already here" in _pull_elsewhere(home, work).stdout  # idempotent, and checked again
+    assert "already here" in pull_elsewhere(home, work).stdout  # idempotent, and checked again
 
     port = free_port()
     server = subprocess.Popen(

@@ -2,24 +2,28 @@
 `tuneloop-cpu` and one on `tuneloop-gpu` (both on this machine, so they share the workspace and the DVC
 hand-off is a no-op; tests/code/test_stage_handoff.py covers it), one training deployment run with the tiny
 model. Checked through the API: the training flow run ran in the CPU pool, its train stage as a subflow run
-of `tuneloop-train-stage/train` in the GPU pool, and the champion it promoted is the trained one."""
+of `tuneloop-train-stage/train` in the GPU pool, and the champion it promoted, pushed to the shared store (a
+Moto S3 server) and pulled into an empty BentoML home as a serving machine would, answers there."""
 
 from __future__ import annotations
 
 import os
+import signal
+import subprocess
 import sys
 
 import httpx
 import pytest
 
-from tests.integration.conftest import process_group, run_deployment_and_wait
+from tests.conftest import free_port, wait_http_ok
+from tests.integration.conftest import process_group, pull_elsewhere, run_deployment_and_wait
 from tests.integration.test_training_flow import _configure
 from tuneloop import registry
 
 
 @pytest.mark.timeout(600)
 def test_train_stage_runs_in_the_gpu_pool_and_the_rest_in_the_cpu_pool(
-    project, cli, tiny_model, store, prefect_harness, tmp_path
+    project, cli, tiny_model, store, prefect_harness, tmp_path, s3
 ):
     from prefect.settings import PREFECT_API_URL
 
@@ -62,6 +66,7 @@ def test_train_stage_runs_in_the_gpu_pool_and_the_rest_in_the_cpu_pool(
         assert {"validate", "prepare", "pretrain", "evaluate", "release", "package"} <= names
         champion = registry.champion()
         assert champion is not None and (project / "models/candidate/model.safetensors").is_file()
+        _serve_elsewhere(cli, project, tmp_path, s3, champion.tag)
     finally:
         # The test server outlives this test: a train-stage deployment left there would send the in-process
         # flow tests' train stage to a pool nobody polls.
@@ -69,3 +74,29 @@ def test_train_stage_runs_in_the_gpu_pool_and_the_rest_in_the_cpu_pool(
             found = httpx.get(f"{api}/deployments/name/{name}", timeout=10)
             if found.status_code == 200:
                 httpx.delete(f"{api}/deployments/{found.json()['id']}", timeout=10)
+
+
+def _serve_elsewhere(cli, project, tmp_path, s3, tag: str) -> None:
+    """Push the champion to the shared store; a serving machine (its own, empty BentoML home) pulls it and serves."""
+    pushed = cli("models", "push", *s3.settings())
+    assert pushed.exit_code == 0, pushed.output
+    home = tmp_path / "serving-machine-bentoml"
+    pulled = pull_elsewhere(home, project, *s3.settings())
+    assert pulled.returncode == 0 and f"pulled {tag}" in pulled.stdout, pulled.stdout + pulled.stderr
+    port = free_port()
+    env = {**os.environ, "BENTOML_HOME": str(home), "TUNELOOP_DB_URL": f"sqlite:///{tmp_path / 'serving.db'}"}
+    server = subprocess.Popen(
+        [sys.executable, "-m", "tuneloop", "serve", "--port", str(port)],
+        cwd=project,
+        env=env,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.STDOUT,
+        start_new_session=True,
+    )
+    try:
+        wait_http_ok(f"http://127.0.0.1:{port}/readyz", 90)
+        answer = httpx.post(f"http://127.0.0.1:{port}/classify", json={"texts": ["my card is lost"]}, timeout=30)
+        assert answer.status_code == 200 and answer.json()[0]["model"] == tag
+    finally:
+        os.killpg(server.pid, signal.SIGTERM)
+        server.wait(60)

@@ -66,7 +66,7 @@ def test_beats_baseline_passes_a_better_model_and_fails_a_worse_one(paired_test)
         assert check.passed is passes, check.why
         assert details["test"]["test"] == paired_test and details["analyzer"] == "word"
         if not passes:  # the message names what to do about it
-            assert "tuneloop pretrain" in check.why and "extend_vocab" in check.why
+            assert "tuneloop pretrain" in check.why and "vocab.extend" in check.why
 
 
 def test_a_lead_under_the_margin_is_not_enough():
