@@ -264,6 +264,19 @@ def run_processes(nproc: int, argv: list[str], out: Path) -> dict:
     return json.loads(out.read_text())
 
 
+def without_nproc(argv: list[str]) -> list[str]:
+    kept, skip = [], False
+    for arg in argv:
+        if skip or arg.startswith("--nproc="):
+            skip = False
+            continue
+        if arg == "--nproc":
+            skip = True
+            continue
+        kept.append(arg)
+    return kept
+
+
 def with_mfu(run: dict, peak: float, devices: int) -> dict:
     return run | {"mfu": round(run["train_tflops"] / (peak * devices), 4)}
 
@@ -300,7 +313,7 @@ def main() -> None:
     cuda = torch.cuda.is_available()
     peak, peak_source = (args.peak_tflops, "--peak-tflops") if args.peak_tflops else peak_tflops(cuda)
     started = time.time()
-    argv = [a for a in sys.argv[1:]]
+    argv = without_nproc(sys.argv[1:])  # torchrun would take a script's --nproc for its own --nproc-per-node
     # Each side in a fresh process, tuneloop first then the common recipe, as before in one process.
     tuneloop = with_mfu(run_processes(1, argv, args.workdir / "tuneloop-1.json"), peak, 1)
     parallel = None
