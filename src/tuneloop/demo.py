@@ -4,9 +4,9 @@ A demo source, not a product: templates with slots, paraphrases, channel styles,
 imbalance and two-intent messages, labelled by the support team's routing rule "the first request
 decides": word order matters there, which a bag of n-grams cannot see and a transformer can learn
 (at random, as before, those rows were label noise: both the fine-tune and the TF-IDF baseline sat at
-the same ~0.96 ceiling, and the gate's beats_baseline check judged coin flips). The drift variants are what monitoring is tested against:
-`vocabulary` swaps in words the model never saw, `label-mix` inverts the class priors, `length`
-buries the request in several sentences of context. Same seed and arguments, byte-identical file.
+the same ~0.96 ceiling, and the gate's beats_baseline check judged coin flips). The drift variants
+are what monitoring is tested against: `vocabulary` swaps in words the model never saw, `label-mix`
+inverts the class priors, `length` buries the request in several sentences of context. Same seed and arguments, byte-identical file.
 """
 
 from __future__ import annotations
