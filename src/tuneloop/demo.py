@@ -6,7 +6,8 @@ decides": word order matters there, which a bag of n-grams cannot see and a tran
 (at random, as before, those rows were label noise: both the fine-tune and the TF-IDF baseline sat at
 the same ~0.96 ceiling, and the gate's beats_baseline check judged coin flips). The drift variants
 are what monitoring is tested against: `vocabulary` swaps in words the model never saw, `label-mix`
-inverts the class priors, `length` buries the request in several sentences of context. Same seed and arguments, byte-identical file.
+inverts the class priors, `length` buries the request in several sentences of context.
+Same seed and arguments, byte-identical file.
 """
 
 from __future__ import annotations
