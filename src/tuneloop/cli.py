@@ -15,7 +15,7 @@ from typing import Annotated, Any
 import typer
 from rich.console import Console
 
-from tuneloop.cli_common import LabelCol, ParamsOpt, SetOpt, TextCol, _params, err, out, user_errors
+from tuneloop.cli_common import LabelCol, ParamsOpt, SetOpt, TextCol, cli_params, err, out, user_errors
 
 app = typer.Typer(
     help="tuneloop: validate, version, fine-tune, gate, serve and monitor text classifiers.",
@@ -92,7 +92,7 @@ def data_import(
     """Import a labeled file as the canonical raw corpus and track it with DVC."""
     from tuneloop.ingest import import_file
 
-    cfg = _params(params, set_)
+    cfg = cli_params(params, set_)
     written = import_file(
         path, raw or Path(cfg.data.raw_path), text_col=text_col, label_col=label_col, track=not no_dvc
     )
@@ -115,7 +115,7 @@ def data_validate(
     """Run the Great Expectations suite; fail or quarantine per check as params.yaml says."""
     from tuneloop.validate import validate_file
 
-    cfg = _params(params, set_)
+    cfg = cli_params(params, set_)
     result = validate_file(
         path,
         cfg.validate_,
@@ -158,7 +158,7 @@ def prepare_cmd(
     """Normalise, dedupe and split into train/val/test (the DVC `prepare` stage)."""
     from tuneloop.prepare import run
 
-    counts = run(_params(params, set_), input_path, out_dir, metrics)
+    counts = run(cli_params(params, set_), input_path, out_dir, metrics)
     out.print(f"prepared {counts} in {out_dir}")
 
 
@@ -215,7 +215,7 @@ def train_cmd(
         under_launcher,
     )
 
-    cfg, samples, steps = _params(params, set_), 32 if dry_run else max_samples, 2 if dry_run else -1
+    cfg, samples, steps = cli_params(params, set_), 32 if dry_run else max_samples, 2 if dry_run else -1
     base = base or starting_point(cfg, pretrained)
     processes = processes_to_launch(cfg.train.nproc if nproc is None else nproc)
     if processes > 1 and not under_launcher():
@@ -260,7 +260,7 @@ def pretrain_cmd(
     """Continued masked-LM pre-training on the corpus' texts and pretrain.extra_text (the DVC `pretrain` stage)."""
     from tuneloop.pretrain import run
 
-    record = run(_params(params, set_), [train_path, val_path], out_dir, max_steps)
+    record = run(cli_params(params, set_), [train_path, val_path], out_dir, max_steps)
     if not record["enabled"]:
         out.print(f"pretrain.enabled is false: nothing pre-trained ({out_dir}/pretrain.json says so)")
         return
@@ -295,7 +295,7 @@ def cv_cmd(
     """K fine-tunes over stratified folds of train + val: per-fold metrics and their mean ± std."""
     from tuneloop.cv import cross_validate
 
-    cfg = _params(params, set_)
+    cfg = cli_params(params, set_)
     report = cross_validate(
         cfg, train_path, val_path, out_dir, folds=folds, max_samples=max_samples, max_steps=max_steps or -1
     )
@@ -338,7 +338,7 @@ def evaluate_cmd(
     from tuneloop.evaluate import evaluate
 
     chosen = "" if behaviour == "none" else behaviour
-    m = evaluate(_params(params, set_), model, data, out_dir, chosen, train)
+    m = evaluate(cli_params(params, set_), model, data, out_dir, chosen, train)
     rates = ", ".join(f"{k} {v:.0%}" for k, v in m.behaviour.items() if v is not None)
     base = f"; baseline macro-F1 {m.baseline.macro_f1:.4f}" if m.baseline is not None else "; no baseline"
     out.print(
@@ -400,7 +400,7 @@ def distill_cmd(
     from tuneloop.compress.distill import distill
     from tuneloop.release import release
 
-    cfg = _params(params, set_)
+    cfg = cli_params(params, set_)
     entry = registry.resolve(teacher, cfg.task.name, purpose="distil")
     texts = None
     if cfg.distill.transfer_rows:
@@ -443,7 +443,7 @@ def gate_cmd(
     from tuneloop.release import release
 
     done = release(
-        _params(params, set_),
+        cli_params(params, set_),
         model,
         data,
         eval_dir=eval_dir,
@@ -464,7 +464,7 @@ def _task(task: str | None, params: Path = Path("params.yaml")) -> str:
     if task:
         return task
     if params.is_file():
-        return str(_params(params, None).task.name)
+        return str(cli_params(params, None).task.name)
     from tuneloop.registry import DEFAULT_TASK
 
     return DEFAULT_TASK
@@ -565,7 +565,7 @@ def models_promote(
         registry.promote(entry.tag, reason=reason, forced=True)
         out.print(f"[yellow]promoted without gate[/] {entry.tag}: {reason}")
         return
-    cfg = _params(params, set_)
+    cfg = cli_params(params, set_)
     if entry.task != cfg.task.name:  # judged within its own task, whatever params.yaml names
         cfg = cfg.model_copy(update={"task": cfg.task.model_copy(update={"name": entry.task})})
     done = release(cfg, entry.path, data, reason=reason or "passed the gate (tuneloop models promote)")
@@ -599,7 +599,7 @@ def models_push(
     """Copy a model to the shared store (store.url); pushing the champion also publishes it as the store's."""
     from tuneloop import store
 
-    cfg = _params(params, set_)
+    cfg = cli_params(params, set_)
     moved = store.push(tag, task or cfg.task.name, store.from_params(cfg.store))
     done = "pushed" if moved.copied else "already in the store:"
     out.print(f"{done} {moved.tag} -> {cfg.store.url}" + (" (the store's champion)" if moved.champion else ""))
@@ -619,7 +619,7 @@ def models_pull(
     """
     from tuneloop import store
 
-    cfg = _params(params, set_)
+    cfg = cli_params(params, set_)
     moved = store.pull(tag, task or cfg.task.name, store.from_params(cfg.store))
     done = "pulled" if moved.copied else "already here:"
     out.print(f"{done} {moved.tag} <- {cfg.store.url}" + (" (champion)" if moved.champion else ""))
@@ -722,7 +722,7 @@ def deploy_cmd(params: ParamsOpt = Path("params.yaml"), set_: SetOpt = None) -> 
     deployment on the Prefect server."""
     from tuneloop.orchestration import deploy_monitoring, deploy_train_stage, deploy_training, train_stage_pool
 
-    cfg = _params(params, set_)
+    cfg = cli_params(params, set_)
     pools = cfg.deploy
     deployment_id = deploy_training(cfg, Path.cwd())
     monitoring_id = deploy_monitoring(cfg, Path.cwd())

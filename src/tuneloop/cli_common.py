@@ -47,7 +47,8 @@ def user_errors(func: F) -> F:
     return wrapper  # type: ignore[return-value]
 
 
-def _params(path: Path, overrides: list[str] | None) -> Any:
+def cli_params(path: Path, overrides: list[str] | None) -> Any:
+    """The params a command runs with: `--params` FILE with its `--set` overrides (tuneloop.config.Params)."""
     from tuneloop.config import load_params
 
     return load_params(path, overrides or [])

@@ -11,7 +11,7 @@ from typing import Annotated
 
 import typer
 
-from tuneloop.cli_common import ParamsOpt, SetOpt, _params, out, user_errors
+from tuneloop.cli_common import ParamsOpt, SetOpt, cli_params, out, user_errors
 
 monitor_app: typer.Typer = typer.Typer(help="Monitoring: drift signals, label-free estimates, verdicts, Evidently UI.")
 
@@ -36,7 +36,7 @@ def run_cmd(
     from tuneloop.monitor.run import run_monitoring
     from tuneloop.monitor.verdict import summary
 
-    cfg = _params(params, set_).monitor
+    cfg = cli_params(params, set_).monitor
     verdict = run_monitoring(cfg, model_tag=model, db_url=db, last=window, since=since)
     out.print(summary(verdict), highlight=False)
     out.print(f"verdict: {Path(cfg.state_dir) / verdict.window.model_tag.split(':')[0] / 'verdict.json'}")
@@ -57,7 +57,7 @@ def reference_cmd(
     from tuneloop.monitor.reference import build_reference, write_reference
     from tuneloop.tabular import read_labeled
 
-    cfg = _params(params, set_)
+    cfg = cli_params(params, set_)
     frame = pd.concat([read_labeled(p) for p in data], ignore_index=True)
     reference = build_reference(model_dir, frame, backend=cfg.serve.backend)
     write_reference(reference, out_path)
@@ -80,7 +80,7 @@ def ui_cmd(
 
     from tuneloop import procs
 
-    workspace = Path(_params(params, None).monitor.workspace)
+    workspace = Path(cli_params(params, None).monitor.workspace)
     workspace.mkdir(parents=True, exist_ok=True)
     out.print(f"Evidently UI on http://{host}:{port} (workspace {workspace}); Ctrl-C stops it")
     command = [
