@@ -69,12 +69,12 @@ loop-demo: install
 	bash scripts/loop-demo.sh
 
 test: install
-	$(BIN)/python -m pytest -q
+	$(BIN)/python -m pytest -q --durations=15
 
 # Unit, data and model tests with the tiny model; the tests marked `integration` (DVC repro, Prefect
 # servers and workers, `bentoml serve` processes) and `slow` (full weights, ../shared/data) are left out.
 test-fast: install
-	$(BIN)/python -m pytest -q -m "not integration and not slow"
+	$(BIN)/python -m pytest -q --durations=10 -m "not integration and not slow"
 
 # The fuzz tests of tests/serve/test_service_asgi.py: 60 seeded examples each in CI, 2000 unseeded here (minutes).
 fuzz: install
