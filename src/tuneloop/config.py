@@ -127,6 +127,9 @@ class TrainParams(_Section):
     batch_size: int = Field(ge=1)
     cuda_batch_size: int = Field(ge=1)
     lr: float = Field(gt=0, lt=1)
+    lr_scaling: Literal["none", "linear", "sqrt"] = Field(
+        default="none", description="lr at cuda_batch_size: scaled from the rate at batch_size, or not"
+    )
     weight_decay: float = Field(ge=0)
     warmup_ratio: float = Field(ge=0, lt=1)
     scheduler: Literal["linear", "cosine", "constant_with_warmup"]

@@ -244,7 +244,7 @@ def training_arguments(
         max_steps=max_steps,
         per_device_train_batch_size=batch,
         per_device_eval_batch_size=batch * 2,
-        learning_rate=p.lr,
+        learning_rate=learning_rate(params, cuda),
         weight_decay=p.weight_decay,
         warmup_steps=p.warmup_ratio,  # a float < 1 is a ratio of all steps
         lr_scheduler_type=p.scheduler,
@@ -282,6 +282,16 @@ def training_arguments(
         # and scale the loss by the process count.
         average_tokens_across_devices=False,
     )
+
+
+def learning_rate(params: Params, cuda: bool) -> float:
+    """train.lr is the rate at the global batch train.batch_size; on CUDA (global batch cuda_batch_size)
+    train.lr_scaling says whether it grows with the batch: linearly, by its square root, or not at all."""
+    p = params.train
+    if not cuda or p.lr_scaling == "none":
+        return p.lr
+    ratio = p.cuda_batch_size / p.batch_size
+    return p.lr * (ratio if p.lr_scaling == "linear" else ratio**0.5)
 
 
 def _interactive() -> bool:

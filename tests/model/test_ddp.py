@@ -133,3 +133,17 @@ def test_a_global_batch_that_does_not_split_is_one_message_before_launch(runs, d
     assert "train.batch_size=4 is the global batch" in result.stderr and "multiple of 3" in result.stderr
     assert "Traceback" not in result.stderr and "torch.distributed.run" not in result.stderr  # nothing launched
     assert not (runs.root / "m").exists()
+
+
+def test_the_learning_rate_scales_with_the_gpu_batch_only_when_asked():
+    from tuneloop.config import load_params
+    from tuneloop.train import learning_rate
+
+    base = ["train.lr=0.0001", "train.batch_size=32", "train.cuda_batch_size=256"]
+    rate = {
+        mode: learning_rate(load_params(REPO / "params.yaml", [*base, f"train.lr_scaling={mode}"]), cuda=True)
+        for mode in ("none", "linear", "sqrt")
+    }
+    assert rate == pytest.approx({"none": 1e-4, "linear": 8e-4, "sqrt": 1e-4 * 8**0.5})
+    cpu = load_params(REPO / "params.yaml", [*base, "train.lr_scaling=linear"])
+    assert learning_rate(cpu, cuda=False) == 1e-4  # the CPU batch is the one the rate is given for
