@@ -15,7 +15,20 @@ from typing import Annotated, Any
 import typer
 from rich.console import Console
 
-from tuneloop.cli_common import LabelCol, ParamsOpt, SetOpt, TextCol, cli_params, err, out, user_errors
+from tuneloop.cli_common import (
+    TRAIN_CSV,
+    VAL_CSV,
+    LabelCol,
+    ParamsOpt,
+    SetOpt,
+    TextCol,
+    TrainCsvOpt,
+    ValCsvOpt,
+    cli_params,
+    err,
+    out,
+    user_errors,
+)
 
 app = typer.Typer(
     help="tuneloop: validate, version, fine-tune, gate, serve and monitor text classifiers.",
@@ -165,71 +178,34 @@ def prepare_cmd(
 @app.command("train")
 @user_errors
 def train_cmd(
-    train_path: Annotated[Path, typer.Option("--train", help="labeled CSV to learn from.")] = Path(
-        "data/prepared/train.csv"
-    ),
-    val_path: Annotated[Path, typer.Option("--val", help="labeled CSV for early stopping.")] = Path(
-        "data/prepared/val.csv"
-    ),
+    train_path: TrainCsvOpt = TRAIN_CSV,
+    val_path: ValCsvOpt = VAL_CSV,
     out_dir: Annotated[Path, typer.Option("--out", help="model dir to write.")] = Path("models/candidate"),
     base: Annotated[
-        str | None,
-        typer.Option("--base", help="base model: 'minilm', a folder or a hub id (default: train.base_model)."),
+        str | None, typer.Option("--base", help="'minilm', a folder or a hub id (train.base_model).")
     ] = None,
-    resume: Annotated[
-        bool, typer.Option("--resume", help="continue from the newest checkpoint after a crash.")
-    ] = False,
-    checkpoints: Annotated[
-        Path | None, typer.Option("--checkpoints", help="checkpoint folder (default: OUT.checkpoints).")
-    ] = None,
-    live_dir: Annotated[
-        str, typer.Option("--live-dir", help="dvclive folder for metrics and plots ('' = off).")
-    ] = "dvclive",
-    max_samples: Annotated[
-        int, typer.Option("--max-samples", min=0, help="train and validate on a seeded sample of N rows of each file.")
-    ] = 0,
-    dry_run: Annotated[
-        bool, typer.Option("--dry-run", help="smoke run: 32 rows, 2 steps, everything written.")
-    ] = False,
-    pretrained: Annotated[
-        Path | None,
-        typer.Option("--pretrained", help="the pretrain stage's output: start from it when it holds a model."),
-    ] = None,
-    nproc: Annotated[
-        int | None,
-        typer.Option(
-            "--nproc", min=0, help="data-parallel processes via torchrun (default: train.nproc; 0 = per GPU)."
-        ),
-    ] = None,
+    resume: Annotated[bool, typer.Option("--resume", help="continue from the newest checkpoint (a crash).")] = False,
+    checkpoints: Annotated[Path | None, typer.Option("--checkpoints", help="default: OUT.checkpoints.")] = None,
+    live_dir: Annotated[str, typer.Option("--live-dir", help="dvclive folder ('' = off).")] = "dvclive",
+    max_samples: Annotated[int, typer.Option("--max-samples", min=0, help="a seeded sample of each file.")] = 0,
+    dry_run: Annotated[bool, typer.Option("--dry-run", help="smoke run: 32 rows, 2 steps, all written.")] = False,
+    pretrained: Annotated[Path | None, typer.Option("--pretrained", help="start from it if it holds a model.")] = None,
+    nproc: Annotated[int | None, typer.Option("--nproc", min=0, help="DDP processes (train.nproc).")] = None,
     params: ParamsOpt = Path("params.yaml"),
     set_: SetOpt = None,
 ) -> None:
     """Fine-tune a sequence classifier (the DVC `train` stage)."""
-    from tuneloop.train import (
-        is_main_process,
-        launch,
-        preflight,
-        processes_to_launch,
-        starting_point,
-        train,
-        under_launcher,
-    )
+    from tuneloop.train import is_main_process, preflight, processes_to_launch, starting_point, train, under_launcher
 
     cfg, samples, steps = cli_params(params, set_), 32 if dry_run else max_samples, 2 if dry_run else -1
     base = base or starting_point(cfg, pretrained)
     processes = processes_to_launch(cfg.train.nproc if nproc is None else nproc)
     if processes > 1 and not under_launcher():
         preflight(cfg, train_path, val_path, base, processes)
-        args = ["train", "--train", str(train_path), "--val", str(val_path), "--out", str(out_dir), "--base", base]
-        args += ["--live-dir", live_dir, "--max-samples", str(samples), "--params", str(params)]
-        args += ["--checkpoints", str(checkpoints)] if checkpoints else []
-        args += [*(["--resume"] if resume else []), *(["--dry-run"] if dry_run else [])]
-        for item in set_ or []:
-            args += ["--set", item]
-        code = launch(processes, args)
-        if code:
-            err.print(f"[red]error:[/] {processes} training processes failed (exit code {code}); see their log above.")
-        raise typer.Exit(code)
+        options = {"--train": train_path, "--val": val_path, "--out": out_dir, "--base": base, "--live-dir": live_dir}
+        options |= {"--max-samples": samples, "--params": params, "--checkpoints": checkpoints}
+        flags = [f for f, on in (("--resume", resume), ("--dry-run", dry_run)) if on]
+        raise typer.Exit(_launch_training(processes, options, flags, set_ or []))
     where: dict[str, Any] = {"checkpoint_dir": checkpoints, "live_dir": live_dir or None, "resume": resume}
     result = train(cfg, train_path, val_path, out_dir, base=base, max_samples=samples, max_steps=steps, **where)
     if not is_main_process():
@@ -241,15 +217,22 @@ def train_cmd(
     )
 
 
+def _launch_training(processes: int, options: dict[str, Any], flags: list[str], overrides: list[str]) -> int:
+    """`tuneloop train` with the same options as `processes` data-parallel processes (torchrun); its exit code."""
+    from tuneloop.train import launch
+
+    args = ["train", *(a for k, v in options.items() if v is not None for a in (k, str(v))), *flags]
+    code = launch(processes, [*args, *(a for item in overrides for a in ("--set", item))])
+    if code:
+        err.print(f"[red]error:[/] {processes} training processes failed (exit code {code}); see their log above.")
+    return code
+
+
 @app.command("pretrain")
 @user_errors
 def pretrain_cmd(
-    train_path: Annotated[Path, typer.Option("--train", help="labeled training split (its texts).")] = Path(
-        "data/prepared/train.csv"
-    ),
-    val_path: Annotated[Path, typer.Option("--val", help="labeled validation split (its texts).")] = Path(
-        "data/prepared/val.csv"
-    ),
+    train_path: TrainCsvOpt = TRAIN_CSV,
+    val_path: ValCsvOpt = VAL_CSV,
     out_dir: Annotated[Path, typer.Option("--out", help="model dir to write (train --pretrained reads it).")] = Path(
         "models/pretrained"
     ),
@@ -380,12 +363,8 @@ def distill_cmd(
         int | None,
         typer.Option("--student-layers", help="encoder layers of the student (default: distill.student_layers)."),
     ] = None,
-    train_csv: Annotated[Path, typer.Option("--train", help="labeled training rows.")] = Path(
-        "data/prepared/train.csv"
-    ),
-    val_csv: Annotated[Path, typer.Option("--val", help="validation rows (early stopping).")] = Path(
-        "data/prepared/val.csv"
-    ),
+    train_csv: TrainCsvOpt = TRAIN_CSV,
+    val_csv: ValCsvOpt = VAL_CSV,
     test_csv: Annotated[Path, typer.Option("--test", help="the test rows the gate judges on.")] = Path(
         "data/prepared/test.csv"
     ),

@@ -20,6 +20,10 @@ out = Console(soft_wrap=True, emoji=False)
 
 ParamsOpt = Annotated[Path, typer.Option("--params", help="params file (the single source of truth).")]
 SetOpt = Annotated[list[str] | None, typer.Option("--set", help="override a param: section.key=value (repeatable).")]
+# The prepared splits that train, pretrain and distill read (prepare writes them).
+TRAIN_CSV, VAL_CSV = Path("data/prepared/train.csv"), Path("data/prepared/val.csv")
+TrainCsvOpt = Annotated[Path, typer.Option("--train", help="labeled training rows (a CSV: text, label).")]
+ValCsvOpt = Annotated[Path, typer.Option("--val", help="labeled validation rows (early stopping).")]
 TextCol = Annotated[str, typer.Option("--text-col", help="column holding the text.")]
 LabelCol = Annotated[str, typer.Option("--label-col", help="column holding the label.")]
 

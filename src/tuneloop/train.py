@@ -229,21 +229,14 @@ def training_arguments(
     params: Params, checkpoint_dir: Path, steps_per_epoch: int, cuda: bool, max_steps: int = -1
 ) -> Any:
     """TrainingArguments from the `train:` section, with the fast settings per device."""
-    import torch
     from transformers import TrainingArguments
 
     p = params.train
     eval_steps = p.eval_steps or steps_per_epoch
-    # bf16 and TF32 need Ampere or newer; older GPUs (T4, V100) get fp16 mixed precision instead.
-    ampere = cuda and torch.cuda.get_device_capability()[0] >= 8
-    key = "cuda_batch_size" if cuda else "batch_size"
-    batch = per_device_batch(getattr(p, key), key)
     return TrainingArguments(
         output_dir=str(checkpoint_dir),
         num_train_epochs=p.epochs,
         max_steps=max_steps,
-        per_device_train_batch_size=batch,
-        per_device_eval_batch_size=batch * 2,
         learning_rate=learning_rate(params, cuda),
         weight_decay=p.weight_decay,
         warmup_steps=p.warmup_ratio,  # a float < 1 is a ratio of all steps
@@ -258,17 +251,6 @@ def training_arguments(
         greater_is_better=p.best_metric != "loss",
         logging_steps=max(1, min(50, eval_steps // 4)),
         train_sampling_strategy="group_by_length",
-        bf16=ampere,
-        fp16=cuda and not ampere,
-        tf32=ampere,
-        optim="adamw_torch_fused" if cuda else "adamw_torch",
-        dataloader_pin_memory=cuda,
-        # CPU: the data is pre-tokenised and workers would only steal cores from the model. CUDA: collating
-        # (padding) the next batches in two workers keeps the host off the step's critical path.
-        dataloader_num_workers=2 if cuda else 0,
-        dataloader_persistent_workers=cuda,
-        torch_compile=cuda and p.compile,
-        use_cpu=not cuda,
         seed=params.base.seed,
         data_seed=params.base.seed,
         report_to=[],  # dvclive is attached as a callback, nothing else reports
@@ -281,7 +263,34 @@ def training_arguments(
         # DDP's gradient averaging turns into the global mean; True would all-gather item counts every step
         # and scale the loss by the process count.
         average_tokens_across_devices=False,
+        **device_arguments(params, cuda),
     )
+
+
+def device_arguments(params: Params, cuda: bool) -> dict[str, Any]:
+    """The TrainingArguments that differ between a CUDA device and the CPU: batch, precision, optimizer, loaders."""
+    import torch
+
+    p = params.train
+    # bf16 and TF32 need Ampere or newer; older GPUs (T4, V100) get fp16 mixed precision instead.
+    ampere = cuda and torch.cuda.get_device_capability()[0] >= 8
+    key = "cuda_batch_size" if cuda else "batch_size"
+    batch = per_device_batch(getattr(p, key), key)
+    return {
+        "per_device_train_batch_size": batch,
+        "per_device_eval_batch_size": batch * 2,
+        "bf16": ampere,
+        "fp16": cuda and not ampere,
+        "tf32": ampere,
+        "optim": "adamw_torch_fused" if cuda else "adamw_torch",
+        "dataloader_pin_memory": cuda,
+        # CPU: the data is pre-tokenised and workers would only steal cores from the model. CUDA: collating
+        # (padding) the next batches in two workers keeps the host off the step's critical path.
+        "dataloader_num_workers": 2 if cuda else 0,
+        "dataloader_persistent_workers": cuda,
+        "torch_compile": cuda and p.compile,
+        "use_cpu": not cuda,
+    }
 
 
 def learning_rate(params: Params, cuda: bool) -> float:
