@@ -70,6 +70,30 @@ def no_new_model(challenger_dir: Path, champion: Entry, data_path: str | Path) -
     return report
 
 
+def _register(
+    params: Params,
+    challenger_dir: Path,
+    evaluation: Path,
+    report: GateReport,
+    reference_files: list[Path],
+    scratch: str,
+) -> registry.Entry:
+    """Register a challenger that passed: its serving variants (serve.backend) and monitoring reference with it."""
+    from tuneloop.compress import build_variants
+
+    variants = build_variants(challenger_dir, params.serve.backend, Path(scratch) / "onnx")
+    reference = build_reference(params, challenger_dir, reference_files, Path(scratch), variants)
+    metrics = EvalReport.load(evaluation).summary()
+    return registry.register(
+        challenger_dir,
+        task=params.task.name,
+        metrics=metrics,
+        gate=report.to_dict(),
+        reference=reference,
+        variants=variants,
+    )
+
+
 def release(
     params: Params,
     challenger_dir: str | Path,
@@ -108,15 +132,7 @@ def release(
         _publish(publish, gate_dir, "verdict", report)
         if not report.passed or not register:
             return Release("passed" if report.passed else "refused", report, _path_and_tag(current)[1])
-        from tuneloop.compress import build_variants
-
-        variants = build_variants(challenger_dir, params.serve.backend, Path(scratch) / "onnx")
-        files = reference_data or [Path(data_path)]
-        reference = build_reference(params, challenger_dir, files, Path(scratch), variants)
-        metrics = EvalReport.load(evaluation).summary()
-        entry = registry.register(
-            challenger_dir, task=task, metrics=metrics, gate=report.to_dict(), reference=reference, variants=variants
-        )
+        entry = _register(params, challenger_dir, evaluation, report, reference_data or [Path(data_path)], scratch)
     _publish(publish, None, "registered", entry)
     if not promote:
         return Release("passed", report, _path_and_tag(current)[1], entry)

@@ -193,20 +193,25 @@ def distill(
     info: dict[str, Any] = {"labels": teacher.labels, "base_model": f"distilled from {teacher_tag or teacher_dir}"}
     info |= {"device": str(trainer.args.device), "train_rows": len(train_df), "val_rows": len(val_df)}
     meta = describe_run(params, info | {"production_rows": 0}, {"train": Path(train_path), "val": Path(val_path)}, run)
+    meta["distillation"] = _record(params, teacher, teacher_tag or str(teacher_dir), layers, len(extra))
+    _write_model_dir(trainer, Path(out_dir), meta)
+    shutil.rmtree(checkpoints, ignore_errors=True)
+    log.info("student (%d layers) written to %s: val %s", layers, out_dir, val_metrics)
+    return meta
+
+
+def _record(params: Params, teacher: Any, teacher_name: str, layers: int, transfer_rows: int) -> dict[str, Any]:
+    """What the student's tuneloop.json says about its distillation (`distillation`)."""
     total = int(teacher.model.config.num_hidden_layers)
-    meta["distillation"] = {
-        "teacher": teacher_tag or str(teacher_dir),
+    return {
+        "teacher": teacher_name,
         "teacher_layers": total,
         "student_layers": layers,
         "kept_layers": kept_layers(total, layers),
         "temperature": params.distill.temperature,
         "alpha": params.distill.alpha,
-        "transfer_rows": len(extra),
+        "transfer_rows": transfer_rows,
     }
-    _write_model_dir(trainer, Path(out_dir), meta)
-    shutil.rmtree(checkpoints, ignore_errors=True)
-    log.info("student (%d layers) written to %s: val %s", layers, out_dir, val_metrics)
-    return meta
 
 
 def _trainer(
