@@ -62,21 +62,29 @@ def drift_trigger(task: str) -> Any:
 def deploy_training(params: Params, project_root: Path) -> str:
     """Create (or update) `tuneloop-training/training` on the server PREFECT_API_URL points at: the cron
     schedule, and a trigger that retrains when the monitoring flow emits `tuneloop.drift.detected` for the task."""
-    from prefect import flow
     from prefect.schedules import Cron
 
     cfg = params.deploy
-    ensure_pools(cfg)
-    remote: Any = flow.from_source(source=str(project_root), entrypoint=TRAINING_ENTRYPOINT)  # sync here
-    deployment_id = remote.deploy(
+    return _deploy(
+        params,
+        project_root,
+        TRAINING_ENTRYPOINT,
         name="training",
         work_pool_name=cfg.cpu_pool,
         schedules=[Cron(cfg.training_cron, timezone=cfg.timezone)],
         triggers=[drift_trigger(params.task.name)],
         description="[collect feedback] -> validate -> prepare -> pretrain -> train -> evaluate -> release -> package",
-        print_next_steps=False,
     )
-    return str(deployment_id)
+
+
+def _deploy(params: Params, project_root: Path, entrypoint: str, **deployment: Any) -> str:
+    """Create (or update) the deployment of the flow at `entrypoint` in this project, after making sure both
+    work pools exist; returns its id."""
+    from prefect import flow
+
+    ensure_pools(params.deploy)
+    remote: Any = flow.from_source(source=str(project_root), entrypoint=entrypoint)  # sync here
+    return str(remote.deploy(**deployment, print_next_steps=False))
 
 
 MONITORING_ENTRYPOINT = "flows/monitoring.py:monitoring"
@@ -86,19 +94,17 @@ def deploy_monitoring(params: Params, project_root: Path) -> str:
     """Create (or update) `tuneloop-monitoring/monitoring`: every monitor.schedule_minutes, in the CPU pool."""
     from datetime import timedelta
 
-    from prefect import flow
     from prefect.schedules import Interval
 
-    ensure_pools(params.deploy)
-    remote: Any = flow.from_source(source=str(project_root), entrypoint=MONITORING_ENTRYPOINT)
-    deployment_id = remote.deploy(
+    return _deploy(
+        params,
+        project_root,
+        MONITORING_ENTRYPOINT,
         name="monitoring",
         work_pool_name=params.deploy.cpu_pool,
         schedules=[Interval(timedelta(minutes=params.monitor.schedule_minutes))],
         description="prediction-log window vs the champion's reference -> verdict (Evidently snapshot)",
-        print_next_steps=False,
     )
-    return str(deployment_id)
 
 
 def train_stage_pool(cfg: DeployParams) -> str | None:
@@ -109,20 +115,17 @@ def train_stage_pool(cfg: DeployParams) -> str | None:
 def deploy_train_stage(params: Params, project_root: Path) -> str | None:
     """Create (or update) `tuneloop-train-stage/train` in the pool deploy.train_pool names (no schedule: the
     training flow runs it). Returns its id, or None when deploy.train_pool is inline (nothing to deploy)."""
-    from prefect import flow
-
     pool = train_stage_pool(params.deploy)
     if pool is None:
         return None
-    ensure_pools(params.deploy)
-    remote: Any = flow.from_source(source=str(project_root), entrypoint=TRAIN_STAGE_ENTRYPOINT)
-    deployment_id = remote.deploy(
+    return _deploy(
+        params,
+        project_root,
+        TRAIN_STAGE_ENTRYPOINT,
         name="train",
         work_pool_name=pool,
         description="the train stage (dvc repro train) for the training flow; data through the DVC remote",
-        print_next_steps=False,
     )
-    return str(deployment_id)
 
 
 def train_stage_deployment(cfg: DeployParams) -> Any | None:

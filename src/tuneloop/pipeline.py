@@ -140,14 +140,6 @@ def workspace_id(root: str | Path = ".") -> str:
     return f"{socket.gethostname()}:{Path(root).resolve()}"
 
 
-def default_remote(root: str | Path = ".") -> str | None:
-    """The DVC remote `dvc push` uses here (`core.remote`), or None when none is configured."""
-    from dvc.repo import Repo
-
-    with Repo(str(root)) as repo:
-        return repo.config["core"].get("remote") or None
-
-
 def push_stage_inputs(stage: str, root: str | Path = ".") -> list[str]:
     """Push the outputs of the stages `stage` depends on to the default DVC remote, so another machine can
     pull them. Returns those stages (nothing is pushed without a remote)."""
@@ -173,10 +165,11 @@ def receive_stage_inputs(stage: str, params_text: str, lock_text: str, root: str
     from dvc.repo import Repo
 
     from tuneloop.ingest import quiet_dvc
+    from tuneloop.tabular import write_text_atomic
 
     base = Path(root)
-    (base / "params.yaml").write_text(params_text, encoding="utf-8")
-    (base / "dvc.lock").write_text(lock_text, encoding="utf-8")
+    write_text_atomic(params_text, base / "params.yaml")
+    write_text_atomic(lock_text, base / "dvc.lock")
     with quiet_dvc(), Repo(str(root)) as repo:
         if not repo.config["core"].get("remote"):
             raise StageFailed(

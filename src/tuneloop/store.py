@@ -132,12 +132,12 @@ def pull(tag: str | None, task: str, store: Store) -> Moved:
     with _s3(store) as fs:
         wanted = _store_champion(fs, store, task) if tag is None else registry.full_tag(tag, task)
         manifest_key = _model_key(store, wanted, "json")
-        manifest = _read_json(fs, manifest_key)
-        if manifest is None:
-            raise StoreError(
-                f"model {wanted} is not in the shared store {store.where()} (no {manifest_key}): push it with "
-                "`tuneloop models push TAG` on the machine that has it."
-            )
+        manifest = _read_required(
+            fs,
+            manifest_key,
+            f"model {wanted} is not in the shared store {store.where()} (no {manifest_key}): push "
+            "it with `tuneloop models push TAG` on the machine that has it.",
+        )
         files = manifest.get("files")
         if manifest.get("tag") != wanted or not isinstance(files, dict):
             raise StoreError(f"{manifest_key}: damaged manifest (not one for {wanted}). Push {wanted} again.")
@@ -173,10 +173,11 @@ def _import_checked(store: Store, tag: str, manifest_key: str, files: dict[str, 
     except NotFound:
         here = None
     if here is not None:
-        if content_digest(here) != files:
+        local = content_digest(here)
+        if local != files:
             raise StoreError(
                 f"model {tag} is here already with other content than the store's ({manifest_key}: "
-                f"{_differing(files, content_digest(here))}). `tuneloop models show {tag}` shows the local one."
+                f"{_differing(files, local)}). `tuneloop models show {tag}` shows the local one."
             )
         return False
     archive = _model_key(store, tag, ARCHIVE)
@@ -201,21 +202,25 @@ def _model_key(store: Store, tag: str, extension: str) -> str:
 
 
 def _store_champion(fs: Any, store: Store, task: str) -> str:
-    key = store.key(task, "champion.json")
-    pointer = _read_json(fs, key)
-    if pointer is None:
-        raise StoreError(
-            f"the shared store {store.where()} has no champion for task '{task}' (no {key}): push it with "
-            "`tuneloop models push` on the machine where it was promoted, or pull a TAG."
-        )
+    key = _champion_key(store, task)
+    pointer = _read_required(
+        fs,
+        key,
+        f"the shared store {store.where()} has no champion for task '{task}' (no {key}): push it with "
+        "`tuneloop models push` on the machine where it was promoted, or pull a TAG.",
+    )
     tag = pointer.get("champion")
     if not isinstance(tag, str) or tag.split(":", 1)[0] != registry.model_name(task):
         raise StoreError(f"{key}: damaged champion pointer (expected a {registry.model_name(task)}:VERSION tag).")
     return registry.full_tag(tag, task)
 
 
+def _champion_key(store: Store, task: str) -> str:
+    return store.key(task, "champion.json")
+
+
 def _publish_champion(fs: Any, store: Store, tag: str, task: str) -> None:
-    key = store.key(task, "champion.json")
+    key = _champion_key(store, task)
     previous = (_read_json(fs, key) or {}).get("champion")
     if previous != tag:
         _write_json(fs, key, {"champion": tag, "previous": previous, "pushed_at": utc_now()})
@@ -235,6 +240,14 @@ def _read_json(fs: Any, url: str) -> dict[str, Any] | None:
         value = None
     if not isinstance(value, dict):
         raise StoreError(f"{url}: not a JSON object (damaged). Push the model again to rewrite it.")
+    return value
+
+
+def _read_required(fs: Any, url: str, missing: str) -> dict[str, Any]:
+    """`_read_json`, where a missing key is the StoreError `missing`."""
+    value = _read_json(fs, url)
+    if value is None:
+        raise StoreError(missing)
     return value
 
 

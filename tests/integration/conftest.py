@@ -158,3 +158,26 @@ def pull_elsewhere(home: Path, work: Path, *args: str) -> subprocess.CompletedPr
         text=True,
         timeout=120,
     )
+
+
+@contextmanager
+def serving(cwd: Path, env: dict[str, str], *args: str) -> Iterator[str]:
+    """`tuneloop serve` on a free port in `cwd` with `env`, ready (readyz); yields its URL, SIGTERMs it after."""
+    from tests.conftest import wait_http_ok
+
+    port = free_port()
+    server = subprocess.Popen(
+        [sys.executable, "-m", "tuneloop", "serve", "--port", str(port), *args],
+        cwd=cwd,
+        env=env,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.STDOUT,
+        start_new_session=True,
+    )
+    try:
+        url = f"http://127.0.0.1:{port}"
+        wait_http_ok(f"{url}/readyz", 90)
+        yield url
+    finally:
+        os.killpg(server.pid, signal.SIGTERM)
+        server.wait(60)

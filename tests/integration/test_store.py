@@ -7,7 +7,6 @@ from __future__ import annotations
 import json
 import os
 import shutil
-import signal
 import subprocess
 import sys
 from pathlib import Path
@@ -16,8 +15,8 @@ import httpx
 import pytest
 import yaml
 
-from tests.conftest import REPO, free_port, wait_http_ok
-from tests.integration.conftest import pull_elsewhere
+from tests.conftest import REPO, free_port
+from tests.integration.conftest import pull_elsewhere, serving
 from tuneloop import registry
 
 
@@ -73,24 +72,12 @@ def test_a_machine_with_an_empty_store_pulls_the_champion_and_serves_it(
         assert (entry / name).read_bytes() == (mine.path / name).read_bytes(), name
     assert "already here" in pull_elsewhere(home, work).stdout  # idempotent, and checked again
 
-    port = free_port()
-    server = subprocess.Popen(
-        [sys.executable, "-m", "tuneloop", "serve", "--port", str(port)],
-        cwd=work,
-        env={**os.environ, "BENTOML_HOME": str(home), "TUNELOOP_DB_URL": f"sqlite:///{tmp_path / 'log.db'}"},
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.STDOUT,
-        start_new_session=True,
-    )
-    try:
-        wait_http_ok(f"http://127.0.0.1:{port}/readyz", 90)
-        answer = httpx.post(f"http://127.0.0.1:{port}/classify", json={"texts": ["my card is lost"]}, timeout=30)
+    env = {**os.environ, "BENTOML_HOME": str(home), "TUNELOOP_DB_URL": f"sqlite:///{tmp_path / 'log.db'}"}
+    with serving(work, env) as url:
+        answer = httpx.post(f"{url}/classify", json={"texts": ["my card is lost"]}, timeout=30)
         assert answer.status_code == 200 and answer.json()[0]["model"] == tag
-        metadata = httpx.get(f"http://127.0.0.1:{port}/metadata", timeout=30).json()
+        metadata = httpx.get(f"{url}/metadata", timeout=30).json()
         assert metadata["backend"] == "onnx"  # the pulled ONNX variant passed its SHA-256 and parity checks
-    finally:
-        os.killpg(server.pid, signal.SIGTERM)
-        server.wait(60)
 
 
 def test_pull_follows_the_stores_champion_and_checks_every_file(s3, store, tiny_classifier, tmp_path):

@@ -8,15 +8,12 @@ Moto S3 server) and pulled into an empty BentoML home as a serving machine would
 from __future__ import annotations
 
 import os
-import signal
-import subprocess
 import sys
 
 import httpx
 import pytest
 
-from tests.conftest import free_port, wait_http_ok
-from tests.integration.conftest import process_group, pull_elsewhere, run_deployment_and_wait
+from tests.integration.conftest import process_group, pull_elsewhere, run_deployment_and_wait, serving
 from tests.integration.test_training_flow import _configure
 from tuneloop import registry
 
@@ -83,20 +80,7 @@ def _serve_elsewhere(cli, project, tmp_path, s3, tag: str) -> None:
     home = tmp_path / "serving-machine-bentoml"
     pulled = pull_elsewhere(home, project, *s3.settings())
     assert pulled.returncode == 0 and f"pulled {tag}" in pulled.stdout, pulled.stdout + pulled.stderr
-    port = free_port()
     env = {**os.environ, "BENTOML_HOME": str(home), "TUNELOOP_DB_URL": f"sqlite:///{tmp_path / 'serving.db'}"}
-    server = subprocess.Popen(
-        [sys.executable, "-m", "tuneloop", "serve", "--port", str(port)],
-        cwd=project,
-        env=env,
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.STDOUT,
-        start_new_session=True,
-    )
-    try:
-        wait_http_ok(f"http://127.0.0.1:{port}/readyz", 90)
-        answer = httpx.post(f"http://127.0.0.1:{port}/classify", json={"texts": ["my card is lost"]}, timeout=30)
+    with serving(project, env) as url:
+        answer = httpx.post(f"{url}/classify", json={"texts": ["my card is lost"]}, timeout=30)
         assert answer.status_code == 200 and answer.json()[0]["model"] == tag
-    finally:
-        os.killpg(server.pid, signal.SIGTERM)
-        server.wait(60)
