@@ -65,10 +65,24 @@ def _state(pid: str) -> str:
         return ""
 
 
+RETRIED = {429, 502, 503}
+
+
+def prefect_api(method: str, url: str, *, json: object = None, timeout: float = 30) -> httpx.Response:
+    """One call to the Prefect API, retried as Prefect's own client retries (429, 502, 503 with backoff): a
+    server on SQLite answers 503 while another writer holds the database, and the client is expected to retry."""
+    for attempt in range(6):
+        response = httpx.request(method, url, json=json, timeout=timeout)
+        if response.status_code not in RETRIED:
+            return response
+        time.sleep(min(2**attempt, 10))
+    return response
+
+
 def wait_for_run(api: str, run_id: str, seconds: float) -> dict:
     deadline = time.time() + seconds
     while time.time() < deadline:
-        run = httpx.get(f"{api}/flow_runs/{run_id}", timeout=10).json()
+        run = prefect_api("GET", f"{api}/flow_runs/{run_id}").json()
         if run["state_type"] in TERMINAL:
             return run
         time.sleep(2)
@@ -78,8 +92,8 @@ def wait_for_run(api: str, run_id: str, seconds: float) -> dict:
 def run_deployment_and_wait(api: str, name: str, seconds: float) -> dict:
     """What `prefect deployment run NAME` does, keeping the new run's id (a cron schedule has runs of its own
     queued for later), then wait for that run to end."""
-    deployment = httpx.get(f"{api}/deployments/name/{name}", timeout=10).json()
-    created = httpx.post(f"{api}/deployments/{deployment['id']}/create_flow_run", json={}, timeout=30)
+    deployment = prefect_api("GET", f"{api}/deployments/name/{name}").json()
+    created = prefect_api("POST", f"{api}/deployments/{deployment['id']}/create_flow_run", json={})
     assert created.status_code in (200, 201), created.text
     return wait_for_run(api, created.json()["id"], seconds)
 

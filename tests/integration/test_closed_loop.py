@@ -77,7 +77,8 @@ def test_drift_with_feedback_retrains_and_the_running_service_switches(
         assert registry.champion().tag == new.tag
         assert _answers_with(base, new.tag, 5)[0]["model"] == new.tag
     logged = read_window(db)
-    assert len(logged) >= sent["predictions"] + sent_more["predictions"] + 1  # every prediction, before and after the switch, is in the log
+    # every prediction, before and after the switch, is in the log
+    assert len(logged) >= sent["predictions"] + sent_more["predictions"] + 1
     assert set(logged["model_tag"]) == {old.tag, new.tag}  # each row names the model that made it
     assert yaml.safe_load((project / "data.dvc").read_text())["outs"][0]["md5"] != data_before  # a new data version
 

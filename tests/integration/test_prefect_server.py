@@ -5,10 +5,10 @@ import os
 import subprocess
 import sys
 
-import httpx
 import pytest
 
 from tests.conftest import free_port, fresh_postgres_db, wait_http_ok
+from tests.integration.conftest import prefect_api
 
 DB = "tuneloop_prefect_test"
 
@@ -49,11 +49,11 @@ def test_dashboard_on_postgres_records_runs_and_the_scheduled_deployment(project
         )
         assert deployed.returncode == 0, deployed.stdout + deployed.stderr[-2000:]
 
-        runs = httpx.post(f"{api}/flow_runs/filter", json={}, timeout=10).json()
+        runs = prefect_api("POST", f"{api}/flow_runs/filter", json={}).json()
         assert any(r["state_type"] == "COMPLETED" for r in runs)
-        deployment = httpx.get(f"{api}/deployments/name/tuneloop-training/training", timeout=10).json()
+        deployment = prefect_api("GET", f"{api}/deployments/name/tuneloop-training/training").json()
         assert deployment["work_pool_name"] == "tuneloop-cpu"
-        stage = httpx.get(f"{api}/deployments/name/tuneloop-train-stage/train", timeout=10).json()
+        stage = prefect_api("GET", f"{api}/deployments/name/tuneloop-train-stage/train").json()
         assert stage["work_pool_name"] == "tuneloop-gpu"
         assert deployment["schedules"][0]["schedule"]["cron"] == "0 3 * * 1"
         import psycopg

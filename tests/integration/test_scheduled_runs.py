@@ -9,17 +9,16 @@ import os
 import subprocess
 import sys
 
-import httpx
 import pytest
 
 from tests.conftest import free_port, fresh_postgres_db, wait_http_ok
-from tests.integration.conftest import process_group, run_deployment_and_wait
+from tests.integration.conftest import prefect_api, process_group, run_deployment_and_wait
 from tests.integration.test_training_flow import _configure
 from tuneloop import registry
 
 
 def _artifacts(api: str, run_id: str) -> dict[str, dict]:
-    found = httpx.post(f"{api}/artifacts/filter", json={"artifacts": {"flow_run_id": {"any_": [run_id]}}}, timeout=10)
+    found = prefect_api("POST", f"{api}/artifacts/filter", json={"artifacts": {"flow_run_id": {"any_": [run_id]}}})
     return {a["key"]: a for a in found.json() if a.get("key")}
 
 
@@ -51,7 +50,7 @@ def test_scheduled_deployment_runs_on_a_real_worker(database, project, cli, tiny
                 timeout=120,
             )
             assert deployed.returncode == 0, deployed.stdout + deployed.stderr[-2000:]
-            automations = httpx.post(f"{api}/automations/filter", json={}, timeout=10).json()
+            automations = prefect_api("POST", f"{api}/automations/filter", json={}).json()
             trigger = next(a for a in automations if a["name"] == "retrain classifier on drift")
             assert "tuneloop.drift.detected" in trigger["trigger"]["expect"]
             assert trigger["actions"][0]["parameters"] == {"retrain": True}  # the drift event retrains

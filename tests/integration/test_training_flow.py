@@ -81,6 +81,6 @@ def test_flow_fails_when_the_gate_fails(project, cli, tiny_model, store, prefect
     _configure(project, tiny_model, ["gate.min_macro_f1=0.99"])
     state = _load_flow()(return_state=True)
     assert state.is_failed()
-    with pytest.raises(Exception, match="(?s)gate failed.*macro_f1"):
+    with pytest.raises(Exception, match=r"(?s)gate failed.*macro_f1"):
         state.result()
     assert registry.champion() is None and not registry.entries()

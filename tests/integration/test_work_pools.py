@@ -13,7 +13,7 @@ import sys
 import httpx
 import pytest
 
-from tests.integration.conftest import process_group, pull_elsewhere, run_deployment_and_wait, serving
+from tests.integration.conftest import prefect_api, process_group, pull_elsewhere, run_deployment_and_wait, serving
 from tests.integration.test_training_flow import _configure
 from tuneloop import registry
 
@@ -45,15 +45,15 @@ def test_train_stage_runs_in_the_gpu_pool_and_the_rest_in_the_cpu_pool(
         assert parent["state_type"] == "COMPLETED", logs
         assert parent["work_pool_name"] == "tuneloop-cpu"
 
-        children = httpx.post(
-            f"{api}/flow_runs/filter", json={"flow_runs": {"parent_flow_run_id": {"any_": [parent["id"]]}}}, timeout=10
+        children = prefect_api(
+            "POST", f"{api}/flow_runs/filter", json={"flow_runs": {"parent_flow_run_id": {"any_": [parent["id"]]}}}
         ).json()
         (child,) = children  # the train stage's run, a subflow of the pipeline's train task
-        stage = httpx.get(f"{api}/deployments/name/tuneloop-train-stage/train", timeout=10).json()
+        stage = prefect_api("GET", f"{api}/deployments/name/tuneloop-train-stage/train").json()
         assert child["deployment_id"] == stage["id"] and child["state_type"] == "COMPLETED"
         assert child["work_pool_name"] == "tuneloop-gpu" and child["work_queue_name"] == "default"
-        tasks = httpx.post(
-            f"{api}/task_runs/filter", json={"task_runs": {"flow_run_id": {"any_": [parent["id"]]}}}, timeout=10
+        tasks = prefect_api(
+            "POST", f"{api}/task_runs/filter", json={"task_runs": {"flow_run_id": {"any_": [parent["id"]]}}}
         ).json()
         by_id = {t["id"]: t for t in tasks}
         link = by_id[child["parent_task_run_id"]]  # the subflow's stand-in task run, inside the train task
@@ -68,9 +68,9 @@ def test_train_stage_runs_in_the_gpu_pool_and_the_rest_in_the_cpu_pool(
         # The test server outlives this test: a train-stage deployment left there would send the in-process
         # flow tests' train stage to a pool nobody polls.
         for name in ("tuneloop-train-stage/train", "tuneloop-training/training", "tuneloop-monitoring/monitoring"):
-            found = httpx.get(f"{api}/deployments/name/{name}", timeout=10)
+            found = prefect_api("GET", f"{api}/deployments/name/{name}")
             if found.status_code == 200:
-                httpx.delete(f"{api}/deployments/{found.json()['id']}", timeout=10)
+                prefect_api("DELETE", f"{api}/deployments/{found.json()['id']}")
 
 
 def _serve_elsewhere(cli, project, tmp_path, s3, tag: str) -> None:
