@@ -1,14 +1,17 @@
 """Memory soak of the real service: does the worker's RSS level off under sustained load?
 
 Starts one `bentoml serve tuneloop.serve.service:TextClassifier` as bench/serve_overload.py does
-(params.yaml's serve settings; the champion or --model, else an untrained MiniLM-L6 with 77
-labels), measures its capacity (`--base-clients` closed-loop clients, 15 s), then paces
+(params.yaml's serve settings, `--backend` overriding serve.backend; --model TAG, `--model champion`
+for the task's champion, else an untrained MiniLM-L6 with 77 labels, which has no ONNX variant and
+is served by torch), measures its capacity (`--base-clients` closed-loop clients, 15 s), then paces
 `--load` (0.7) of that capacity for `--minutes` (10): `--connections` kept-alive connections, each
-sending its next one-text request on a fixed schedule. Every `--sample-s` (10) seconds it samples
-the worker's RSS (psutil, the process with `--worker-id`). Prints the series and the growth between
-minute 2 and the end (target, issue 9: <= 5%), plus the requests answered and failed.
+sending its next one-text request on a fixed schedule. Every 10 seconds it samples the worker's
+RSS (psutil, the process with `--worker-id`). Prints the series and the growth between minute 2 and
+the end (target, issue 9: <= 5%), plus the requests answered and failed, once per malloc in
+`--allocators` (serve.allocator values, one server after the other, through the same
+`tuneloop.procs.with_allocator` that `tuneloop serve` uses; the default compares glibc and jemalloc).
 
-    .venv/bin/python bench/serve_soak.py --data ../shared/data/banking77/test.csv
+    .venv/bin/python bench/serve_soak.py --data ../shared/data/banking77/test.csv --model champion
 """
 
 from __future__ import annotations
@@ -64,10 +67,26 @@ async def paced(port: int, requests: list[bytes], rate: float, connections: int,
     return statuses
 
 
-def run(args: argparse.Namespace, texts: list[str], workdir: Path) -> dict:
+def run(args: argparse.Namespace, texts: list[str], workdir: Path, allocator: str) -> dict:
+    import httpx
+
+    from tuneloop.procs import with_allocator
+
     env = {**os.environ, "BENTOML_DO_NOT_TRACK": "true", "TUNELOOP_DB_URL": f"sqlite:///{workdir / 'log.db'}"}
-    env["TUNELOOP_PARAMS"] = str(args.params.resolve())
-    if args.model:
+    env = with_allocator(env, allocator)
+    params = yaml.safe_load(args.params.read_text())
+    if args.backend:
+        params["serve"]["backend"] = args.backend
+    (workdir / "params.yaml").write_text(yaml.safe_dump(params))
+    env["TUNELOOP_PARAMS"] = str(workdir / "params.yaml")
+    if args.model == "champion":
+        from tuneloop import registry
+
+        champion = registry.champion(params["task"]["name"])
+        if champion is None:
+            raise SystemExit("--model champion: the task has no champion (make demo, or pass --model TAG)")
+        env["TUNELOOP_MODEL_TAG"] = champion.tag
+    elif args.model:
         env["TUNELOOP_MODEL_TAG"] = args.model
     else:
         env["TUNELOOP_MODEL_TAG"] = build_untrained_model(workdir / "bentoml", 77)
@@ -76,6 +95,7 @@ def run(args: argparse.Namespace, texts: list[str], workdir: Path) -> dict:
     requests = _requests(texts, port)
     samples: list[tuple[float, float]] = []
     try:
+        backend = httpx.get(f"http://127.0.0.1:{port}/metadata", timeout=10).json().get("backend")
         capacity = asyncio.run(closed_loop(port, requests, args.base_clients, 15, True))["goodput_req_s"]
         rate = args.load * capacity
         started = time.perf_counter()
@@ -89,6 +109,9 @@ def run(args: argparse.Namespace, texts: list[str], workdir: Path) -> dict:
         proc.wait(120)
     at_2 = next(rss for t, rss in samples if t >= 120) if args.minutes > 2 else samples[0][1]
     return {
+        "allocator": allocator,
+        "preloaded": env.get("LD_PRELOAD", ""),
+        "backend": backend,
         "capacity_req_s": capacity,
         "rate_req_s": round(rate, 1),
         "statuses": statuses,
@@ -96,7 +119,7 @@ def run(args: argparse.Namespace, texts: list[str], workdir: Path) -> dict:
         "rss_mb_at_end": samples[-1][1],
         "growth_2_min_to_end_pct": round(100 * (samples[-1][1] - at_2) / at_2, 2),
         "rss_mb_series": samples,
-        "max_latency_ms": yaml.safe_load(args.params.read_text())["serve"]["max_latency_ms"],
+        "max_latency_ms": params["serve"]["max_latency_ms"],
     }
 
 
@@ -105,7 +128,9 @@ def main() -> None:
     default_data = Path(os.environ.get("TUNELOOP_SHARED_DATA", REPO.parent / "shared" / "data")) / "banking77/test.csv"
     parser.add_argument("--data", type=Path, default=default_data, help="CSV with a text column")
     parser.add_argument("--params", type=Path, default=REPO / "params.yaml")
-    parser.add_argument("--model", help="model tag in BENTOML_HOME (default: an untrained MiniLM-L6)")
+    parser.add_argument("--model", help="model tag in BENTOML_HOME, or 'champion' (default: an untrained MiniLM-L6)")
+    parser.add_argument("--backend", help="serve.backend for this run (default: params.yaml's)")
+    parser.add_argument("--allocators", default="system,jemalloc", help="serve.allocator values, one run each")
     parser.add_argument("--minutes", type=float, default=10)
     parser.add_argument("--load", type=float, default=0.7, help="share of the measured capacity to send")
     parser.add_argument("--connections", type=int, default=32)
@@ -117,10 +142,11 @@ def main() -> None:
     import pandas as pd
 
     texts = pd.read_csv(args.data)["text"].astype(str).tolist()
-    with tempfile.TemporaryDirectory() as tmp:
-        report = run(args, texts, Path(tmp))
-    report["target_growth_pct"] = 5
-    print(json.dumps(report, indent=2))
+    runs = []
+    for allocator in args.allocators.split(","):
+        with tempfile.TemporaryDirectory() as tmp:
+            runs.append(run(args, texts, Path(tmp), allocator))
+    print(json.dumps({"runs": runs, "target_growth_pct": 5}, indent=2))
 
 
 if __name__ == "__main__":

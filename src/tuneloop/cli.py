@@ -743,7 +743,9 @@ def serve_cmd(
     chosen = registry.resolve(model, _task(None), purpose="serve")
     from tuneloop.package import bento_name
 
-    env = {**os.environ, "BENTOML_DO_NOT_TRACK": "true"}
+    params = Path(os.environ.get("TUNELOOP_PARAMS", "params.yaml"))
+    allocator = cli_params(params, None).serve.allocator if params.is_file() else "auto"
+    env = procs.with_allocator({**os.environ, "BENTOML_DO_NOT_TRACK": "true"}, allocator)
     env["BENTOML_CONFIG_OPTIONS"] = f"services.{bento_name(chosen.task)}.workers={workers}"
     if model:  # pinned; without --model the service follows the task's champion as it changes
         env["TUNELOOP_MODEL_TAG"] = chosen.tag

@@ -252,6 +252,9 @@ class ServeParams(_Section):
     max_in_flight_batches: int = Field(ge=1, le=64, description="admission bound per worker, in max_batch_size")
     max_retry_after_s: int = Field(ge=1, le=3600, description="largest Retry-After a refusal advises")
     refusal_hold_s: float = Field(ge=0, le=30, description="a refusal's delay while clients outnumber answers")
+    allocator: Literal["auto", "jemalloc", "system"] = Field(
+        default="auto", description="malloc of `tuneloop serve`'s processes (tuneloop.procs.with_allocator)"
+    )
 
     @model_validator(mode="before")
     @classmethod

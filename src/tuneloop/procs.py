@@ -39,6 +39,56 @@ class PortInUse(TuneloopError):
     """The port a server should listen on is taken."""
 
 
+class AllocatorMissing(TuneloopError):
+    """`serve.allocator: jemalloc` where no jemalloc library can be found."""
+
+
+JEMALLOC = "jemalloc"
+
+
+def with_allocator(env: dict[str, str], allocator: str) -> dict[str, str]:
+    """`env` for a server's process tree with the malloc `allocator` asks for (`serve.allocator`).
+
+    `jemalloc` (or `auto` where it is installed) preloads libjemalloc into every process started with `env`.
+    Measured (issue 9, 2 cores, the service's forward path fed random batches of 1-16 texts for 120 s):
+    torch-int8 RSS +14.2% from second 24 to 120 with glibc (+5.3% with its arenas capped), +2.1% and
+    ~170 MB lower with jemalloc, whose RSS goes down as well as up; glibc keeps the freed memory of
+    torch's variable-size tensors fragmented. `auto` without jemalloc and `system` leave glibc's malloc
+    (arenas capped by `cap_malloc_arenas`). Preloading must happen before the process starts, so a Bento
+    served by `bentoml serve` directly needs `LD_PRELOAD=libjemalloc.so.2` set by whoever starts it.
+
+    Raises:
+        AllocatorMissing: `jemalloc` asked for but not found.
+    """
+    if allocator == "system" or not sys.platform.startswith("linux"):
+        if allocator == "jemalloc":
+            raise AllocatorMissing("serve.allocator: jemalloc preloads a library, which works on Linux only")
+        return env
+    from ctypes.util import find_library
+
+    library = find_library(JEMALLOC)  # a soname such as libjemalloc.so.2, which ld.so finds as it finds any
+    if library is None:
+        if allocator == "jemalloc":
+            raise AllocatorMissing(
+                "serve.allocator is jemalloc but no jemalloc library is installed: install it (Debian/Ubuntu: "
+                "apt install libjemalloc2) or set serve.allocator: auto (glibc's malloc where it is missing)."
+            )
+        return env
+    preload = env.get("LD_PRELOAD", "").replace(":", " ").split()
+    if library in preload:
+        return env
+    return {**env, "LD_PRELOAD": " ".join([library, *preload])}
+
+
+def malloc_in_use() -> str:
+    """`jemalloc` when this process has jemalloc loaded (preloaded by `with_allocator`), else `system`."""
+    try:
+        with open("/proc/self/maps") as maps:
+            return JEMALLOC if any(JEMALLOC in line for line in maps) else "system"
+    except OSError:
+        return "system"
+
+
 def require_free_port(host: str, port: int, what: str) -> None:
     """Raise `PortInUse` naming the port and the fix when something already listens on it.
 

@@ -50,6 +50,9 @@ def test_the_export_predicts_what_torch_does(tiny_classifier, variants):
     assert manifest["source_weights_sha256"] == weights_digest(tiny_classifier)
     assert manifest["variants"]["onnx-int8"]["sha256"] == file_digest(out / "model.int8.onnx")
     assert (out / "model.int8.onnx").stat().st_size < (out / "model.onnx").stat().st_size
+    for served in (fp32, int8):  # no memory plan kept per (batch, length) shape: RSS stays level (issue 9)
+        options = served.runner.session.get_session_options()
+        assert options.enable_mem_pattern is False and options.inter_op_num_threads == 1
 
 
 def test_changed_bytes_fail_the_digest_check(tiny_classifier, variants, tmp_path):

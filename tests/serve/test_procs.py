@@ -16,7 +16,8 @@ from pathlib import Path
 import psutil
 import pytest
 
-from tuneloop.procs import PortInUse, require_free_port
+from tuneloop import procs
+from tuneloop.procs import AllocatorMissing, PortInUse, require_free_port, with_allocator
 
 # A stand-in for `bentoml serve`: starts one "worker" and, on SIGTERM, either stops it first
 # (graceful) or just exits (leaving the worker orphaned, as BentoML's arbiter did on a killed group).
@@ -124,3 +125,29 @@ def test_malloc_arenas_can_be_capped():
     from tuneloop.procs import cap_malloc_arenas
 
     assert cap_malloc_arenas(2) is True
+
+
+def test_allocator_preloads_jemalloc_once_and_keeps_other_preloads(monkeypatch):
+    monkeypatch.setattr("ctypes.util.find_library", lambda name: "libjemalloc.so.2" if name == "jemalloc" else None)
+    env = {"PATH": "/bin", "LD_PRELOAD": "libother.so"}
+    assert with_allocator(env, "system") == env
+    preloaded = with_allocator(env, "auto")
+    assert preloaded["LD_PRELOAD"] == "libjemalloc.so.2 libother.so" and env["LD_PRELOAD"] == "libother.so"
+    assert with_allocator(preloaded, "jemalloc") == preloaded  # not twice
+
+
+def test_allocator_without_jemalloc_falls_back_or_says_how_to_install(monkeypatch):
+    monkeypatch.setattr("ctypes.util.find_library", lambda name: None)
+    assert with_allocator({"PATH": "/bin"}, "auto") == {"PATH": "/bin"}
+    with pytest.raises(AllocatorMissing, match=r"apt install libjemalloc2.*serve.allocator: auto"):
+        with_allocator({"PATH": "/bin"}, "jemalloc")
+
+
+def test_a_process_started_with_the_allocator_runs_on_jemalloc():
+    env = with_allocator(dict(os.environ), "auto")
+    if "LD_PRELOAD" not in env or "jemalloc" not in env["LD_PRELOAD"]:
+        pytest.skip("no jemalloc library on this machine (apt install libjemalloc2)")
+    code = "from tuneloop.procs import malloc_in_use; print(malloc_in_use())"
+    used = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, check=True)
+    assert used.stdout.strip() == "jemalloc"
+    assert procs.malloc_in_use() == ("jemalloc" if "jemalloc" in os.environ.get("LD_PRELOAD", "") else "system")

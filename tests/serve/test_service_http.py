@@ -12,6 +12,7 @@ import sys
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
+from ctypes.util import find_library
 from pathlib import Path
 
 import httpx
@@ -223,6 +224,9 @@ def test_tuneloop_serve_with_two_workers(served, tmp_path):
             p for p in psutil.Process(server.pid).children(recursive=True) if "worker-id" in " ".join(p.cmdline())
         ]
         assert len(workers) == 2
+        # serve.allocator: auto preloads jemalloc into the whole tree where it is installed (tuneloop.procs)
+        expected = find_library("jemalloc") is not None
+        assert all(("jemalloc" in Path(f"/proc/{w.pid}/maps").read_text()) == expected for w in workers)
     finally:
         os.killpg(server.pid, signal.SIGTERM)
         server.wait(60)

@@ -153,14 +153,15 @@ class TextClassifier:
         self.current = load_verified(str(self.model.tag))  # one attribute, swapped whole when the champion changes
         from bentoml._internal.context import server_context
 
-        from tuneloop.procs import cap_malloc_arenas, exit_with_parent
+        from tuneloop.procs import cap_malloc_arenas, exit_with_parent, malloc_in_use
         from tuneloop.serve import logs
 
         self.predictions = PredictionLog(store_text=SETTINGS.store_text, flush_interval_s=SETTINGS.log_flush_s)
         logs.install(private=not SETTINGS.store_text)
         if server_context.worker_index is not None:  # a `bentoml serve` worker, not an in-process app
             exit_with_parent()  # no worker outlives its server, even one killed with SIGKILL
-            cap_malloc_arenas()  # before BentoML starts its inference threads: RSS levels off (procs)
+            cap_malloc_arenas()  # before BentoML starts its inference threads: RSS grows slower (procs)
+            log.info("worker malloc: %s (serve.allocator)", malloc_in_use())
         # Move the ~430k objects of torch/transformers/BentoML out of the collector's reach: a full
         # collection over them took 211 ms and stalled every in-flight request at once (p99 386 ms
         # vs p95 145 ms under load); frozen, later collections only scan objects made per request.
