@@ -206,14 +206,16 @@ def test_tuneloop_serve_with_two_workers(served, tmp_path):
     tag, work = served
     port = free_port()
     env = {**os.environ, "TUNELOOP_DB_URL": f"sqlite:///{tmp_path / 'w.db'}"}
-    server = subprocess.Popen(
-        [sys.executable, "-m", "tuneloop", "serve", "--port", str(port), "--workers", "2"],
-        cwd=work,
-        env=env,
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.STDOUT,
-        start_new_session=True,
-    )
+    log = tmp_path / "serve.log"
+    with log.open("w") as out:
+        server = subprocess.Popen(
+            [sys.executable, "-m", "tuneloop", "serve", "--port", str(port), "--workers", "2"],
+            cwd=work,
+            env=env,
+            stdout=out,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )
     try:
         wait_http_ok(f"http://127.0.0.1:{port}/readyz", 90)
         answers = classify(f"http://127.0.0.1:{port}", 4)
@@ -227,6 +229,10 @@ def test_tuneloop_serve_with_two_workers(served, tmp_path):
         # serve.allocator: auto preloads jemalloc into the whole tree where it is installed (tuneloop.procs)
         expected = find_library("jemalloc") is not None
         assert all(("jemalloc" in Path(f"/proc/{w.pid}/maps").read_text()) == expected for w in workers)
+        line, deadline = f"worker malloc: {'jemalloc' if expected else 'system'} (serve.allocator)", time.time() + 60
+        while log.read_text().count(line) < 2 and time.time() < deadline:  # ready = one worker; the other loads
+            time.sleep(0.5)
+        assert log.read_text().count(line) == 2, log.read_text()[-3000:]
     finally:
         os.killpg(server.pid, signal.SIGTERM)
         server.wait(60)

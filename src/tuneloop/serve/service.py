@@ -161,6 +161,7 @@ class TextClassifier:
         if server_context.worker_index is not None:  # a `bentoml serve` worker, not an in-process app
             exit_with_parent()  # no worker outlives its server, even one killed with SIGKILL
             cap_malloc_arenas()  # before BentoML starts its inference threads: RSS grows slower (procs)
+            logging.getLogger("tuneloop").setLevel(logging.INFO)  # BentoML's root is at WARNING: our few lines
             log.info("worker malloc: %s (serve.allocator)", malloc_in_use())
         # Move the ~430k objects of torch/transformers/BentoML out of the collector's reach: a full
         # collection over them took 211 ms and stalled every in-flight request at once (p99 386 ms
