@@ -204,12 +204,12 @@ def run(args: argparse.Namespace, texts: list[str], workdir: Path) -> dict:
     """Start the server and run every phase against it; returns the report."""
     env = {**os.environ, "BENTOML_DO_NOT_TRACK": "true", "TUNELOOP_DB_URL": f"sqlite:///{workdir / 'log.db'}"}
     env["TUNELOOP_PARAMS"] = str(args.params.resolve())
-    if not args.src:  # the malloc `tuneloop serve` gives its tree (serve.allocator); older code had none
+    if args.src:
+        env["PYTHONPATH"] = str(args.src.resolve())
+    else:  # the malloc `tuneloop serve` gives its tree (serve.allocator); older code had none
         from tuneloop.procs import with_allocator
 
         env = with_allocator(env, yaml.safe_load(args.params.read_text())["serve"].get("allocator", "auto"))
-    if args.src:
-        env["PYTHONPATH"] = str(args.src.resolve())
     if args.model:
         env["TUNELOOP_MODEL_TAG"] = args.model
     else:

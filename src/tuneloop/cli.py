@@ -740,12 +740,14 @@ def serve_cmd(
     from tuneloop import procs, registry
 
     procs.require_free_port(host, port, "tuneloop serve")
-    chosen = registry.resolve(model, _task(None), purpose="serve")
+    params_file = Path(os.environ.get("TUNELOOP_PARAMS", "params.yaml"))  # the file the service reads
+    params = cli_params(params_file, None) if params_file.is_file() else None
+    chosen = registry.resolve(model, params.task.name if params else _task(None), purpose="serve")
     from tuneloop.package import bento_name
 
-    params = Path(os.environ.get("TUNELOOP_PARAMS", "params.yaml"))
-    allocator = cli_params(params, None).serve.allocator if params.is_file() else "auto"
-    env = procs.with_allocator({**os.environ, "BENTOML_DO_NOT_TRACK": "true"}, allocator)
+    env = procs.with_allocator(
+        {**os.environ, "BENTOML_DO_NOT_TRACK": "true"}, params.serve.allocator if params else "auto"
+    )
     env["BENTOML_CONFIG_OPTIONS"] = f"services.{bento_name(chosen.task)}.workers={workers}"
     if model:  # pinned; without --model the service follows the task's champion as it changes
         env["TUNELOOP_MODEL_TAG"] = chosen.tag
