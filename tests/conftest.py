@@ -71,19 +71,18 @@ def cli():
     return run_cli
 
 
-@pytest.fixture
-def project(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
-    """A fresh git + DVC project with the repository's params.yaml and dvc.yaml; cwd inside it."""
-    root = tmp_path / "project"
+def _make_project(root: Path) -> Path:
+    """A git + DVC project with the repository's params.yaml and dvc.yaml, its DVC remote `../remote` (beside
+    the project folder), and one commit."""
     root.mkdir()
     for name in ("params.yaml", "dvc.yaml", ".dvcignore", "bentofile.yaml"):
         shutil.copy(REPO / name, root / name)
     shutil.copytree(REPO / "flows", root / "flows", ignore=shutil.ignore_patterns("__pycache__"))
     subprocess.run(["git", "init", "-q"], cwd=root, check=True)
     subprocess.run([sys.executable, "-m", "dvc", "init", "-q"], cwd=root, check=True)
-    remote = tmp_path / "remote"
+    # A relative URL is resolved from the config file's folder (.dvc/): ../../remote is the project's sibling.
     (root / ".dvc" / "config").write_text(
-        f"[core]\n    remote = local\n    analytics = false\n['remote \"local\"']\n    url = {remote}\n"
+        "[core]\n    remote = local\n    analytics = false\n['remote \"local\"']\n    url = ../../remote\n"
     )
     # dvc.yaml lists src/tuneloop files as deps; point them at the real sources.
     (root / "src").mkdir()
@@ -105,6 +104,20 @@ def project(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
         cwd=root,
         check=True,
     )
+    return root
+
+
+@pytest.fixture(scope="session")
+def _project_template(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """Built once per session (git init, dvc init and a commit cost ~0.5 s, and ~150 tests use a project)."""
+    return _make_project(tmp_path_factory.mktemp("project-template") / "project")
+
+
+@pytest.fixture
+def project(_project_template: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    """A fresh git + DVC project with the repository's params.yaml and dvc.yaml, its DVC remote at
+    tmp_path/remote; cwd inside it. A copy of the session's template: nothing a test does reaches another."""
+    root = Path(shutil.copytree(_project_template, tmp_path / "project", symlinks=True))
     monkeypatch.chdir(root)
     return root
 
@@ -217,6 +230,41 @@ LOOSE_GATE = [
     "gate.min_baseline_margin=null",  # a tiny random model loses to TF-IDF on any learnable rows
     "evaluate.behaviour_file=null",
 ]
+
+
+@dataclass
+class TinyTraining:
+    result: Any  # tuneloop.train.TrainResult
+    project: Path  # a project as `project` makes, with the rows at splits/{train,val}.csv (as `tiny_splits`)
+    model: Path  # project/model
+    live: Path  # project/live: dvclive's curves
+
+
+@pytest.fixture(scope="session")
+def tiny_training(tiny_model: Path, tmp_path_factory: pytest.TempPathFactory) -> TinyTraining:
+    """The tiny BERT trained with TINY_TRAIN on the `tiny_splits` rows, with dvclive, once per session (~5 s a
+    training): training on a CPU is deterministic (tests/model/test_train.py proves it against this very model),
+    so a module gets the model it would have trained itself."""
+    from tuneloop.config import load_params
+    from tuneloop.train import train
+
+    root = _make_project(tmp_path_factory.mktemp("tiny-training") / "project")
+    splits = write(root / "splits" / "train.csv", sentiment_rows(24, seed=0))
+    splits = splits, write(root / "splits" / "val.csv", sentiment_rows(6, seed=1))
+    cwd = Path.cwd()
+    os.chdir(root)  # as a test in `project` runs it
+    try:
+        params = load_params(REPO / "params.yaml", TINY_TRAIN)
+        result = train(params, *splits, root / "model", base=str(tiny_model), live_dir=root / "live")
+    finally:
+        os.chdir(cwd)
+    return TinyTraining(result, root, root / "model", root / "live")
+
+
+@pytest.fixture(scope="session")
+def tiny_trained(tiny_training: TinyTraining) -> Path:
+    """The session's tiny trained model dir (`tiny_training`). Copy it before changing it."""
+    return tiny_training.model
 
 
 @pytest.fixture

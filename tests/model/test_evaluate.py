@@ -9,10 +9,9 @@ import pandas as pd
 import pytest
 from sklearn.metrics import accuracy_score, f1_score, log_loss, roc_auc_score
 
-from tests.conftest import REPO, TINY_TRAIN, sentiment_rows, write
+from tests.conftest import REPO, write
 from tuneloop.config import load_params
 from tuneloop.evaluate import classification_metrics, expected_calibration_error, length_bucket, run_behaviour
-from tuneloop.train import train
 
 LABELS = ["a", "b", "c"]
 Y = np.array([0, 0, 1, 1, 2, 2, 0, 2])
@@ -87,18 +86,9 @@ def test_behaviour_runner_counts_failures_and_skips_unknown_labels():
     }
 
 
-@pytest.fixture(scope="module")
-def trained_once(tiny_model, tmp_path_factory):
-    """One training for the module (each test gets its own copy): ~10 s a test before."""
-    root = tmp_path_factory.mktemp("evaluate-model")
-    splits = write(root / "train.csv", sentiment_rows(24, seed=0)), write(root / "val.csv", sentiment_rows(6, seed=1))
-    train(load_params(REPO / "params.yaml", TINY_TRAIN), *splits, root / "model", base=str(tiny_model), live_dir=None)
-    return root / "model"
-
-
 @pytest.fixture
-def trained(project, trained_once):
-    return Path(shutil.copytree(trained_once, project / "model"))
+def trained(project, tiny_trained):
+    return Path(shutil.copytree(tiny_trained, project / "model"))
 
 
 def test_evaluate_writes_every_report(project, cli, trained):

@@ -4,6 +4,7 @@ challenger is, rollback restores the previous champion, concurrent promotions le
 import json
 import multiprocessing
 import random
+import shutil
 
 import numpy as np
 import pytest
@@ -57,8 +58,9 @@ def test_mcnemar_counts_and_direction():
 
 
 @pytest.fixture(scope="module")
-def trained_pair(tiny_model, tmp_path_factory):
-    """A good model and one trained on shuffled labels, each evaluated on the same test file (once per module)."""
+def trained_pair(tiny_model, tiny_trained, tmp_path_factory):
+    """A good model (the session's `tiny_trained`, GATE trains alike) and one trained on shuffled labels, each
+    evaluated on the same test file (once per module)."""
     root = tmp_path_factory.mktemp("gate-models")
     params = load_params(REPO / "params.yaml", GATE)
     train_csv = write(root / "d" / "train.csv", sentiment_rows(24, seed=0))
@@ -71,8 +73,9 @@ def trained_pair(tiny_model, tmp_path_factory):
         root / "d" / "shuffled.csv",
         "\n".join([lines[0]] + [f"{line.rsplit(',', 1)[0]},{label}" for line, label in zip(lines[1:], labels)]) + "\n",
     )
-    for name, data in (("good", train_csv), ("shuffled", shuffled_csv)):
-        train(params, data, val_csv, root / name, base=str(tiny_model), live_dir=None)
+    shutil.copytree(tiny_trained, root / "good")
+    train(params, shuffled_csv, val_csv, root / "shuffled", base=str(tiny_model), live_dir=None)
+    for name in ("good", "shuffled"):
         evaluate(params, root / name, test_csv, root / f"eval-{name}", behaviour_file="")
     return root, params, test_csv
 

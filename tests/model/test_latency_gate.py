@@ -89,12 +89,16 @@ def gate_params():
     return load_params(REPO / "params.yaml").gate  # max_latency_ratio 1.25
 
 
-@pytest.mark.parametrize("machine", ["idle", "busy", "stalls"])
+@pytest.mark.parametrize(
+    "machine",
+    ["idle", pytest.param("busy", marks=pytest.mark.system), pytest.param("stalls", marks=pytest.mark.system)],
+)
 def test_same_size_challenger_passes_and_twice_the_layers_fails(tiny_model, gate_params, machine):
     # MiniLM's width: at 384 the layers' work dominates a single-text call, as it does for real models
-    champion = _classifier(tiny_model, layers=3, hidden=384, seed=0)
-    same_size = _classifier(tiny_model, layers=3, hidden=384, seed=1)
-    deeper = _classifier(tiny_model, layers=6, hidden=384, seed=2)
+    # (2 layers against 4: measured 0.97-1.00 and 1.70-1.88 idle, busy and stalling, as 3 against 6 were)
+    champion = _classifier(tiny_model, layers=2, hidden=384, seed=0)
+    same_size = _classifier(tiny_model, layers=2, hidden=384, seed=1)
+    deeper = _classifier(tiny_model, layers=4, hidden=384, seed=2)
     with {"idle": _nothing, "busy": busy_cores, "stalls": stalls}[machine]():
         fair = interleaved_latency(same_size, champion, TEXTS, 100)
         slow = interleaved_latency(deeper, champion, TEXTS, 100)

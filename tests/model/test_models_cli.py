@@ -1,17 +1,13 @@
 """`tuneloop models` and `tuneloop package` through the CLI."""
 
 import json
+import shutil
 
-from tests.conftest import REPO, TINY_TRAIN
 from tuneloop import registry
-from tuneloop.config import load_params
-from tuneloop.train import train
 
 
-def test_models_cli_register_list_show_force_promote_package(project, cli, tiny_model, tiny_splits, store):
-    train(
-        load_params(REPO / "params.yaml", TINY_TRAIN), *tiny_splits, project / "m", base=str(tiny_model), live_dir=None
-    )
+def test_models_cli_register_list_show_force_promote_package(project, cli, tiny_model, tiny_trained, store):
+    shutil.copytree(tiny_trained, project / "m")
     assert cli("package").exit_code == 1  # nothing to package yet: a clear message
     registered = cli("models", "register", "m")
     assert registered.exit_code == 0, registered.output

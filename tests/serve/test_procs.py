@@ -77,6 +77,7 @@ def test_a_signal_stops_the_whole_tree(tmp_path, mode, sig):
     assert f"{sig.name} received, stopping" in runner.stderr.read()
 
 
+@pytest.mark.system
 def test_a_dying_worker_is_logged(tmp_path):
     runner, _, worker = start(tmp_path, "graceful")
     time.sleep(1.5)  # the supervisor has seen the worker
@@ -87,6 +88,7 @@ def test_a_dying_worker_is_logged(tmp_path):
     assert f"worker process {worker} died" in runner.stderr.read()
 
 
+@pytest.mark.system
 def test_a_worker_exits_when_its_server_is_killed_outright(tmp_path):
     code = (
         "import subprocess, sys, time; "
