@@ -275,6 +275,12 @@ class DistillParams(_Section):
     temperature: float = Field(default=2.0, gt=0, description="softens both distributions in the KL term")
     alpha: float = Field(default=0.5, ge=0, le=1, description="weight of the teacher's soft labels vs true labels")
     transfer_rows: int = Field(default=0, ge=0, description="newest prediction-log texts added as unlabeled transfer")
+    augment_copies: int = Field(
+        default=0, ge=0, le=20, description="noisy copies of each train text added as teacher-labelled transfer rows"
+    )
+    hidden_weight: float = Field(
+        default=0.0, ge=0, description="weight of the [CLS]-state loss at the kept layers (Patient KD); 0 = off"
+    )
 
 
 class CvParams(_Section):

@@ -8,7 +8,7 @@ import torch
 
 from tests.conftest import LOOSE_GATE, TINY_TRAIN, sentiment_rows, write
 from tuneloop import registry
-from tuneloop.compress.distill import NO_LABEL, DistillError, distill_loss, kept_layers, make_student
+from tuneloop.compress.distill import NO_LABEL, DistillError, distill_loss, hidden_loss, kept_layers, make_student
 
 
 def test_kept_layers_are_every_kth_ending_at_the_top():
@@ -45,6 +45,16 @@ def test_the_loss_reads_soft_labels_and_skips_missing_true_labels():
     hard_only = distill_loss(student, None, torch.tensor([0, NO_LABEL]), 2.0, 0.5)
     expected = torch.nn.functional.cross_entropy(student[:1], torch.tensor([0]))
     assert float(hard_only) == pytest.approx(float(expected))
+
+
+def test_the_hidden_loss_compares_directions_layer_by_layer():
+    torch.manual_seed(0)
+    teacher = torch.randn(4, 3, 8)  # rows, layers, hidden
+    assert float(hidden_loss(teacher * 5, teacher)) == pytest.approx(0, abs=1e-6)  # scale is not what it matches
+    assert float(hidden_loss(-teacher, teacher)) == pytest.approx(4.0)  # opposite directions: |2u|^2
+    one_layer_off = teacher.clone()
+    one_layer_off[:, 1] = torch.randn(4, 8)
+    assert 0 < float(hidden_loss(one_layer_off, teacher)) < float(hidden_loss(-teacher, teacher))
 
 
 LOOSE = [
@@ -91,9 +101,17 @@ def test_distill_registers_a_student_with_its_teacher(cli, project, tiny_model, 
         "--out",
         str(project / "student"),
         *sets,
+        "--set",
+        "distill.augment_copies=1",
+        "--set",
+        "distill.hidden_weight=1",
     )
     assert result.exit_code == 0, result.output
     student = next(e for e in registry.entries() if e.tag != teacher)
     assert student.metadata["distillation"]["teacher"] == teacher
     assert student.metadata["distillation"]["kept_layers"] == [1] and student.stage == "challenger"
+    # one noisy copy of each of the 72 training texts, teacher-labelled (a copy may repeat a text: then none)
+    recorded = student.metadata["distillation"]
+    assert 60 <= recorded["augmented_rows"] <= 72 and recorded["transfer_rows"] == recorded["augmented_rows"]
+    assert recorded["hidden_weight"] == 1.0
     assert registry.champion_tag() == teacher  # registered, not promoted

@@ -75,6 +75,16 @@ def make_student(teacher: Any, student_layers: int) -> Any:
     return student
 
 
+def hidden_loss(student: torch.Tensor, teacher: torch.Tensor) -> Any:
+    """Patient KD's intermediate loss (Sun et al. 2019): mean over rows and layers of the squared distance between
+    the L2-normalised [CLS] states of each student layer and of the teacher layer it was cut from; both
+    (rows, layers, hidden)."""
+    import torch.nn.functional as F
+
+    s, t = F.normalize(student.float(), dim=-1), F.normalize(teacher.float(), dim=-1)
+    return (s - t).pow(2).sum(-1).mean()
+
+
 def distill_loss(
     logits: torch.Tensor, teacher: torch.Tensor | None, labels: torch.Tensor, t: float, alpha: float
 ) -> Any:
@@ -92,27 +102,32 @@ def distill_loss(
 
 
 def _trainer_class() -> type:
+    import torch
     from transformers import Trainer
 
     class DistillTrainer(Trainer):
         """Trainer whose loss reads the batch's teacher logits (absent in validation batches)."""
 
-        def __init__(self, *args: Any, temperature: float, alpha: float, **kwargs: Any) -> None:
+        def __init__(self, *args: Any, temperature: float, alpha: float, hidden_weight: float, **kwargs: Any) -> None:
             super().__init__(*args, **kwargs)
-            self.temperature, self.alpha = temperature, alpha
+            self.temperature, self.alpha, self.hidden_weight = temperature, alpha, hidden_weight
 
         def compute_loss(self, model: Any, inputs: Any, return_outputs: bool = False, num_items_in_batch: Any = None):
             teacher = inputs.pop("teacher_logits", None)
+            teacher_cls = inputs.pop("teacher_cls", None)
             labels = inputs.pop("labels")
-            outputs = model(**inputs)
+            outputs = model(**inputs, output_hidden_states=teacher_cls is not None)
             loss = distill_loss(outputs.logits, teacher, labels, self.temperature, self.alpha)
+            if teacher_cls is not None:  # hidden_states[0] is the embeddings' output: layer i is i + 1
+                student_cls = torch.stack([h[:, 0] for h in outputs.hidden_states[1:]], dim=1)
+                loss = loss + self.hidden_weight * hidden_loss(student_cls, teacher_cls)
             return (loss, outputs) if return_outputs else loss
 
     return DistillTrainer
 
 
 class _Collator:
-    """Dynamic padding of the token ids; teacher logits stacked as they are."""
+    """Dynamic padding of the token ids; the teacher's logits and [CLS] states stacked as they are."""
 
     def __init__(self, tokenizer: Any) -> None:
         from transformers import DataCollatorWithPadding
@@ -120,20 +135,25 @@ class _Collator:
         self.pad = DataCollatorWithPadding(tokenizer, padding="longest")
 
     def __call__(self, features: list[dict[str, Any]]) -> dict[str, Any]:
+        import numpy as np
         import torch
 
-        teacher = [f.pop("teacher_logits") for f in features if "teacher_logits" in f]
-        batch = self.pad(features)
-        if teacher:
-            batch["teacher_logits"] = torch.tensor(teacher, dtype=torch.float32)
-        return dict(batch)
+        extra = {
+            key: torch.from_numpy(np.stack([np.asarray(f.pop(key), dtype=np.float32) for f in features]))
+            for key in ("teacher_logits", "teacher_cls")
+            if features and key in features[0]
+        }
+        return dict(self.pad(features)) | extra
 
 
 class _Rows:
-    """Token ids, labels (NO_LABEL for transfer texts) and, for training, the teacher's logits."""
+    """Token ids, labels (NO_LABEL for transfer texts) and, for training, the teacher's logits and (with
+    `distill.hidden_weight`) its [CLS] states at the kept layers."""
 
-    def __init__(self, input_ids: list[list[int]], labels: list[int], teacher: list[list[float]] | None) -> None:
-        self.input_ids, self.labels, self.teacher = input_ids, labels, teacher
+    def __init__(
+        self, input_ids: list[list[int]], labels: list[int], teacher: Any = None, teacher_cls: Any = None
+    ) -> None:
+        self.input_ids, self.labels, self.teacher, self.teacher_cls = input_ids, labels, teacher, teacher_cls
 
     def __len__(self) -> int:
         return len(self.labels)
@@ -142,16 +162,29 @@ class _Rows:
         row: dict[str, Any] = {"input_ids": self.input_ids[i], "labels": self.labels[i]}
         if self.teacher is not None:
             row["teacher_logits"] = self.teacher[i]
+        if self.teacher_cls is not None:
+            row["teacher_cls"] = self.teacher_cls[i]
         return row
 
 
-def _teacher_logits(clf: Any, texts: list[str], batch_size: int) -> list[list[float]]:
-    """The teacher's logits (log of its probabilities: softmax-equivalent) for every text, input order."""
+def _teacher_outputs(clf: Any, texts: list[str], batch_size: int, layers: list[int] | None) -> tuple[Any, Any]:
+    """The teacher's logits for every text, input order, and (given `layers`) its [CLS] state after each of those
+    encoder layers, shape (texts, layers, hidden); precomputed once, as the teacher never changes."""
     import numpy as np
+    import torch
 
-    from tuneloop.model import predict_proba
+    from tuneloop.model import length_sorted_batches
 
-    return np.log(np.clip(predict_proba(clf, texts, batch_size), 1e-12, 1)).tolist()
+    logits = np.zeros((len(texts), len(clf.labels)), dtype=np.float32)
+    cls = np.zeros((len(texts), len(layers or []), clf.model.config.hidden_size), dtype=np.float32)
+    clf.model.eval()
+    with torch.inference_mode():
+        for idx, batch in length_sorted_batches(clf, texts, batch_size):
+            out = clf.model(**batch, output_hidden_states=bool(layers))
+            logits[idx] = out.logits.float().cpu().numpy()
+            if layers:
+                cls[idx] = torch.stack([out.hidden_states[k + 1][:, 0] for k in layers], 1).float().cpu().numpy()
+    return logits, (cls if layers else None)
 
 
 def distill(
@@ -181,6 +214,8 @@ def distill(
     if unknown:
         raise DistillError(f"{train_path}: labels {unknown[:5]} are unknown to the teacher {teacher_dir}")
     extra = [t for t in (transfer_texts or []) if isinstance(t, str) and t.strip()]
+    augmented = _augmented_texts(params, train_df, avoid=extra)
+    extra += augmented
     checkpoints = Path(out_dir).with_name(Path(out_dir).name + ".checkpoints")
     shutil.rmtree(checkpoints, ignore_errors=True)
     trainer, batch = _trainer(
@@ -194,10 +229,29 @@ def distill(
     info |= {"device": str(trainer.args.device), "train_rows": len(train_df), "val_rows": len(val_df)}
     meta = describe_run(params, info | {"production_rows": 0}, {"train": Path(train_path), "val": Path(val_path)}, run)
     meta["distillation"] = _record(params, teacher, teacher_tag or str(teacher_dir), layers, len(extra))
+    meta["distillation"]["augmented_rows"] = len(augmented)
     _write_model_dir(trainer, Path(out_dir), meta)
     shutil.rmtree(checkpoints, ignore_errors=True)
     log.info("student (%d layers) written to %s: val %s", layers, out_dir, val_metrics)
     return meta
+
+
+def _augmented_texts(params: Params, train_df: Any, avoid: list[str]) -> list[str]:
+    """`distill.augment_copies` light-noise variants of each training text (tuneloop.augment's noise, seeded),
+    for transfer: the teacher labels them, so a typo that would change the true label costs nothing. TinyBERT's
+    task distillation gains most of its accuracy from such augmented transfer sets."""
+    if not params.distill.augment_copies:
+        return []
+    from tuneloop.augment import noise
+
+    rows = noise(
+        train_df,
+        seed=params.base.seed,
+        copies=params.distill.augment_copies,
+        word_share=params.prepare.augment.word_share,
+        avoid=avoid,
+    )
+    return [str(t) for t in rows[TEXT]]
 
 
 def _record(params: Params, teacher: Any, teacher_name: str, layers: int, transfer_rows: int) -> dict[str, Any]:
@@ -210,6 +264,7 @@ def _record(params: Params, teacher: Any, teacher_name: str, layers: int, transf
         "kept_layers": kept_layers(total, layers),
         "temperature": params.distill.temperature,
         "alpha": params.distill.alpha,
+        "hidden_weight": params.distill.hidden_weight,
         "transfer_rows": transfer_rows,
     }
 
@@ -226,10 +281,13 @@ def _trainer(
 
     p = params.train
     label2id = {label: i for i, label in enumerate(teacher.labels)}
-    soft = _teacher_logits(teacher, train_df[TEXT].tolist() + extra, params.evaluate.batch_size)
+    keep = kept_layers(int(teacher.model.config.num_hidden_layers), student.config.num_hidden_layers)
+    texts = train_df[TEXT].tolist() + extra
+    hidden = keep if params.distill.hidden_weight > 0 else None
+    soft, cls = _teacher_outputs(teacher, texts, params.evaluate.batch_size, hidden)
     encoded = encode(teacher.tokenizer, train_df, label2id, p.max_length)
     transfer_ids = teacher.tokenizer(extra, truncation=True, max_length=p.max_length)["input_ids"] if extra else []
-    train_rows = _Rows(encoded.input_ids + transfer_ids, encoded.labels + [NO_LABEL] * len(extra), soft)
+    train_rows = _Rows(encoded.input_ids + transfer_ids, encoded.labels + [NO_LABEL] * len(extra), soft, cls)
     val = encode(teacher.tokenizer, val_df, label2id, p.max_length)
     cuda = torch.cuda.is_available()
     batch = p.cuda_batch_size if cuda else p.batch_size
@@ -240,12 +298,13 @@ def _trainer(
         model=student,
         args=args,
         train_dataset=train_rows,
-        eval_dataset=_Rows(val.input_ids, val.labels, None),
+        eval_dataset=_Rows(val.input_ids, val.labels),
         data_collator=_Collator(teacher.tokenizer),
         processing_class=teacher.tokenizer,
         compute_metrics=macro_f1_metrics,
         callbacks=[EarlyStoppingCallback(early_stopping_patience=params.distill.early_stopping_patience)],
         temperature=params.distill.temperature,
         alpha=params.distill.alpha,
+        hidden_weight=params.distill.hidden_weight,
     )
     return trainer, batch
