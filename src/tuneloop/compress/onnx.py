@@ -222,7 +222,10 @@ def _quantise(source: Path, target: Path) -> None:
     level = root.level
     root.setLevel(max(level, logging.ERROR))  # the quantiser logs a line per tensor and advice on the root logger
     try:
-        quantize_dynamic(str(source), str(target), weight_type=QuantType.QInt8, extra_options=extra)
+        # Per-channel weight scales: MiniLM fine-tuned on Banking77, 2,464 test rows, label agreement with torch
+        # fp32 0.9777 -> 0.9862 and accuracy 0.8904 -> 0.8929, at 4.20x -> 3.94x torch fp32's texts/s at batch 1
+        # and 2.61x -> 2.58x at batch 16 (interleaved, one run). What else was measured is in the README.
+        quantize_dynamic(str(source), str(target), weight_type=QuantType.QInt8, per_channel=True, extra_options=extra)
     finally:
         root.setLevel(level)
 
