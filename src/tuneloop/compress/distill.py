@@ -228,8 +228,7 @@ def distill(
     info: dict[str, Any] = {"labels": teacher.labels, "base_model": f"distilled from {teacher_tag or teacher_dir}"}
     info |= {"device": str(trainer.args.device), "train_rows": len(train_df), "val_rows": len(val_df)}
     meta = describe_run(params, info | {"production_rows": 0}, {"train": Path(train_path), "val": Path(val_path)}, run)
-    meta["distillation"] = _record(params, teacher, teacher_tag or str(teacher_dir), layers, len(extra))
-    meta["distillation"]["augmented_rows"] = len(augmented)
+    meta["distillation"] = _record(params, teacher, teacher_tag or str(teacher_dir), layers, len(extra), len(augmented))
     _write_model_dir(trainer, Path(out_dir), meta)
     shutil.rmtree(checkpoints, ignore_errors=True)
     log.info("student (%d layers) written to %s: val %s", layers, out_dir, val_metrics)
@@ -254,7 +253,9 @@ def _augmented_texts(params: Params, train_df: Any, avoid: list[str]) -> list[st
     return [str(t) for t in rows[TEXT]]
 
 
-def _record(params: Params, teacher: Any, teacher_name: str, layers: int, transfer_rows: int) -> dict[str, Any]:
+def _record(
+    params: Params, teacher: Any, teacher_name: str, layers: int, transfer_rows: int, augmented_rows: int
+) -> dict[str, Any]:
     """What the student's tuneloop.json says about its distillation (`distillation`)."""
     total = int(teacher.model.config.num_hidden_layers)
     return {
@@ -265,7 +266,8 @@ def _record(params: Params, teacher: Any, teacher_name: str, layers: int, transf
         "temperature": params.distill.temperature,
         "alpha": params.distill.alpha,
         "hidden_weight": params.distill.hidden_weight,
-        "transfer_rows": transfer_rows,
+        "transfer_rows": transfer_rows,  # the prediction log's texts and the augmented ones
+        "augmented_rows": augmented_rows,
     }
 
 
