@@ -75,7 +75,7 @@ test: install
 # servers and workers, `bentoml serve` processes), `system` (busy cores, injected stalls, processes killed
 # mid-run) and `slow` (full weights, ../shared/data) are left out. `make test` runs them all.
 test-fast: install
-	$(BIN)/python -m pytest -q --durations=10 -m "not integration and not system and not slow"
+	$(BIN)/python -m pytest -q --durations=10 -m "not integration and not system and not heavy and not slow"
 
 # The fuzz tests of tests/serve/test_service_asgi.py: 60 seeded examples each in CI, 2000 unseeded here (minutes).
 fuzz: install

@@ -91,7 +91,7 @@ def gate_params():
 
 @pytest.mark.parametrize(
     "machine",
-    ["idle", pytest.param("busy", marks=pytest.mark.system), pytest.param("stalls", marks=pytest.mark.system)],
+    [pytest.param("idle", marks=pytest.mark.heavy), pytest.param("busy", marks=pytest.mark.system), pytest.param("stalls", marks=pytest.mark.system)],
 )
 def test_same_size_challenger_passes_and_twice_the_layers_fails(tiny_model, gate_params, machine):
     # MiniLM's width: at 384 the layers' work dominates a single-text call, as it does for real models

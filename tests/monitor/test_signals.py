@@ -83,7 +83,7 @@ def _texts(rng, rows: int, vocabulary: int, words: int = 6) -> list[set[int]]:
     return [set(rng.choice(vocabulary, words, p=weights / weights.sum()).tolist()) for _ in range(rows)]
 
 
-@pytest.mark.parametrize("rows", [200, 5_000])  # 5,000: past MAX_TOKEN_ROWS, the window is sampled
+@pytest.mark.parametrize("rows", [200, pytest.param(5_000, marks=pytest.mark.heavy)])  # 5,000: past MAX_TOKEN_ROWS, the window is sampled
 def test_token_shift_flags_a_recurring_new_word_in_a_tenth_of_the_texts_and_not_the_same_traffic(rows):
     from tuneloop.monitor.signals import token_shift_signal
 
