@@ -30,7 +30,7 @@ import pandas as pd
 from tuneloop.config import Params
 from tuneloop.errors import DataError
 from tuneloop.model import ModelError, resolve_base_model
-from tuneloop.provenance import data_version, file_digest, utc_now
+from tuneloop.provenance import RUN_FILE, data_version, file_digest, utc_now
 from tuneloop.tabular import TEXT, read_labeled, write_text_atomic
 
 log = logging.getLogger(__name__)
@@ -154,11 +154,12 @@ def pretrain(params: Params, splits: list[Path], out: Path, max_steps: int = -1)
     before = trainer.evaluate()["eval_loss"]
     steps = int(trainer.train().global_step)
     after = trainer.evaluate()["eval_loss"]
-    record = _record(params, splits, texts, extension, steps, before, after, time.time() - started)
-    _save(trainer, tokenizer, out, record)
+    record = _record(params, splits, texts, extension, steps, before, after)
+    facts = {"wall_time_s": round(time.time() - started, 1), "created_at": utc_now()}
+    _save(trainer, tokenizer, out, record, facts)
     log.info("pre-trained on %d texts, %d steps: MLM loss %.3f -> %.3f (perplexity %.1f -> %.1f)",
              len(texts), steps, before, after, math.exp(min(before, 50)), math.exp(min(after, 50)))  # fmt: skip
-    return record
+    return record | facts
 
 
 def _arguments(params: Params, out: Path, max_steps: int) -> Any:
@@ -196,7 +197,6 @@ def _record(
     steps: int,
     before: float,
     after: float,
-    seconds: float,
 ) -> dict[str, Any]:
     return {
         "enabled": True,
@@ -210,13 +210,12 @@ def _record(
         "mlm_loss_after": round(after, 4),
         "vocab_extension": extension,
         "params": params.pretrain.model_dump(),
-        "wall_time_s": round(seconds, 1),
-        "created_at": utc_now(),
     }
 
 
-def _save(trainer: Any, tokenizer: Any, out: Path, record: dict[str, Any]) -> None:
-    """The MLM model with its tokenizer, plus the base's pooler (the classifier reads it; MLM has none)."""
+def _save(trainer: Any, tokenizer: Any, out: Path, record: dict[str, Any], facts: dict[str, Any]) -> None:
+    """The MLM model with its tokenizer, plus the base's pooler (the classifier reads it; MLM has none); the
+    run's time stamp and run time in RUN_FILE, out of the record train copies into its tuneloop.json."""
     tmp = out.with_name(f".{out.name}.tmp")
     shutil.rmtree(tmp, ignore_errors=True)
     trainer.save_model(str(tmp))
@@ -224,6 +223,7 @@ def _save(trainer: Any, tokenizer: Any, out: Path, record: dict[str, Any]) -> No
     (tmp / "training_args.bin").unlink(missing_ok=True)  # a pickle: nothing downstream may load it
     _keep_pooler(Path(resolve_base_model(record["base_model"])), tmp)
     write_text_atomic(json.dumps(record, indent=2, ensure_ascii=False) + "\n", tmp / MARKER)
+    write_text_atomic(json.dumps(facts, indent=2) + "\n", tmp / RUN_FILE)
     if out.exists():
         shutil.rmtree(out)
     os.replace(tmp, out)

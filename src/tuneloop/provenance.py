@@ -7,6 +7,7 @@ its verdicts. Standard library and PyYAML only: no torch or transformers import 
 from __future__ import annotations
 
 import hashlib
+import json
 import subprocess
 from datetime import UTC, datetime
 from pathlib import Path
@@ -14,11 +15,25 @@ from typing import Any
 
 DATA_DVC = "data.dvc"  # the top-level .dvc file tracking data/raw (ARCHITECTURE.md)
 TIME_FORMAT = "%Y-%m-%dT%H:%M:%SZ"  # every timestamp tuneloop writes: UTC, second precision, ISO 8601
+# A model dir's run facts (git revision, time stamp, run time, throughput): beside tuneloop.json, not in it,
+# and excluded from DVC's hash of the folder (.dvcignore), so the same data, code and params train to the same
+# DVC output and a fresh clone's `make demo` leaves dvc.lock as committed.
+RUN_FILE = "run.json"
 
 
 def utc_now() -> str:
     """Now, in the one timestamp format tuneloop writes."""
     return datetime.now(UTC).strftime(TIME_FORMAT)
+
+
+def read_run_facts(model_dir: str | Path) -> dict[str, Any]:
+    """A model dir's RUN_FILE; {} when it has none (checked out by DVC, or written before it existed) or it is
+    damaged: run facts describe a run, they never decide anything."""
+    try:
+        facts = json.loads((Path(model_dir) / RUN_FILE).read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return {}
+    return facts if isinstance(facts, dict) else {}
 
 
 def file_digest(path: str | Path, algorithm: str = "sha256") -> str:

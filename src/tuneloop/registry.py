@@ -32,7 +32,7 @@ from typing import Any
 from tuneloop import provenance
 from tuneloop.errors import TuneloopError
 from tuneloop.model import META_FILE
-from tuneloop.provenance import utc_now
+from tuneloop.provenance import read_run_facts, utc_now
 
 log = logging.getLogger(__name__)
 
@@ -250,7 +250,7 @@ def register(
     from tuneloop.compress import VARIANTS_DIR
 
     model_dir = Path(model_dir)
-    meta = _model_meta(model_dir)
+    meta = _model_meta(model_dir) | read_run_facts(model_dir)
     digest = weights_digest(model_dir)
     known = find_by_weights(digest, task)
     if known is not None:

@@ -60,7 +60,7 @@ class BaselineMetrics(_Strict):
     analyzer: str  # word | char n-grams
     train_path: str
     train_rows: int
-    fit_seconds: float
+    fit_seconds: float | None = None  # this run's; not written to baseline.json (a DVC output: reproducible bytes)
     accuracy: float
     macro_f1: float
 
@@ -119,7 +119,7 @@ class EvalReport(_Strict):
         write_text_atomic(json.dumps(per_class, indent=2, ensure_ascii=False) + "\n", out / PER_CLASS)
         served = self.served.model_dump_json(indent=2) if self.served is not None else "null"  # null: not scored
         write_text_atomic(served + "\n", out / SERVED)
-        baseline = self.baseline.model_dump_json(indent=2) if self.baseline is not None else "null"
+        baseline = "null" if self.baseline is None else self.baseline.model_dump_json(indent=2, exclude={"fit_seconds"})
         write_text_atomic(baseline + "\n", out / BASELINE)
         write_text_atomic(json.dumps(behaviour_details, indent=2, ensure_ascii=False) + "\n", out / BEHAVIOUR)
 

@@ -19,6 +19,7 @@ from __future__ import annotations
 import json
 import logging
 import os
+import re
 import shutil
 import sys
 import time
@@ -33,7 +34,7 @@ from transformers import TrainerCallback  # this module is only imported to trai
 from tuneloop.config import Params
 from tuneloop.errors import DataError
 from tuneloop.model import META_FILE, ModelError, resolve_base_model
-from tuneloop.provenance import data_version, git_revision, utc_now
+from tuneloop.provenance import RUN_FILE, data_version, git_revision, utc_now
 from tuneloop.tabular import LABEL, ORIGIN, PRODUCTION, TEXT, read_labeled, write_text_atomic
 
 if TYPE_CHECKING:
@@ -527,10 +528,24 @@ def training_callbacks(patience: int, throughput: ThroughputCallback, live_dir: 
     callbacks: list[Any] = [EarlyStoppingCallback(early_stopping_patience=patience), throughput]
     live = open_live(live_dir, resume) if live_dir is not None and is_main_process() else None
     if live is not None:
-        from transformers.integrations import DVCLiveCallback
-
-        callbacks.append(DVCLiveCallback(live=live))
+        callbacks.append(live_callback(live))
     return callbacks
+
+
+TIMINGS = re.compile(r"runtime|per_second")  # the Trainer's and ThroughputCallback's timing keys
+
+
+def live_callback(live: Any) -> Any:
+    """transformers' DVCLiveCallback without the run's timings: dvclive/ is a DVC output of the train stage, so
+    the same data, code and params must write the same bytes there (run.json keeps the throughput)."""
+    from transformers.integrations import DVCLiveCallback
+
+    class ReproducibleLive(DVCLiveCallback):
+        def on_log(self, args: Any, state: Any, control: Any, model: Any = None, logs: Any = None, **kw: Any) -> None:
+            logs = {k: v for k, v in (logs or {}).items() if not TIMINGS.search(k)}
+            super().on_log(args, state, control, model=model, logs=logs, **kw)
+
+    return ReproducibleLive(live=live)
 
 
 def build_trainer(
@@ -662,7 +677,7 @@ def train(
     meta["best_checkpoint"] = trainer.state.best_model_checkpoint
     if not is_main_process():  # the other ranks hold the same weights; rank 0 writes them
         return result
-    _write_model_dir(trainer, out_dir, meta)
+    _write_model_dir(trainer, out_dir, meta, run_facts(result))
     if not keep_checkpoints:
         shutil.rmtree(checkpoints, ignore_errors=True)
     log.info("model written to %s: val %s, %.1f samples/s, %.0f s", out_dir, val_metrics, speed, result.wall_time_s)
@@ -670,26 +685,33 @@ def train(
 
 
 def describe_run(params: Params, info: dict[str, Any], inputs: dict[str, Path], run: TrainResult) -> dict[str, Any]:
-    """tuneloop.json: what the model dir says about itself (params, data hashes, git revision, run)."""
+    """tuneloop.json: what the model dir says about itself (params, data hashes, the run's outcome). Only what the
+    same data, code and params reproduce: when and how fast it ran is in run.json (`run_facts`)."""
     return {
         "tuneloop_version": _version(),
         "labels": info["labels"],
         "base_model": info["base_model"],
         "params": params.model_dump(mode="json", by_alias=True),
         "data": data_version(inputs),
-        "git_revision": git_revision(),
-        "created_at": utc_now(),
-        "wall_time_s": round(run.wall_time_s, 1),
         "device": info["device"],
         "processes": world()[1],  # data-parallel training processes (torchrun / accelerate launch)
         "train_rows": info["train_rows"],
         "val_rows": info["val_rows"],
         "production_train_rows": info["production_rows"],  # feedback rows merged by tuneloop.retrain
         "steps": run.steps,
-        "train_samples_per_second": round(run.train_samples_per_second, 1),
         "val_metrics": run.val_metrics,
         "vocab_extension": info.get("vocab_extension"),  # units this run added to the tokenizer (vocab.extend)
         "pretrained": info.get("pretrained"),  # the pretrain stage's record when it started from its checkpoint
+    }
+
+
+def run_facts(run: TrainResult) -> dict[str, Any]:
+    """run.json (provenance.RUN_FILE): this run's git revision, time stamp, run time and throughput."""
+    return {
+        "git_revision": git_revision(),
+        "created_at": utc_now(),
+        "wall_time_s": round(run.wall_time_s, 1),
+        "train_samples_per_second": round(run.train_samples_per_second, 1),
     }
 
 
@@ -721,13 +743,14 @@ def _fit(trainer: Trainer, resume_from: str | None, batch_size: int, max_length:
         ) from None
 
 
-def _write_model_dir(trainer: Trainer, out_dir: Path, meta: dict[str, Any]) -> None:
-    """Save weights (safetensors), tokenizer and tuneloop.json into a temp dir, then swap it in."""
+def _write_model_dir(trainer: Trainer, out_dir: Path, meta: dict[str, Any], facts: dict[str, Any]) -> None:
+    """Save weights (safetensors), tokenizer, tuneloop.json and run.json into a temp dir, then swap it in."""
     tmp = out_dir.with_name(f".{out_dir.name}.tmp")
     shutil.rmtree(tmp, ignore_errors=True)
     trainer.save_model(str(tmp))  # model.safetensors, config.json (id2label/label2id), tokenizer
     (tmp / "training_args.bin").unlink(missing_ok=True)  # a pickle: nothing downstream may load it
     write_text_atomic(json.dumps(meta, indent=2, ensure_ascii=False) + "\n", tmp / META_FILE)
+    write_text_atomic(json.dumps(facts, indent=2) + "\n", tmp / RUN_FILE)
     if out_dir.exists():
         shutil.rmtree(out_dir)
     os.replace(tmp, out_dir)

@@ -34,9 +34,15 @@ def test_full_pipeline_is_reproducible_and_cached(project, cli, tiny_model):
     per_class = json.loads((project / "reports/eval/per_class.json").read_text())
     assert 0 <= metrics["accuracy"] <= 1 and "card_lost" in per_class
     meta = json.loads((project / "models/candidate/tuneloop.json").read_text())
-    assert meta["data"]["train"]["path"] == "data/prepared/train.csv" and meta["git_revision"]
+    assert meta["data"]["train"]["path"] == "data/prepared/train.csv"
+    assert json.loads((project / "models/candidate/run.json").read_text())["git_revision"]
 
     assert "Running stage" not in dvc("repro")  # nothing changed: every stage is a cache hit
+    # Re-run from scratch (as a fresh clone without a DVC cache does): the same bytes, so dvc.lock is unchanged
+    # (run times, time stamps and the git revision live in run.json, which .dvcignore keeps out of the hash).
+    lock = (project / "dvc.lock").read_text()
+    assert "Running stage 'train'" in dvc("repro", "-f", "train", "evaluate")
+    assert (project / "dvc.lock").read_text() == lock
     assert json.loads((project / "models/pretrained/pretrain.json").read_text())["enabled"] is False
 
     # Pre-training switched on: the pretrain stage runs and train re-runs from its checkpoint; validate and

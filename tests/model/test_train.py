@@ -32,16 +32,20 @@ def test_training_reduces_loss_and_writes_a_self_describing_dir(tiny_model, tiny
     assert meta["base_model"] == str(tiny_model)
     assert meta["params"]["train"]["lr"] == 0.001 and meta["params"]["base"]["seed"] == 42
     assert len(meta["data"]["train"]["md5"]) == 32 and meta["data"]["id"]
-    assert "git_revision" in meta and meta["wall_time_s"] > 0
+    facts = json.loads((out / "run.json").read_text())  # the run's facts, out of DVC's hash of the folder
+    assert "git_revision" in facts and facts["wall_time_s"] > 0 and facts["created_at"]
+    assert not {"git_revision", "created_at", "wall_time_s", "train_samples_per_second"} & set(meta)
     assert meta["val_metrics"]["macro_f1"] == result.val_metrics["macro_f1"]
     # dvclive wrote the loss curve: it must go down.
     curve = (project / "live" / "plots" / "metrics" / "loss.tsv").read_text().splitlines()[1:]
     losses = [float(line.split("\t")[-1]) for line in curve]
     assert len(losses) >= 3 and losses[-1] < losses[0] * 0.8
+    assert not list((project / "live").rglob("*runtime*")) and not list((project / "live").rglob("*per_second*"))
     assert result.val_metrics["accuracy"] > 0.5  # three classes: chance is 0.33
     assert not (project / "model.checkpoints").exists()  # removed after success
 
 
+@pytest.mark.heavy
 def test_cpu_training_is_deterministic(project, tiny_model, tiny_splits, tiny_trained):
     # `tiny_trained` is the same training on the same rows, run earlier in this session (other tests, thread
     # counts and seeds in between, and dvclive on: a logger must not change the model): the modules that share
