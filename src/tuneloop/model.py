@@ -32,6 +32,23 @@ class ModelError(TuneloopError):
     """A base model or model dir is missing, incompatible or not tuneloop's."""
 
 
+# How a session loaded the tokenizer, which transformers saves with it: `local_files_only` is true under
+# HF_HUB_OFFLINE (as `make` runs) and false in a plain shell, so the same training gave two DVC hashes.
+TOKENIZER_LOAD_OPTIONS = ("local_files_only",)
+
+
+def drop_load_options(model_dir: str | Path) -> None:
+    """Remove TOKENIZER_LOAD_OPTIONS from a saved tokenizer_config.json: a model folder says what the
+    tokenizer is, not how the shell that trained it was set up."""
+    path = Path(model_dir) / "tokenizer_config.json"
+    if not path.is_file():
+        return
+    config = json.loads(path.read_text(encoding="utf-8"))
+    if isinstance(config, dict) and any(key in config for key in TOKENIZER_LOAD_OPTIONS):
+        kept = {k: v for k, v in config.items() if k not in TOKENIZER_LOAD_OPTIONS}
+        path.write_text(json.dumps(kept, indent=2, sort_keys=True, ensure_ascii=False) + "\n", encoding="utf-8")
+
+
 def resolve_base_model(name: str) -> str:
     """Turn `train.base_model` into something `from_pretrained` can load without a download.
 

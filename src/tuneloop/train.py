@@ -33,7 +33,7 @@ from transformers import TrainerCallback  # this module is only imported to trai
 
 from tuneloop.config import Params
 from tuneloop.errors import DataError
-from tuneloop.model import META_FILE, ModelError, resolve_base_model
+from tuneloop.model import META_FILE, ModelError, drop_load_options, resolve_base_model
 from tuneloop.provenance import RUN_FILE, data_version, git_revision, utc_now
 from tuneloop.tabular import LABEL, ORIGIN, PRODUCTION, TEXT, read_labeled, write_text_atomic
 
@@ -749,6 +749,7 @@ def _write_model_dir(trainer: Trainer, out_dir: Path, meta: dict[str, Any], fact
     shutil.rmtree(tmp, ignore_errors=True)
     trainer.save_model(str(tmp))  # model.safetensors, config.json (id2label/label2id), tokenizer
     (tmp / "training_args.bin").unlink(missing_ok=True)  # a pickle: nothing downstream may load it
+    drop_load_options(tmp)
     write_text_atomic(json.dumps(meta, indent=2, ensure_ascii=False) + "\n", tmp / META_FILE)
     write_text_atomic(json.dumps(facts, indent=2) + "\n", tmp / RUN_FILE)
     if out_dir.exists():
