@@ -1,6 +1,7 @@
 """Provenance: where a model or a report came from (file hashes, data version, git revision, time).
 
-Train records it in the model's tuneloop.json, the registry in each entry's metadata, monitoring in
+Train records it in the model's tuneloop.json (what the same data, code and params reproduce) and
+run.json (RUN_FILE: which revision, when, how fast), the registry in each entry's metadata, monitoring in
 its verdicts. Standard library and PyYAML only: no torch or transformers import to get a hash.
 """
 
