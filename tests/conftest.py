@@ -213,7 +213,7 @@ def sentiment_rows(n_per_class: int = 24, seed: int = 0) -> str:
 # larger batches or rates sometimes stall with one class never predicted.
 TINY_TRAIN = [
     "train.lr=0.001",
-    "train.epochs=30",
+    "train.epochs=10",
     "train.batch_size=4",
     "train.warmup_ratio=0.0",
     "train.early_stopping_patience=5",
@@ -229,6 +229,7 @@ LOOSE_GATE = [
     "gate.max_latency_ratio=100",
     "gate.min_baseline_margin=null",  # a tiny random model loses to TF-IDF on any learnable rows
     "evaluate.behaviour_file=null",
+    "serve.backend=torch",  # no ONNX export per evaluate (~1 s each): tests about served variants set their own
 ]
 
 

@@ -26,6 +26,7 @@ GATE = TINY_TRAIN + [
     "gate.latency_requests=10",
     "gate.min_baseline_margin=0",  # the toy task: model and TF-IDF baseline both reach 1.0, a tie must pass
     "evaluate.behaviour_file=null",
+    "serve.backend=torch",  # the served-variant checks are tested on their own (test_served_variant_*, test_evaluate)
 ]
 
 
