@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import Any
 
 from tuneloop.errors import TuneloopError
+from tuneloop.provenance import RUN_FILE
 
 
 class StageFailed(TuneloopError):
@@ -184,7 +185,8 @@ def receive_stage_inputs(stage: str, params_text: str, lock_text: str, root: str
 
 def hand_back(stage: str, root: str | Path = ".") -> Handback:
     """After `stage` ran here: push its cached outputs to the default DVC remote and return its dvc.lock
-    entry with the text of its uncached outputs, for `apply_handback` on the sending machine."""
+    entry with the text of its uncached outputs and of the run facts (provenance.RUN_FILE) in its cached
+    folders, which .dvcignore keeps out of the remote, for `apply_handback` on the sending machine."""
     from dvc.repo import Repo
     from dvc.utils.serialize import load_yaml
 
@@ -195,7 +197,9 @@ def hand_back(stage: str, root: str | Path = ".") -> Handback:
         (found,) = repo.stage.collect(stage)
         repo.push(targets=[stage])
         uncached = [Path(out.def_path) for out in found.outs if not out.use_cache]
-    files = {f.relative_to(base).as_posix(): f.read_text(encoding="utf-8") for p in uncached for f in _files(base / p)}
+        facts = [Path(out.def_path) / RUN_FILE for out in found.outs if out.use_cache]
+    texts = [f for p in uncached for f in _files(base / p)] + [f for f in facts if (base / f).is_file()]
+    files = {(base / f).relative_to(base).as_posix(): (base / f).read_text(encoding="utf-8") for f in texts}
     lock = load_yaml(str(base / "dvc.lock"))["stages"][stage]
     return Handback(stage=stage, lock=_plain(lock), files=files)
 
@@ -209,15 +213,21 @@ def apply_handback(handback: Handback, root: str | Path = ".") -> None:
     from tuneloop.ingest import quiet_dvc
 
     base = Path(root)
-    for name, text in handback.files.items():
-        target = base / name
-        target.parent.mkdir(parents=True, exist_ok=True)
-        target.write_text(text, encoding="utf-8")
+    facts = {name: text for name, text in handback.files.items() if Path(name).name == RUN_FILE}
+    _write_texts({name: text for name, text in handback.files.items() if name not in facts}, base)
     with modify_yaml(str(base / "dvc.lock")) as lock:
         lock.setdefault("schema", "2.0")
         lock.setdefault("stages", {})[handback.stage] = handback.lock
     with quiet_dvc(), Repo(str(root)) as repo:
         repo.pull(targets=[handback.stage], force=True)
+    _write_texts(facts, base)  # into the folders the pull checked out
+
+
+def _write_texts(files: dict[str, str], base: Path) -> None:
+    for name, text in files.items():
+        target = base / name
+        target.parent.mkdir(parents=True, exist_ok=True)
+        target.write_text(text, encoding="utf-8")
 
 
 def _files(path: Path) -> list[Path]:

@@ -47,12 +47,15 @@ text = open('data/a.txt').read()
 open('model/weights.txt', 'w').write(text.upper())
 json.dump({'loss': len(text)}, open('live/metrics.json', 'w'))
 open('live/plots/loss.tsv', 'w').write('step\\tloss\\n0\\t1.0\\n')
+open('model/run.json', 'w').write('{"created_at": "now"}')
 """
 
 
 def _checkout(root: Path, remote: Path | None) -> Path:
     root.mkdir()
-    for name, text in {"dvc.yaml": DVC_YAML, "make.py": MAKE, "use.py": USE, "params.yaml": "a: 1\n"}.items():
+    # run facts (provenance.RUN_FILE) are out of DVC's hash, as the project's .dvcignore has them
+    files = {"dvc.yaml": DVC_YAML, "make.py": MAKE, "use.py": USE, "params.yaml": "a: 1\n", ".dvcignore": "/model/run.json\n"}
+    for name, text in files.items():
         (root / name).write_text(text)
     subprocess.run(["git", "init", "-q"], cwd=root, check=True)
     subprocess.run([sys.executable, "-m", "dvc", "init", "-q"], cwd=root, check=True)
@@ -84,7 +87,8 @@ def test_a_stage_run_elsewhere_comes_back_as_if_it_ran_here(tmp_path, monkeypatc
     assert (gpu / "data/a.txt").read_text() == "inputs v1\n" and (gpu / "params.yaml").read_text() == "a: 2\n"
     assert repro("use", upstream=False).ran == ["use"]
     handback = hand_back("use")
-    assert set(handback.files) == {"live/metrics.json", "live/plots/loss.tsv"}  # uncached: not in the remote
+    # uncached: not in the remote; run facts: left out of it by .dvcignore
+    assert set(handback.files) == {"live/metrics.json", "live/plots/loss.tsv", "model/run.json"}
 
     travelled = Handback.from_rows(handback.rows())  # through a Prefect table artifact's rows
     assert travelled == handback
@@ -93,6 +97,7 @@ def test_a_stage_run_elsewhere_comes_back_as_if_it_ran_here(tmp_path, monkeypatc
     apply_handback(travelled)
     assert (cpu / "model/weights.txt").read_text() == "INPUTS V1\n"
     assert (cpu / "live/metrics.json").is_file()
+    assert (cpu / "model/run.json").read_text() == '{"created_at": "now"}'  # the run's facts came back too
     assert _status(cpu) == {}  # dvc.lock, outputs and metrics agree: `dvc repro` has nothing to do
     assert repro("use").ran == []
 
