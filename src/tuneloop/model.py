@@ -2,15 +2,18 @@
 tuneloop model dir, and batched prediction.
 
 A tuneloop model dir describes itself: `model.safetensors` + `config.json` (with id2label and
-label2id), the tokenizer files, and `tuneloop.json` (params, data version, git revision, base
-model, wall time, validation metrics).
+label2id), the tokenizer files, `tuneloop.json` (params, data version, base model, validation
+metrics: what the same data, code and params reproduce) and `run.json` (git revision, time stamp,
+run time, throughput; provenance.RUN_FILE). `write_model_folder` writes every one of them.
 """
 
 from __future__ import annotations
 
 import json
 import logging
-from collections.abc import Iterator
+import os
+import shutil
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -32,21 +35,29 @@ class ModelError(TuneloopError):
     """A base model or model dir is missing, incompatible or not tuneloop's."""
 
 
-# How a session loaded the tokenizer, which transformers saves with it: `local_files_only` is true under
-# HF_HUB_OFFLINE (as `make` runs) and false in a plain shell, so the same training gave two DVC hashes.
-TOKENIZER_LOAD_OPTIONS = ("local_files_only",)
+def write_model_folder(out: Path, save: Callable[[Path], None], records: dict[str, dict[str, Any]]) -> None:
+    """Write a model folder whole or not at all: `save(tmp)` writes the weights and tokenizer into a temp
+    folder, `records` (file name -> object) go beside them as JSON, then it replaces `out`. The Trainer's
+    pickled training_args.bin is removed (nothing downstream may load a pickle), and so is the tokenizer's
+    `local_files_only`: transformers saves how the session loaded it (true under `make`'s HF_HUB_OFFLINE,
+    false in a plain shell), which gave the same training two DVC hashes."""
+    from tuneloop.tabular import write_text_atomic
 
-
-def drop_load_options(model_dir: str | Path) -> None:
-    """Remove TOKENIZER_LOAD_OPTIONS from a saved tokenizer_config.json: a model folder says what the
-    tokenizer is, not how the shell that trained it was set up."""
-    path = Path(model_dir) / "tokenizer_config.json"
-    if not path.is_file():
-        return
-    config = json.loads(path.read_text(encoding="utf-8"))
-    if isinstance(config, dict) and any(key in config for key in TOKENIZER_LOAD_OPTIONS):
-        kept = {k: v for k, v in config.items() if k not in TOKENIZER_LOAD_OPTIONS}
-        path.write_text(json.dumps(kept, indent=2, sort_keys=True, ensure_ascii=False) + "\n", encoding="utf-8")
+    tmp = out.with_name(f".{out.name}.tmp")
+    shutil.rmtree(tmp, ignore_errors=True)
+    save(tmp)
+    (tmp / "training_args.bin").unlink(missing_ok=True)
+    tokenizer_config = tmp / "tokenizer_config.json"
+    if tokenizer_config.is_file():
+        config = json.loads(tokenizer_config.read_text(encoding="utf-8"))
+        if isinstance(config, dict) and config.pop("local_files_only", None) is not None:
+            text = json.dumps(config, indent=2, sort_keys=True, ensure_ascii=False) + "\n"
+            write_text_atomic(text, tokenizer_config)
+    for name, record in records.items():
+        write_text_atomic(json.dumps(record, indent=2, ensure_ascii=False) + "\n", tmp / name)
+    if out.exists():
+        shutil.rmtree(out)
+    os.replace(tmp, out)
 
 
 def resolve_base_model(name: str) -> str:

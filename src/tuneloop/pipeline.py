@@ -198,8 +198,8 @@ def hand_back(stage: str, root: str | Path = ".") -> Handback:
         repo.push(targets=[stage])
         uncached = [Path(out.def_path) for out in found.outs if not out.use_cache]
         facts = [Path(out.def_path) / RUN_FILE for out in found.outs if out.use_cache]
-    texts = [f for p in uncached for f in _files(base / p)] + [f for f in facts if (base / f).is_file()]
-    files = {(base / f).relative_to(base).as_posix(): (base / f).read_text(encoding="utf-8") for f in texts}
+    texts = [f for p in uncached for f in _files(base / p)] + [base / f for f in facts if (base / f).is_file()]
+    files = {f.relative_to(base).as_posix(): f.read_text(encoding="utf-8") for f in texts}
     lock = load_yaml(str(base / "dvc.lock"))["stages"][stage]
     return Handback(stage=stage, lock=_plain(lock), files=files)
 

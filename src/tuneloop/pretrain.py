@@ -29,7 +29,7 @@ import pandas as pd
 
 from tuneloop.config import Params
 from tuneloop.errors import DataError
-from tuneloop.model import ModelError, drop_load_options, resolve_base_model
+from tuneloop.model import ModelError, resolve_base_model, write_model_folder
 from tuneloop.provenance import RUN_FILE, data_version, file_digest, utc_now
 from tuneloop.tabular import TEXT, read_labeled, write_text_atomic
 
@@ -216,18 +216,13 @@ def _record(
 def _save(trainer: Any, tokenizer: Any, out: Path, record: dict[str, Any], facts: dict[str, Any]) -> None:
     """The MLM model with its tokenizer, plus the base's pooler (the classifier reads it; MLM has none); the
     run's time stamp and run time in RUN_FILE, out of the record train copies into its tuneloop.json."""
-    tmp = out.with_name(f".{out.name}.tmp")
-    shutil.rmtree(tmp, ignore_errors=True)
-    trainer.save_model(str(tmp))
-    tokenizer.save_pretrained(str(tmp))
-    (tmp / "training_args.bin").unlink(missing_ok=True)  # a pickle: nothing downstream may load it
-    drop_load_options(tmp)
-    _keep_pooler(Path(resolve_base_model(record["base_model"])), tmp)
-    write_text_atomic(json.dumps(record, indent=2, ensure_ascii=False) + "\n", tmp / MARKER)
-    write_text_atomic(json.dumps(facts, indent=2) + "\n", tmp / RUN_FILE)
-    if out.exists():
-        shutil.rmtree(out)
-    os.replace(tmp, out)
+
+    def save(tmp: Path) -> None:
+        trainer.save_model(str(tmp))
+        tokenizer.save_pretrained(str(tmp))
+        _keep_pooler(Path(resolve_base_model(record["base_model"])), tmp)
+
+    write_model_folder(out, save, {MARKER: record, RUN_FILE: facts})
     shutil.rmtree(out.with_name(out.name + ".checkpoints"), ignore_errors=True)
 
 

@@ -33,9 +33,9 @@ from transformers import TrainerCallback  # this module is only imported to trai
 
 from tuneloop.config import Params
 from tuneloop.errors import DataError
-from tuneloop.model import META_FILE, ModelError, drop_load_options, resolve_base_model
+from tuneloop.model import META_FILE, ModelError, resolve_base_model, write_model_folder
 from tuneloop.provenance import RUN_FILE, data_version, git_revision, utc_now
-from tuneloop.tabular import LABEL, ORIGIN, PRODUCTION, TEXT, read_labeled, write_text_atomic
+from tuneloop.tabular import LABEL, ORIGIN, PRODUCTION, TEXT, read_labeled
 
 if TYPE_CHECKING:
     import torch
@@ -744,17 +744,8 @@ def _fit(trainer: Trainer, resume_from: str | None, batch_size: int, max_length:
 
 
 def _write_model_dir(trainer: Trainer, out_dir: Path, meta: dict[str, Any], facts: dict[str, Any]) -> None:
-    """Save weights (safetensors), tokenizer, tuneloop.json and run.json into a temp dir, then swap it in."""
-    tmp = out_dir.with_name(f".{out_dir.name}.tmp")
-    shutil.rmtree(tmp, ignore_errors=True)
-    trainer.save_model(str(tmp))  # model.safetensors, config.json (id2label/label2id), tokenizer
-    (tmp / "training_args.bin").unlink(missing_ok=True)  # a pickle: nothing downstream may load it
-    drop_load_options(tmp)
-    write_text_atomic(json.dumps(meta, indent=2, ensure_ascii=False) + "\n", tmp / META_FILE)
-    write_text_atomic(json.dumps(facts, indent=2) + "\n", tmp / RUN_FILE)
-    if out_dir.exists():
-        shutil.rmtree(out_dir)
-    os.replace(tmp, out_dir)
+    """Weights (safetensors), config.json (id2label/label2id), tokenizer, tuneloop.json and run.json."""
+    write_model_folder(out_dir, lambda tmp: trainer.save_model(str(tmp)), {META_FILE: meta, RUN_FILE: facts})
 
 
 def _version() -> str:
