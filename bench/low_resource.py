@@ -153,7 +153,7 @@ def main() -> None:
             "accuracy": round(baseline.accuracy, 4),
             "macro_f1": round(baseline.macro_f1, 4),
             "analyzer": baseline.analyzer,
-            "fit_seconds": baseline.fit_seconds,
+            "fit_seconds": round(baseline.fit_seconds, 3),
         },
         "plain": plain,
         "pretrained": pretrained,
