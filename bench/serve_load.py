@@ -10,9 +10,12 @@ mid-load to a third server: every request sent before it must be answered, every
 request must be in its log (requests sent after it are refused, as a stopping server should).
 `--backends A,B` compares two `serve.backend` values instead (both batched); each server's GET /metadata
 says which backend it actually runs (`backend_served`), so a fallback cannot pass for the other.
+`--baseline-rev REV` runs the second server on revision REV's tuneloop code (git archive of src/), so a change
+to the service is measured against the service before it in the same run.
 
     .venv/bin/python bench/serve_load.py --requests 600 --rounds 3 --concurrency 32
     .venv/bin/python bench/serve_load.py --backends onnx-int8,torch-int8 --no-sigterm
+    .venv/bin/python bench/serve_load.py --backends onnx-int8,torch-int8 --baseline-rev df968ce --no-sigterm
 """
 
 from __future__ import annotations
@@ -41,14 +44,17 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
-def start(params: dict, workdir: Path, tag: str | None) -> tuple[subprocess.Popen, str, str]:
-    """Start the service with `params`; returns (process, base URL, log database URL)."""
+def start(params: dict, workdir: Path, tag: str | None, src: Path | None = None) -> tuple[subprocess.Popen, str, str]:
+    """Start the service with `params` (and the tuneloop package in `src` instead of this checkout's, when
+    given); returns (process, base URL, log database URL)."""
     params_file = workdir / f"params-{time.time_ns()}.yaml"
     params_file.write_text(yaml.safe_dump(params))
     db = f"sqlite:///{workdir / f'log-{time.time_ns()}.db'}"
     env = {**os.environ, "TUNELOOP_PARAMS": str(params_file), "TUNELOOP_DB_URL": db, "BENTOML_DO_NOT_TRACK": "true"}
     if tag:
         env["TUNELOOP_MODEL_TAG"] = tag
+    if src:  # ahead of the editable install's path entry
+        env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(src), env.get("PYTHONPATH")]))
     port = _free_port()
     proc = subprocess.Popen(
         [sys.executable, "-m", "bentoml", "serve", "tuneloop.serve.service:TextClassifier", "--port", str(port)],
@@ -68,6 +74,17 @@ def start(params: dict, workdir: Path, tag: str | None) -> tuple[subprocess.Pope
         time.sleep(0.5)
     os.killpg(proc.pid, signal.SIGKILL)
     raise SystemExit("the service did not become ready in 120 s")
+
+
+def checkout_src(rev: str, workdir: Path) -> Path:
+    """src/ of git revision `rev`, extracted into `workdir` (git archive: the worktree stays as it is)."""
+    target = workdir / f"rev-{rev}"
+    target.mkdir()
+    archive = subprocess.run(["git", "archive", rev, "src"], capture_output=True, check=False)
+    if archive.returncode != 0:
+        raise SystemExit(f"--baseline-rev {rev}: {archive.stderr.decode(errors='replace').strip()}")
+    subprocess.run(["tar", "-x", "-C", str(target)], input=archive.stdout, check=True)
+    return target / "src"
 
 
 def stop(proc: subprocess.Popen) -> None:
@@ -197,14 +214,15 @@ def summarise(rounds: list[dict], requests: int, concurrency: int) -> dict:
     }
 
 
-def compare(params: dict, args: argparse.Namespace, texts: list[str], workdir: Path) -> dict:
+def compare(params: dict, args: argparse.Namespace, texts: list[str], workdir: Path, baseline: Path | None) -> dict:
     """Batched and unbatched servers side by side: both started and warmed up, then `rounds`
     rounds of the same load, alternating which mode goes first, so drift of this noisy machine
-    hits both alike. Every answered request must be in that server's prediction log."""
+    hits both alike. Every answered request must be in that server's prediction log. With `baseline` (the
+    src folder of --baseline-rev), the second server runs that revision's code."""
     modes = compared_modes(args)
     servers = {
-        mode: start({**params, "serve": {**params["serve"], **overrides}}, workdir, args.model)
-        for mode, overrides in modes.items()
+        mode: start({**params, "serve": {**params["serve"], **overrides}}, workdir, args.model, src)
+        for (mode, overrides), src in zip(modes.items(), (None, baseline))
     }
     first, second = list(modes)
     rounds: dict[str, list[dict]] = {mode: [] for mode in servers}
@@ -291,6 +309,10 @@ def main() -> None:
     parser.add_argument(
         "--backends", help="compare two serve.backend values, batched, e.g. onnx-int8,torch-int8 (ratio: first/second)"
     )
+    parser.add_argument(
+        "--baseline-rev",
+        help="git revision whose tuneloop code the second server runs (e.g. the service before a change), same run",
+    )
     parser.add_argument("--no-sigterm", action="store_true", help="skip the SIGTERM-under-load phase")
     args = parser.parse_args()
 
@@ -300,13 +322,15 @@ def main() -> None:
     params = yaml.safe_load(args.params.read_text())
     with tempfile.TemporaryDirectory() as tmp:
         workdir = Path(tmp)
-        modes = compare(params, args, texts, workdir)
+        baseline = checkout_src(args.baseline_rev, workdir) if args.baseline_rev else None
+        modes = compare(params, args, texts, workdir, baseline)
         sigterm = None if args.no_sigterm else sigterm_under_load(params, args, texts, workdir)
     batched, unbatched = modes.values()  # the first mode over the second
     print(
         json.dumps(
             {
                 **modes,
+                "second_runs_revision": args.baseline_rev or "this checkout",
                 "ratio_req_per_s": round(batched["req_per_s"] / max(unbatched["req_per_s"], 1e-9), 2),
                 "ratio_rounds": [
                     round(b / max(u, 1e-9), 2)
