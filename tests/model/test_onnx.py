@@ -55,6 +55,45 @@ def test_the_export_predicts_what_torch_does(tiny_classifier, variants):
         assert options.enable_mem_pattern is False and options.inter_op_num_threads == 1
 
 
+def test_short_int8_calls_run_on_one_thread_and_answer_as_every_core_does(tiny_classifier, variants, monkeypatch):
+    import os
+    from dataclasses import replace
+
+    from tuneloop.compress import onnx
+
+    monkeypatch.setattr(os, "cpu_count", lambda: 2)  # the one-thread session exists only beside more cores
+    clf = load_classifier(tiny_classifier)
+    int8 = for_serving(clf, "onnx-int8", variants[1])
+    runner = int8.runner
+    assert runner.small is not None and runner.small.get_session_options().intra_op_num_threads == 1
+    assert for_serving(clf, "onnx", variants[1]).runner.small is None  # fp32 is faster on every core at any size
+    used = []
+    for name in ("small", "session"):
+        session = getattr(runner, name)
+        monkeypatch.setattr(runner, name, _Spy(session, name, used))
+    every_core, chosen = replace(runner, small=None), []
+    for texts in [[text] for text in TEXTS] + [TEXTS]:
+        batch = clf.tokenizer(texts, truncation=True, max_length=clf.max_length, padding=True, return_tensors="np")
+        used.clear()
+        logits, pooled = runner(batch)
+        chosen += used
+        assert used == ["small" if batch["input_ids"].size <= onnx.SMALL_CALL_TOKENS else "session"], texts
+        full_logits, full_pooled = every_core(batch)
+        assert np.abs(logits - full_logits).max() < 1e-4 and np.abs(pooled - full_pooled).max() < 1e-4
+    assert set(chosen) == {"small", "session"}  # single short texts, and all of them in one call
+
+
+class _Spy:
+    """A session that records which of the runner's two sessions ran a call."""
+
+    def __init__(self, session, name, used):
+        self.session, self.name, self.used = session, name, used
+
+    def run(self, *args):
+        self.used.append(self.name)
+        return self.session.run(*args)
+
+
 def test_changed_bytes_fail_the_digest_check(tiny_classifier, variants, tmp_path):
     _, out = variants
     bad = Path(shutil.copytree(out, tmp_path / "bad"))

@@ -29,10 +29,11 @@ from __future__ import annotations
 
 import json
 import logging
+import os
 import re
 import tempfile
 import warnings
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -76,18 +77,28 @@ class CompressError(TuneloopError):
     """A variant cannot be built, or one on disk is missing, damaged or does not predict what it should."""
 
 
+# The int8 graph's ops are so small on a call of a few short texts that waking a second thread costs more than
+# it saves: one thread up to this many tokens (batch x padded length). Demo MiniLM, 2 cores, ms per call with
+# 1 / 2 threads: int8 1.46 / 1.88 at 1 text (~20 tokens), 2.84 / 3.39 at 2, 6.64 / 6.00 at 4; fp32 4.20 / 3.21
+# at 1 text already, so the fp32 variant always uses every core.
+SMALL_CALL_TOKENS = 64
+
+
 @dataclass
 class Runner:
-    """An ONNX Runtime session for one variant: tokenised numpy batch in, (logits, pooled) out."""
+    """An ONNX Runtime session for one variant: tokenised numpy batch in, (logits, pooled) out. `small`, when
+    set, is a one-thread session of the same file for calls of at most SMALL_CALL_TOKENS tokens."""
 
     session: Any
     inputs: list[str]
     backend: str
     sha256: str
+    small: Any = None
 
     def __call__(self, batch: Any) -> tuple[np.ndarray, np.ndarray]:
         feed = {name: np.asarray(batch[name], dtype=np.int64) for name in self.inputs}
-        logits, pooled = self.session.run(["logits", "pooled"], feed)
+        small = self.small is not None and feed[self.inputs[0]].size <= SMALL_CALL_TOKENS
+        logits, pooled = (self.small if small else self.session).run(["logits", "pooled"], feed)
         return logits, pooled
 
 
@@ -110,7 +121,7 @@ def export(model_dir: str | Path, out: str | Path) -> dict[str, Any]:
         _quantise(out / FILES["onnx"], out / FILES["onnx-int8"])
     except Exception as exc:  # the model's loader and the exporters raise many types: each means "no variant"
         raise CompressError(f"{model_dir}: ONNX export failed ({type(exc).__name__}: {_first_line(exc)})") from exc
-    probs = {b: _run(_session(out / FILES[b]), inputs, clf, PARITY_TEXTS) for b in FILES}
+    probs = {b: _run(Runner(_session(out / FILES[b]), inputs, b, ""), clf, PARITY_TEXTS) for b in FILES}
     manifest = {
         "version": MANIFEST_VERSION,
         "source_weights_sha256": weights_digest(Path(model_dir)),
@@ -142,9 +153,9 @@ def _export_checked(clf: Classifier, path: Path, expected: np.ndarray) -> tuple[
     for exporter in EXPORTERS:
         try:
             inputs = _export_graph(clf, path, exporter)
-            session = _session(path)
-            diffs = [np.abs(_run(session, inputs, clf, PARITY_TEXTS) - expected).max()]
-            diffs += [np.abs(_run(session, inputs, clf, [t]) - expected[i]).max() for i, t in enumerate(PARITY_TEXTS)]
+            runner = Runner(_session(path), inputs, exporter, "")
+            diffs = [np.abs(_run(runner, clf, PARITY_TEXTS) - expected).max()]
+            diffs += [np.abs(_run(runner, clf, [t]) - expected[i]).max() for i, t in enumerate(PARITY_TEXTS)]
         except Exception as exc:  # an exporter that cannot trace this model: try the next
             failures.append(f"{exporter}: {type(exc).__name__}: {_first_line(exc)}")
             continue
@@ -250,8 +261,7 @@ def _session(path: Path, threads: int = 0) -> Any:
         raise CompressError(f"{path}: ONNX Runtime cannot load it ({_first_line(exc)})") from None
 
 
-def _run(session: Any, inputs: list[str], clf: Classifier, texts: list[str]) -> np.ndarray:
-    runner = Runner(session=session, inputs=inputs, backend="", sha256="")
+def _run(runner: Runner, clf: Classifier, texts: list[str]) -> np.ndarray:
     batch = clf.tokenizer(texts, padding=True, truncation=True, max_length=clf.max_length, return_tensors="np")
     logits, _ = runner(batch)
     return _softmax(logits)
@@ -298,17 +308,30 @@ def load(variants_dir: str | Path, backend: str, clf: Classifier, expected_sha25
     if manifest.get("source_weights_sha256") != weights_digest(clf.path):
         raise CompressError(f"{path}: built from other weights than {clf.path}'s; rebuild with `tuneloop compress`")
     session = _session(path)
-    probs = _run(session, manifest["inputs"], clf, PARITY_TEXTS)
+    small = _session(path, threads=1) if backend == "onnx-int8" and (os.cpu_count() or 1) > 1 else None
+    runner = Runner(session=session, inputs=manifest["inputs"], backend=backend, sha256=sha, small=small)
+    probs = _run(runner, clf, PARITY_TEXTS)
     recorded = np.asarray(entry.get("parity_probs"), dtype=np.float64)
     if recorded.shape != probs.shape or np.abs(probs - recorded).max() > REPRODUCE_MAX_PROB_DIFF:
         raise CompressError(f"{path}: does not reproduce the probabilities it gave when it was built")
+    if small is not None and not _small_agrees(runner, clf):
+        raise CompressError(f"{path}: its one-thread session predicts otherwise than its session on every core")
     if backend == "onnx":
         from tuneloop.model import predict_proba
 
         torch_probs = predict_proba(clf, PARITY_TEXTS)
         if np.abs(probs - torch_probs).max() > FP32_MAX_PROB_DIFF:
             raise CompressError(f"{path}: does not predict what the torch model does")
-    return Runner(session=session, inputs=manifest["inputs"], backend=backend, sha256=sha)
+    return runner
+
+
+def _small_agrees(runner: Runner, clf: Classifier) -> bool:
+    """One text a call (the one-thread session's calls) gives what the session on every core gives."""
+    full = replace(runner, small=None)
+    return all(
+        np.abs(_run(runner, clf, [text]) - _run(full, clf, [text])).max() <= REPRODUCE_MAX_PROB_DIFF
+        for text in PARITY_TEXTS
+    )
 
 
 def _first_line(exc: BaseException) -> str:
