@@ -56,6 +56,7 @@ class PolicyParams(_Section):
     duplicates: Policy
     conflicting_labels: Policy
     encoding: Policy
+    label_format: Policy = "fail"  # a params.yaml from before the check has no key for it
     tokenizer_coverage: Literal["fail", "warn"] = "warn"  # corpus-level: no row is to blame, none is set aside
 
 

@@ -32,6 +32,7 @@ log = logging.getLogger(__name__)
 SCHEMA_VERSION = 3
 DEFAULT_URL = "sqlite:///predictions.db"
 TEXT_HASH_KEY_ENV = "TUNELOOP_TEXT_HASH_KEY"
+MAX_LABEL_CHARS = 200  # the label columns (predicted, feedback) are VARCHAR(200): validation and /feedback hold to it
 
 
 def text_digest(text: str, key: bytes | None) -> str:
@@ -71,7 +72,7 @@ def _tables(metadata: Any) -> dict[str, Any]:
             Column("text", Text, nullable=True),  # None when store_text is off
             Column("text_sha256", String(64), nullable=False),
             Column("text_chars", Integer, nullable=False),
-            Column("predicted", String(200), nullable=False, index=True),
+            Column("predicted", String(MAX_LABEL_CHARS), nullable=False, index=True),
             Column("confidence", Float, nullable=False),
             Column("top_k", JSON, nullable=False),
             Column("model_tag", String(200), nullable=False, index=True),
@@ -85,7 +86,7 @@ def _tables(metadata: Any) -> dict[str, Any]:
             metadata,
             Column("id", Integer, primary_key=True, autoincrement=True),
             Column("request_id", String(64), nullable=False, index=True),
-            Column("label", String(200), nullable=False),
+            Column("label", String(MAX_LABEL_CHARS), nullable=False),
             Column("created_at", DateTime(timezone=True), nullable=False),
         ),
     }
@@ -139,6 +140,7 @@ class PredictionLog:
                 "Check TUNELOOP_DB_URL and that the server is running."
             ) from None
         self._buffer: deque[Prediction] = deque()
+        self.refused = 0  # rows the database refused for their own content (see _write_each)
         self._lock = threading.Lock()
         self._wake = threading.Event()
         self._stop = threading.Event()
@@ -186,13 +188,37 @@ class PredictionLog:
             for p in batch
         ]
         try:
-            with self.engine.begin() as conn:
-                conn.execute(self._insert(self.tables["predictions"]), rows)
-        except Exception:
-            with self._lock:  # keep them for the next attempt: losing rows is worse than retrying
-                self._buffer.extendleft(reversed(batch))
-            raise
+            self._write(rows)
+        except Exception as exc:
+            if not _refused_rows(exc):
+                with self._lock:  # keep them for the next attempt: losing rows is worse than retrying
+                    self._buffer.extendleft(reversed(batch))
+                raise
+            return self._write_each(batch, rows)
         return len(rows)
+
+    def _write(self, rows: list[dict[str, Any]]) -> None:
+        with self.engine.begin() as conn:
+            conn.execute(self._insert(self.tables["predictions"]), rows)
+
+    def _write_each(self, batch: list[Prediction], rows: list[dict[str, Any]]) -> int:
+        """The database refused the batch for what a row holds (not for being down): write the rows one by one,
+        so that one bad row cannot hold back every row beside it, retried forever while the buffer grows. A row
+        refused on its own is reported (ERROR, its request id) and counted in `refused`; nothing else is lost."""
+        written = 0
+        for i, row in enumerate(rows):
+            try:
+                self._write([row])
+            except Exception as exc:
+                if not _refused_rows(exc):
+                    with self._lock:
+                        self._buffer.extendleft(reversed(batch[i:]))
+                    raise
+                self.refused += 1
+                log.error("prediction log: the database refused request %s (%s)", row["request_id"], _first_line(exc))
+            else:
+                written += 1
+        return written
 
     def _run(self) -> None:
         while not self._stop.is_set():
@@ -258,6 +284,17 @@ class PredictionLog:
         self.flush()
         frame = read_window(self.url)
         return frame.astype(object).where(frame.notna(), None).to_dict("records")
+
+
+def _refused_rows(exc: Exception) -> bool:
+    """The database refused what a row holds (a value it cannot store, a repeated key), not the connection."""
+    from sqlalchemy.exc import DataError, IntegrityError
+
+    return isinstance(exc, DataError | IntegrityError)
+
+
+def _first_line(exc: Exception) -> str:
+    return (str(exc).splitlines() or [type(exc).__name__])[0]
 
 
 def migrate(engine: Any, metadata: Any, tables: dict[str, Any], shown_url: str) -> None:

@@ -7,6 +7,7 @@ in every message and report.
 
 from __future__ import annotations
 
+import codecs
 import csv
 import io
 import json
@@ -18,6 +19,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import IO
 
+import numpy as np
 import pandas as pd
 
 from tuneloop.errors import DataError
@@ -28,6 +30,7 @@ CORPUS, PRODUCTION = "corpus", "production"  # the values of ORIGIN
 AUGMENTED = "augmented"  # ORIGIN of train rows that prepare.augment made from other train rows
 FORMATS = {".csv": "csv", ".tsv": "tsv", ".parquet": "parquet", ".pq": "parquet", ".jsonl": "jsonl", ".ndjson": "jsonl"}
 REPLACEMENT_CHAR = "\ufffd"
+REPEATED = "tuneloop_repeated_columns"  # frame.attrs key: header names a delimited file holds more than once
 
 
 @dataclass
@@ -107,19 +110,38 @@ def read_labeled(path: str | Path) -> pd.DataFrame:
 
 def _decode(path: Path, strict: bool) -> tuple[str, list[int]]:
     data = path.read_bytes()
+    encoding = _bom_encoding(data)
     try:
-        return data.decode("utf-8-sig"), []
+        return data.decode(encoding), []
     except UnicodeDecodeError as exc:
-        line = data[: exc.start].count(b"\n") + 1
         if strict:
+            line = data[: exc.start].decode(encoding, errors="replace").count("\n") + 1
+            shown = "UTF-8" if encoding == "utf-8-sig" else f"{encoding.upper()} (its byte-order mark says so)"
+            fix = (
+                f"Re-encode the file as UTF-8, e.g. `iconv -f latin1 -t utf-8 {path.name} > fixed{path.suffix}`."
+                if encoding == "utf-8-sig"
+                else "The file is damaged or cut short: export it again (UTF-8 preferred)."
+            )
             raise DataError(
-                f"{path}: line {line} (byte {exc.start}) is not valid UTF-8 "
-                f"(byte 0x{data[exc.start]:02x}). Re-encode the file as UTF-8, e.g. "
-                f"`iconv -f latin1 -t utf-8 {path.name} > fixed{path.suffix}`."
+                f"{path}: line {line} (byte {exc.start}) is not valid {shown} (byte 0x{data[exc.start]:02x}). {fix}"
             ) from None
-    text = data.decode("utf-8-sig", errors="replace")
+    text = data.decode(encoding, errors="replace")
     bad = [i + 1 for i, ln in enumerate(text.split("\n")) if REPLACEMENT_CHAR in ln]
     return text, bad
+
+
+# Spreadsheets save "Unicode text" as UTF-16 with a byte-order mark; a mark says the encoding for certain.
+_WIDE_BOMS = (
+    (codecs.BOM_UTF32_LE, "utf-32"),  # before UTF-16 LE, whose mark is its first two bytes
+    (codecs.BOM_UTF32_BE, "utf-32"),
+    (codecs.BOM_UTF16_LE, "utf-16"),
+    (codecs.BOM_UTF16_BE, "utf-16"),
+)
+
+
+def _bom_encoding(data: bytes) -> str:
+    """UTF-16 or UTF-32 when the bytes start with that byte-order mark; else UTF-8 (a UTF-8 mark skipped)."""
+    return next((encoding for bom, encoding in _WIDE_BOMS if data.startswith(bom)), "utf-8-sig")
 
 
 def _read_delimited(path: Path, text: str, fmt: str) -> pd.DataFrame:
@@ -147,7 +169,9 @@ def _read_delimited(path: Path, text: str, fmt: str) -> pd.DataFrame:
                 rows.append([cell if cell != "" else None for cell in row] + [None] * (width - len(row)))
     except csv.Error as exc:
         raise DataError(_quote_problem(path, reader.line_num, str(exc))) from None
-    return pd.DataFrame(rows, columns=_unique_names(header), dtype=object)
+    frame = pd.DataFrame(rows, columns=_unique_names(header), dtype=object)
+    frame.attrs[REPEATED] = sorted({name for name in header if name and header.count(name) > 1})
+    return frame
 
 
 def _quote_problem(path: Path, line: int, problem: str) -> str:
@@ -233,6 +257,12 @@ def _canonical_columns(path: Path, frame: pd.DataFrame, text_col: str, label_col
             )
     if text_col == label_col:
         raise DataError(f"{path}: --text-col and --label-col are both '{text_col}'; they must differ.")
+    for role, col in ((TEXT, text_col), (LABEL, label_col)):
+        if col in frame.attrs.get(REPEATED, []):
+            raise DataError(
+                f"{path}: the header names column '{col}' more than once, so which one holds the {role} is "
+                "ambiguous. Rename or remove the other copies."
+            )
     clash = [c for c in (TEXT, LABEL) if c in columns and c not in (text_col, label_col)]
     if clash:
         raise DataError(
@@ -249,9 +279,32 @@ def _canonical_columns(path: Path, frame: pd.DataFrame, text_col: str, label_col
                 "at the right column or fill it."
             )
         # Labels are strings everywhere (0/1 in a Parquet int column becomes "0"/"1").
-        frame[col] = values.map(lambda v: None if _missing(v) else str(v)).astype(object)
+        frame[col] = [_cell(path, col, row, value) for row, value in enumerate(values, start=1)]
+        frame[col] = frame[col].astype(object)
     rest = [c for c in frame.columns if c not in (TEXT, LABEL)]
     return frame[[TEXT, LABEL, *rest]].reset_index(drop=True)
+
+
+def _cell(path: Path, col: str, row: int, value: object) -> str | None:
+    """One text or label cell as a string (None when missing). A nested value (a JSON object or array, a
+    Parquet list) has no single string form: refused, never written as its Python repr."""
+    if _missing(value):
+        return None
+    if isinstance(value, bytes):  # a Parquet binary column
+        try:
+            return value.decode("utf-8")
+        except UnicodeDecodeError:
+            raise DataError(
+                f"{path}: row {row}: the {col} is binary data that is not UTF-8 text. Store the {col} column "
+                "as UTF-8 strings."
+            ) from None
+    if isinstance(value, dict | list | tuple | set | np.ndarray):
+        kind = "an object" if isinstance(value, dict) else "a list"
+        raise DataError(
+            f"{path}: row {row}: the {col} is {kind}, not a single value. Give each row's {col} as one string "
+            "(flatten or join the nested value first)."
+        )
+    return str(value)
 
 
 def _missing(value: object) -> bool:

@@ -15,6 +15,7 @@ from __future__ import annotations
 import json
 import logging
 import os
+import re
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -23,6 +24,7 @@ import pandas as pd
 
 from tuneloop.config import ValidateParams, VocabParams
 from tuneloop.errors import ValidationFailed
+from tuneloop.predlog import MAX_LABEL_CHARS
 from tuneloop.tabular import LABEL, REPLACEMENT_CHAR, TEXT, Table, write_csv_atomic, write_text_atomic
 from tuneloop.text import normalize_text
 
@@ -66,6 +68,12 @@ CHECKS: dict[str, tuple[str, str, str]] = {
         "text and label are valid UTF-8",
         "bytes that are not UTF-8",
         "re-encode the file as UTF-8 (e.g. with iconv)",
+    ),
+    "label_format": (
+        f"label is 1..{MAX_LABEL_CHARS} characters, without control characters or spaces at its ends",
+        "label malformed",
+        "fix the label (a long one is often a text in the label column: check --text-col/--label-col; ' pos' "
+        "and 'pos' would be two classes)",
     ),
     "min_rows_per_class": (
         "every class has at least min_rows_per_class rows",
@@ -234,6 +242,10 @@ def _run_row_suite(
         gxe.ExpectColumnValuesToBeBetween(column=_VARIANTS, max_value=1, meta={"check": "conflicting_labels"}),
         gxe.ExpectColumnValuesToNotMatchRegex(column=TEXT, regex=REPLACEMENT_CHAR, meta={"check": "encoding"}),
         gxe.ExpectColumnValuesToNotMatchRegex(column=LABEL, regex=REPLACEMENT_CHAR, meta={"check": "encoding"}),
+        gxe.ExpectColumnValueLengthsToBeBetween(
+            column=LABEL, min_value=1, max_value=MAX_LABEL_CHARS, meta={"check": "label_format"}
+        ),
+        gxe.ExpectColumnValuesToNotMatchRegex(column=LABEL, regex=_MALFORMED_LABEL, meta={"check": "label_format"}),
     ]
     if labels:
         suite.append(gxe.ExpectColumnValuesToBeInSet(column=LABEL, value_set=labels, meta={"check": "unknown_label"}))
@@ -276,9 +288,24 @@ def _reasons(name: str, bad: list[int], rows: pd.DataFrame, params: ValidatePara
         }
     if name == "conflicting_labels":
         return {i: f"conflicting_labels: this text appears with {int(rows.at[i, _VARIANTS])} labels" for i in bad}
+    if name == "label_format":
+        return {i: f"label_format: {_label_problem(rows.at[i, LABEL])}" for i in bad}
     if name == "unknown_label":
         return {i: f"unknown_label: '{rows.at[i, LABEL]}' is not in data.labels" for i in bad}
     return {i: f"{name}: {CHECKS[name][1]}" for i in bad}
+
+
+# Control characters (PostgreSQL cannot store NUL; a newline or tab in a class name breaks every report) and
+# white space at either end (' pos' and 'pos' would be two classes).
+_MALFORMED_LABEL = r"[\x00-\x1f\x7f-\x9f]|^\s|\s$"
+
+
+def _label_problem(label: str) -> str:
+    if len(label) > MAX_LABEL_CHARS:
+        return f"{len(label):,} characters, at most {MAX_LABEL_CHARS} (the prediction log's label columns)"
+    if re.search(r"[\x00-\x1f\x7f-\x9f]", label):
+        return "the label holds a control character (a newline, a tab, NUL ...)"
+    return "white space at the start or end of the label"
 
 
 def _run_class_check(survivors: pd.DataFrame, params: ValidateParams, policy: str) -> CheckResult:

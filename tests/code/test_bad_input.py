@@ -30,6 +30,16 @@ IMPORT_CASES = {
         '{"text": "hi", "label": "a"}\n{"text": oops}\n',
         ["rows.jsonl", "line 2", "not valid JSON"],
     ),
+    # a nested value used to be written as its Python repr ("{'a': 'hi'}") and trained on
+    "nested JSON text": (
+        "nested.jsonl",
+        '{"text": "hi", "label": "a"}\n{"text": {"a": "hi"}, "label": "b"}\n',
+        ["nested.jsonl", "row 2", "the text is an object", "one string"],
+    ),
+    "JSON list label": ("list.jsonl", '{"text": "hi", "label": ["a", "b"]}\n', ["row 1", "the label is a list"]),
+    # pandas-style renaming made the second 'text' column 'text.1' and took the first without a word
+    "text column twice": ("twice.csv", "text,label,text\nhi,a,other\n", ["'text' more than once", "ambiguous"]),
+    "damaged UTF-16": ("wide.csv", "text,label\nhi,a\n".encode("utf-16") + b"\x00\xd8", ["not valid UTF-16"]),
 }
 
 

@@ -99,3 +99,50 @@ def test_postgresql_backend(tmp_path):
     again = PredictionLog(url)
     assert again.count() == 1 and again.joined()[0]["true_label"] == "card_lost"
     again.close()
+
+
+def test_a_row_the_database_refuses_holds_back_no_other_row(tmp_path, caplog):
+    """A repeated request id is refused by the primary key: the rows beside it are written, the refused one is
+    reported by id, and nothing stays in the buffer to be retried forever."""
+    plog = _sqlite(tmp_path, flush_interval_s=3600)
+    first, again = _prediction(1), _prediction(2)
+    again.request_id = first.request_id
+    for item in (_prediction(0), first, again, _prediction(3)):
+        plog.log(item)
+    assert plog.flush() == 3
+    assert plog.refused == 1 and not plog._buffer
+    assert f"refused request {first.request_id}" in caplog.text
+    plog.log(_prediction(4))
+    plog.close()
+    assert _sqlite(tmp_path).count() == 4
+
+
+def test_a_database_that_fails_keeps_every_row_for_the_next_flush(tmp_path):
+    import sqlite3
+
+    plog = _sqlite(tmp_path, flush_interval_s=3600)
+    plog.log(_prediction(0))
+    plog.log(_prediction(1))
+    with sqlite3.connect(tmp_path / "log.db") as other:  # the table is gone: the database's fault, not the rows'
+        other.execute("ALTER TABLE predictions RENAME TO predictions_away")
+    with pytest.raises(Exception, match="no such table"):
+        plog.flush()
+    assert len(plog._buffer) == 2 and plog.refused == 0
+    with sqlite3.connect(tmp_path / "log.db") as other:
+        other.execute("ALTER TABLE predictions_away RENAME TO predictions")
+    assert plog.flush() == 2
+    plog.close()
+
+
+@pytest.mark.postgres
+def test_a_nul_character_postgresql_cannot_store_refuses_only_its_row(tmp_path):
+    """The guard refuses NUL in /classify texts; should one reach the log by another path, PostgreSQL refuses
+    that row alone (it used to refuse the whole flush, every retry, while every later prediction queued up)."""
+    url = fresh_postgres_db("tuneloop_predlog_nul_test")
+    plog = PredictionLog(url, flush_interval_s=3600)
+    for item in (_prediction(0), _prediction(1, "hel\x00lo"), _prediction(2)):
+        plog.log(item)
+    assert plog.flush() == 2 and plog.refused == 1
+    plog.log(_prediction(3))
+    assert plog.count() == 3
+    plog.close()

@@ -9,6 +9,7 @@ Runs are derandomised and bounded so the suite stays fast and repeatable.
 
 from __future__ import annotations
 
+import codecs
 import json
 import tempfile
 from pathlib import Path
@@ -77,6 +78,31 @@ def test_import_round_trip_keeps_every_row_and_byte(rows, fmt, ending, quote_all
         for strict in (True, False):
             back = read_table(raw, strict_encoding=strict).frame
             assert list(zip(back[TEXT], back[LABEL])) == rows
+
+
+# What spreadsheets save as "Unicode text": UTF-16 with a byte-order mark (little-endian on Windows).
+WIDE_ENCODINGS = {
+    "utf-16-le": lambda text: codecs.BOM_UTF16_LE + text.encode("utf-16-le"),
+    "utf-16-be": lambda text: codecs.BOM_UTF16_BE + text.encode("utf-16-be"),
+    "utf-32-le": lambda text: codecs.BOM_UTF32_LE + text.encode("utf-32-le"),
+}
+
+
+@settings(max_examples=60, derandomize=True, deadline=None)
+@given(
+    rows=ROWS,
+    fmt=st.sampled_from(["csv", "tsv", "jsonl"]),
+    ending=st.sampled_from(LINE_ENDINGS),
+    encoding=st.sampled_from(sorted(WIDE_ENCODINGS)),
+)
+def test_utf16_and_utf32_files_with_a_byte_order_mark_import_byte_for_byte(rows, fmt, ending, encoding):
+    with tempfile.TemporaryDirectory() as tmp:
+        folder = Path(tmp)
+        source = write_input(rows, fmt, ending, True, folder)
+        source.write_bytes(WIDE_ENCODINGS[encoding](source.read_bytes().decode("utf-8")))
+        raw = ingest.import_file(source, folder / "raw" / "corpus.csv", track=False)
+        back = read_table(raw).frame
+        assert list(zip(back[TEXT], back[LABEL])) == rows
 
 
 @pytest.mark.parametrize(

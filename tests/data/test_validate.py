@@ -59,6 +59,19 @@ def test_known_label_set_rejects_unknown_labels(params):
     assert "unknown_label" not in validate_table(_table(_base()), params, []).checks
 
 
+def test_malformed_labels_fail_naming_each_row_and_its_problem(params):
+    """A label the prediction log cannot store (over 200 characters, NUL) or that splits a class in two (' b')."""
+    bad = [("a text", "x" * 201), ("second text", "b\x00"), ("third text", " b"), ("fourth text", "b\nc")]
+    report = validate_table(_table(_base() + bad), params, [])
+    check = report.checks["label_format"]
+    assert [r + 1 for r in check.rows] == [13, 14, 15, 16] and not report.passed
+    assert check.reasons[12] == "label_format: 201 characters, at most 200 (the prediction log's label columns)"
+    assert "control character" in check.reasons[13] and "control character" in check.reasons[15]
+    assert check.reasons[14] == "label_format: white space at the start or end of the label"
+    fine = [("a text", "x" * 200), ("another", "multi word label"), ("more", "zh 中文"), ("last", "comp.graphics")]
+    assert validate_table(_table(_base() + fine), params, []).checks["label_format"].rows == []
+
+
 @pytest.mark.parametrize("seed", range(5))
 def test_invariant_rows_in_equals_kept_plus_quarantined(params, seed):
     rng = random.Random(seed)

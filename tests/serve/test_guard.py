@@ -46,6 +46,7 @@ CASES = {
     "not UTF-8": (b'{"texts": ["caf\xe9"]}', 400, "not UTF-8"),
     "only invisible characters": ('{"texts": ["ok", "\u200b\ufeff \u2060"]}'.encode(), 400, "texts[1] is empty"),
     "lone surrogate": (b'{"texts": ["\\ud800"]}', 400, "texts[0] is not valid Unicode"),
+    "NUL character": (b'{"texts": ["ok", "a\\u0000b"]}', 400, "texts[1] contains a NUL character"),
     "extra key": (b'{"texts": ["ok"], "smuggled": ["x"]}', 400, "unexpected keys"),
 }
 

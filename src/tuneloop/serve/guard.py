@@ -30,6 +30,7 @@ from dataclasses import dataclass
 from http import HTTPStatus
 from typing import Any
 
+from tuneloop.predlog import MAX_LABEL_CHARS
 from tuneloop.serve.logs import log_bug
 
 Scope = dict[str, Any]
@@ -52,7 +53,6 @@ INVISIBLE = frozenset("\u115f\u1160\u3164\uffa0\u2800")  # Hangul fillers and th
 REQUEST_ID = re.compile(r"[0-9a-f]{32}")
 MAX_FEEDBACK_ITEMS = 1000  # one transaction, one IN (...) query: well under SQLite's and PostgreSQL's limits
 FEEDBACK_SHAPE = '{"request_id": "...", "label": "..."} or {"items": [{"request_id": "...", "label": "..."}, ...]}'
-MAX_LABEL_CHARS = 200
 # A label the model does not know yet (feedback import --new-labels): a word-like name, no edge spaces.
 NEW_LABEL = re.compile(rf"[^\W_](?:[\w.\- ]{{0,{MAX_LABEL_CHARS - 2}}}[\w.])?")
 
@@ -107,6 +107,8 @@ def check_classify(payload: Any, limits: Limits) -> dict[str, Any]:
             text = text[: limits.max_chars]
         if _has_surrogate(text):
             raise Rejected(400, f"texts[{i}] is not valid Unicode (a lone surrogate escape such as \\ud800)")
+        if "\x00" in text:  # PostgreSQL cannot store it: one such text in a flush refused every row beside it
+            raise Rejected(400, f"texts[{i}] contains a NUL character (\\u0000), which no text needs; remove it")
         cleaned.append(text)
     return {"texts": cleaned}
 
