@@ -726,7 +726,7 @@ def deploy_cmd(params: ParamsOpt = Path("params.yaml"), set_: SetOpt = None) -> 
 @app.command("serve")
 @user_errors
 def serve_cmd(
-    port: Annotated[int, typer.Option(help="HTTP port.")] = 3000,
+    port: Annotated[int, typer.Option(min=1, max=65535, help="HTTP port.")] = 3000,
     host: Annotated[str, typer.Option(help="interface to listen on.")] = "127.0.0.1",
     model: Annotated[str | None, typer.Option("--model", help="model tag (default: the champion).")] = None,
     workers: Annotated[int, typer.Option(min=1, help="worker processes, each loading the model once.")] = 1,
@@ -769,7 +769,7 @@ def serve_cmd(
 @user_errors
 def dashboard(
     host: Annotated[str, typer.Option(help="interface to listen on.")] = "127.0.0.1",
-    port: Annotated[int, typer.Option(help="port.")] = 4200,
+    port: Annotated[int, typer.Option(min=1, max=65535, help="port.")] = 4200,
 ) -> None:
     """Start a Prefect server (SQLite by default; PostgreSQL via PREFECT_API_DATABASE_CONNECTION_URL).
 

@@ -135,3 +135,20 @@ def test_numeric_behaviour_label_matches_the_string_label(tmp_path):
 
     path = write(tmp_path / "b.yaml", "minimum_functionality: [{text: great film, label: 1}]\n")
     assert load_behaviour(path)["minimum_functionality"] == [{"text": "great film", "label": "1"}]
+
+
+# ------------------------------------------------------------------ ports and addresses
+
+
+@pytest.mark.parametrize("command", [["serve"], ["dashboard"], ["monitor", "ui"]])
+@pytest.mark.parametrize("port", ["0", "65536", "99999"])
+def test_a_port_out_of_range_is_a_usage_error(project, cli, command, port):
+    """`serve --port 99999` ended in a traceback (OverflowError from bind)."""
+    result = cli(*command, "--port", port)
+    assert result.exit_code == 2 and "Traceback" not in result.output
+    assert "--port" in result.output
+
+
+def test_simulate_names_an_address_that_is_not_http(project, cli):
+    result = cli("simulate", "--url", "localhost:3000", "--rows", "3")
+    _assert_clean_failure(result, "--url 'localhost:3000'", "http://127.0.0.1:3000")

@@ -71,7 +71,7 @@ def reference_cmd(
 @user_errors
 def ui_cmd(
     host: Annotated[str, typer.Option(help="interface to listen on.")] = "127.0.0.1",
-    port: Annotated[int, typer.Option(help="port.")] = 8000,
+    port: Annotated[int, typer.Option(min=1, max=65535, help="port.")] = 8000,
     params: ParamsOpt = Path("params.yaml"),
 ) -> None:
     """Open Evidently's UI on the monitoring workspace (a project per task, panels over time)."""

@@ -122,6 +122,8 @@ def replay(
     """
     import httpx
 
+    if not url.startswith(("http://", "https://")):
+        raise MonitorError(f"--url {url!r}: not an http(s) address. Give the service's, e.g. http://127.0.0.1:3000")
     headers = {"authorization": f"Bearer {api_key}"} if api_key else {}
     sent: list[tuple[str, str]] = []
     with httpx.Client(base_url=url.rstrip("/"), headers=headers, timeout=60) as client:
@@ -157,7 +159,8 @@ def _post(client: Any, path: str, body: dict[str, Any] | None) -> Any:
     try:
         response = client.get(path) if body is None else client.post(path, json=body)
     except httpx.HTTPError as exc:
-        raise MonitorError(f"{client.base_url}{path}: {exc}. Is the service running (`tuneloop serve`)?") from None
+        cause = str(exc).rstrip(".")
+        raise MonitorError(f"{client.base_url}{path}: {cause}. Is the service running (`tuneloop serve`)?") from None
     if response.status_code != 200:
         raise MonitorError(f"{client.base_url}{path} answered {response.status_code}: {response.text[:300]}")
     return response.json()
