@@ -670,6 +670,8 @@ def pipeline_run(
             state.result()
         except TuneloopError as exc:
             raise TuneloopError(f"flow run {state.name}: {exc}") from None
+        except Exception as exc:  # Prefect logged its traceback above; the exit says what ended the run
+            raise TuneloopError(f"flow run {state.name}: {type(exc).__name__}: {exc}") from None
         raise TuneloopError(f"flow run ended {state.name}: {state.message}")
     result = state.result()
     out.print(f"[green]pipeline completed[/]: champion {result['champion']}, Bento {result['bento']}")

@@ -41,6 +41,7 @@ def repro(stage: str, root: str | Path = ".", force: bool = False, upstream: boo
     that received only this stage's inputs must not try to rebuild the stages before it.
     """
     from dvc.exceptions import ReproductionError
+    from dvc.lock import LockError
     from dvc.repo import Repo
 
     from tuneloop.ingest import quiet_dvc
@@ -52,6 +53,12 @@ def repro(stage: str, root: str | Path = ".", force: bool = False, upstream: boo
     except ReproductionError as exc:
         cause = exc.__cause__ or exc
         raise StageFailed(f"DVC stage '{stage}' failed: {cause}. Run `dvc repro {stage}` to see its output.") from None
+    except LockError:
+        raise StageFailed(
+            f"DVC stage '{stage}': another DVC command holds this project's lock (.dvc/tmp/lock): a second pipeline "
+            "run, `dvc repro`, `dvc push` or `tuneloop data import` in the same folder. Run again when it ends; "
+            "give concurrent runs their own clone of the project."
+        ) from None
     ran = [s.addressing for s in stages]
     return StageRun(stage=stage, ran=ran, seconds=time.perf_counter() - started)
 

@@ -7,6 +7,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
 import yaml
 
 from tests.conftest import labeled_csv, write
@@ -94,3 +95,21 @@ def test_editing_a_module_a_stage_imports_reruns_that_stage(project, cli):
     assert "prepare:" in status  # prepare reads tabular.py too
     again = dvc("repro", "prepare")
     assert "Running stage 'validate'" in again
+
+
+def test_a_stage_while_another_dvc_command_holds_the_lock_is_a_clear_failure(project, cli):
+    """A second pipeline run (or `dvc push`) in the same folder: DVC's LockError used to escape the flow and end
+    `tuneloop pipeline run` in a traceback."""
+    import zc.lockfile
+
+    from tuneloop.pipeline import StageFailed, repro
+
+    write(project / "in.csv", labeled_csv(20, ("a", "b", "c")))
+    assert cli("data", "import", "in.csv").exit_code == 0
+    held = zc.lockfile.LockFile(str(project / ".dvc" / "tmp" / "lock"))
+    try:
+        with pytest.raises(StageFailed, match=r"another DVC command holds this project's lock .*own clone"):
+            repro("validate", project)
+    finally:
+        held.close()
+    assert repro("validate", project).ran == ["validate"]  # and once it is free, the stage runs
