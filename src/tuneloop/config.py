@@ -249,6 +249,10 @@ class ServeParams(_Section):
     top_k: int = Field(ge=1)
     store_text: bool
     log_flush_s: float = Field(gt=0)
+    log_spool_dir: str = Field(
+        default="prediction-spool", description="where prediction-log rows wait on disk while the database fails"
+    )
+    log_max_backlog: int = Field(default=20_000, ge=1, description="rows kept in memory before they go to the spool")
     follow_champion_s: float = Field(ge=0, description="how often the service checks for a new champion; 0 = never")
     max_in_flight_batches: int = Field(ge=1, le=64, description="admission bound per worker, in max_batch_size")
     max_retry_after_s: int = Field(ge=1, le=3600, description="largest Retry-After a refusal advises")

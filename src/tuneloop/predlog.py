@@ -4,7 +4,10 @@ A platform module: the service writes it; monitoring and retraining read it (`re
 SQLAlchemy over SQLite by default, PostgreSQL when `TUNELOOP_DB_URL` says so. Writes are buffered
 off the request path: `log()` only appends to an in-memory buffer; a background thread flushes it
 every `flush_interval_s` (or sooner when `max_buffer` rows wait), and `close()` flushes whatever is
-left, so a graceful stop loses nothing. The schema is created on first use and carries a version
+left, so a graceful stop loses nothing. While the database fails, rows stay buffered; past `max_backlog` they
+move to files in `spool_dir` (JSON lines, written whole), which the next flush that succeeds writes first, in
+any process sharing the folder (each file by one process, under a lock), so an outage neither loses rows
+nor grows memory without bound. The schema is created on first use and carries a version
 row; older versions are migrated forward in place (each step idempotent), a database written by a
 newer version is refused with a message instead of being guessed at. With `store_text=False` only
 a digest of each text is kept (privacy); see `text_digest`.
@@ -12,15 +15,21 @@ a digest of each text is kept (privacy); see `text_digest`.
 
 from __future__ import annotations
 
+import base64
+import fcntl
 import hashlib
 import hmac
+import json
 import logging
 import os
 import threading
 import time
 from collections import deque
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
+from pathlib import Path
 from typing import Any
 
 from tuneloop.errors import TuneloopError
@@ -111,7 +120,14 @@ class PredictionLog:
     """Buffered, thread-safe writer of predictions and feedback."""
 
     def __init__(
-        self, url: str | None = None, *, store_text: bool = True, flush_interval_s: float = 1.0, max_buffer: int = 500
+        self,
+        url: str | None = None,
+        *,
+        store_text: bool = True,
+        flush_interval_s: float = 1.0,
+        max_buffer: int = 500,
+        spool_dir: str | Path | None = None,
+        max_backlog: int = 20_000,
     ):
         from sqlalchemy import MetaData, create_engine, insert, select
         from sqlalchemy.exc import SQLAlchemyError
@@ -139,8 +155,13 @@ class PredictionLog:
                 f"prediction log database {self._safe_url()}: {str(exc).splitlines()[0]}. "
                 "Check TUNELOOP_DB_URL and that the server is running."
             ) from None
-        self._buffer: deque[Prediction] = deque()
-        self.refused = 0  # rows the database refused for their own content (see _write_each)
+        self._buffer: deque[dict[str, Any]] = deque()  # rows as they go to the database
+        self.refused = 0  # rows the database refused for their own content (see _store)
+        # While the database fails, rows past max_backlog wait on disk in spool_dir instead of in memory.
+        self.max_backlog = max_backlog
+        self.spool = Path(spool_dir) if spool_dir is not None else None
+        if self.spool is not None:
+            self.spool.mkdir(parents=True, exist_ok=True)
         self._lock = threading.Lock()
         self._wake = threading.Event()
         self._stop = threading.Event()
@@ -158,66 +179,112 @@ class PredictionLog:
 
     def log(self, prediction: Prediction) -> None:
         """Queue one prediction; never touches the database on the caller's thread."""
+        row = self._row(prediction)
         with self._lock:
-            self._buffer.append(prediction)
+            self._buffer.append(row)
             full = len(self._buffer) >= self.max_buffer
         if full:
             self._wake.set()
 
+    def _row(self, p: Prediction) -> dict[str, Any]:
+        return {
+            "request_id": p.request_id,
+            "created_at": p.created_at,
+            "text": p.text if self.store_text else None,
+            "text_sha256": text_digest(p.text, self._hash_key),
+            "text_chars": len(p.text),
+            "predicted": p.predicted,
+            "confidence": float(p.confidence),
+            "top_k": p.top_k,
+            "model_tag": p.model_tag,
+            "latency_ms": float(p.latency_ms),
+            "embedding": p.embedding,
+        }
+
     def flush(self) -> int:
-        """Write everything buffered now; returns the number of rows written."""
+        """Write what the spool holds (earlier outages), then everything buffered now; returns the rows written.
+
+        Raises:
+            the database's error when it fails: the rows stay buffered for the next flush, and past
+            `max_backlog` buffered rows they move to the spool (when there is one), so memory stays bounded.
+        """
+        written = self._replay() if self.spool is not None else 0
         with self._lock:
             batch = list(self._buffer)
             self._buffer.clear()
         if not batch:
-            return 0
-        rows = [
-            {
-                "request_id": p.request_id,
-                "created_at": p.created_at,
-                "text": p.text if self.store_text else None,
-                "text_sha256": text_digest(p.text, self._hash_key),
-                "text_chars": len(p.text),
-                "predicted": p.predicted,
-                "confidence": float(p.confidence),
-                "top_k": p.top_k,
-                "model_tag": p.model_tag,
-                "latency_ms": float(p.latency_ms),
-                "embedding": p.embedding,
-            }
-            for p in batch
-        ]
-        try:
-            self._write(rows)
-        except Exception as exc:
-            if not _refused_rows(exc):
-                with self._lock:  # keep them for the next attempt: losing rows is worse than retrying
-                    self._buffer.extendleft(reversed(batch))
-                raise
-            return self._write_each(batch, rows)
-        return len(rows)
+            return written
+        done, left, error = self._store(batch)
+        if error is not None:
+            with self._lock:  # keep them for the next attempt: losing rows is worse than retrying
+                self._buffer.extendleft(reversed(left))
+                over = len(self._buffer) > self.max_backlog
+            if over and self.spool is not None:
+                self._spill()
+            raise error
+        return written + done
 
     def _write(self, rows: list[dict[str, Any]]) -> None:
         with self.engine.begin() as conn:
             conn.execute(self._insert(self.tables["predictions"]), rows)
 
-    def _write_each(self, batch: list[Prediction], rows: list[dict[str, Any]]) -> int:
-        """The database refused the batch for what a row holds (not for being down): write the rows one by one,
-        so that one bad row cannot hold back every row beside it, retried forever while the buffer grows. A row
-        refused on its own is reported (ERROR, its request id) and counted in `refused`; nothing else is lost."""
+    def _store(self, rows: list[dict[str, Any]]) -> tuple[int, list[dict[str, Any]], Exception | None]:
+        """Write `rows`: (rows written, rows left unwritten because the database failed, that failure or None).
+
+        A batch the database refuses for what a row holds (not for being down) is written row by row, so that
+        one bad row cannot hold back every row beside it, retried forever while the buffer grows; a row
+        refused on its own is reported (ERROR, its request id) and counted in `refused`.
+        """
+        try:
+            self._write(rows)
+            return len(rows), [], None
+        except Exception as exc:
+            if not _refused_rows(exc):
+                return 0, rows, exc
         written = 0
         for i, row in enumerate(rows):
             try:
                 self._write([row])
             except Exception as exc:
                 if not _refused_rows(exc):
-                    with self._lock:
-                        self._buffer.extendleft(reversed(batch[i:]))
-                    raise
+                    return written, rows[i:], exc
                 self.refused += 1
                 log.error("prediction log: the database refused request %s (%s)", row["request_id"], _first_line(exc))
             else:
                 written += 1
+        return written, [], None
+
+    def _spill(self) -> None:
+        """Move the buffered rows to a spool file (written whole, then renamed: never half a file)."""
+        assert self.spool is not None
+        with self._lock:
+            rows = list(self._buffer)
+        path = _spool_write(self.spool, rows)
+        with self._lock:  # only the rows written: log() may have appended more meanwhile
+            for _ in rows:
+                self._buffer.popleft()
+        log.warning(
+            "prediction log %s is failing with %d rows waiting: moved them to %s, written when it answers again",
+            self._safe_url(),
+            len(rows),
+            path,
+        )
+
+    def _replay(self) -> int:
+        """Write the spool's files, oldest first, each by one process (a worker beside this one skips it)."""
+        assert self.spool is not None
+        written = 0
+        for path in sorted(self.spool.glob(f"*{SPOOL_SUFFIX}")):
+            with _claimed(path) as rows:
+                if rows is None:
+                    continue
+                done, left, error = self._store(rows)
+                written += done
+                if error is not None:
+                    if left != rows:
+                        _spool_write(self.spool, left, path)
+                    raise error
+                path.unlink()
         return written
 
     def _run(self) -> None:
@@ -230,12 +297,19 @@ class PredictionLog:
                 log.warning("prediction log flush failed, will retry: %s", exc)
 
     def close(self) -> None:
-        """Stop the flusher and write what is left (call on shutdown)."""
+        """Stop the flusher and write what is left (call on shutdown); with the database failing, what is left
+        goes to the spool (when there is one) for the next start."""
         self._stop.set()
         self._wake.set()
         self._thread.join(timeout=30)
-        self.flush()
-        self.engine.dispose()
+        try:
+            self.flush()
+        except Exception:
+            if self.spool is None or not self._buffer:
+                raise
+            self._spill()
+        finally:
+            self.engine.dispose()
 
     # ------------------------------------------------------------ feedback and reads
 
@@ -284,6 +358,58 @@ class PredictionLog:
         self.flush()
         frame = read_window(self.url)
         return frame.astype(object).where(frame.notna(), None).to_dict("records")
+
+
+SPOOL_SUFFIX = ".jsonl"
+
+
+def _spool_write(folder: Path, rows: list[dict[str, Any]], path: Path | None = None) -> Path:
+    """Rows as JSON lines in `path` (default: a new file in `folder`), written to a temp file, synced and renamed
+    over it, so a crash leaves the old file or the new one. Names sort oldest first."""
+    path = path or folder / f"{time.time_ns():020d}-{os.getpid()}-{threading.get_ident()}{SPOOL_SUFFIX}"
+    tmp = folder / f".{path.name}.tmp"
+    with open(tmp, "w", encoding="utf-8") as handle:
+        for row in rows:
+            handle.write(json.dumps(_spooled(row), ensure_ascii=False) + "\n")
+        handle.flush()
+        os.fsync(handle.fileno())
+    os.replace(tmp, path)
+    return path
+
+
+def _spooled(row: dict[str, Any]) -> dict[str, Any]:
+    embedding = row["embedding"]
+    return row | {
+        "created_at": row["created_at"].isoformat(),
+        "embedding": None if embedding is None else base64.b64encode(embedding).decode("ascii"),
+    }
+
+
+def _unspooled(line: str) -> dict[str, Any]:
+    row = json.loads(line)
+    embedding = row["embedding"]
+    return row | {
+        "created_at": datetime.fromisoformat(row["created_at"]),
+        "embedding": None if embedding is None else base64.b64decode(embedding),
+    }
+
+
+@contextmanager
+def _claimed(path: Path) -> Iterator[list[dict[str, Any]] | None]:
+    """The rows of a spool file while this process holds it (an exclusive lock on the file); None when another
+    process holds it or has already written it (the file is gone, or was replaced by what was left of it)."""
+    try:
+        handle = open(path, encoding="utf-8")
+    except FileNotFoundError:
+        yield None
+        return
+    with handle:
+        try:
+            fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            current = os.stat(path).st_ino == os.fstat(handle.fileno()).st_ino
+        except (BlockingIOError, FileNotFoundError):
+            current = False
+        yield [_unspooled(line) for line in handle if line.strip()] if current else None
 
 
 def _refused_rows(exc: Exception) -> bool:

@@ -146,3 +146,71 @@ def test_a_nul_character_postgresql_cannot_store_refuses_only_its_row(tmp_path):
     plog.log(_prediction(3))
     assert plog.count() == 3
     plog.close()
+
+
+def _table_away(db, away: bool) -> None:
+    """The predictions table renamed away and back: the database failing (not the rows), for real."""
+    import sqlite3
+
+    names = ("predictions", "predictions_away")
+    with sqlite3.connect(db) as other:
+        other.execute("ALTER TABLE {} RENAME TO {}".format(*(names if away else names[::-1])))
+
+
+def test_an_outage_past_the_backlog_moves_rows_to_the_spool_and_the_next_flush_writes_them(tmp_path, caplog):
+    spool = tmp_path / "spool"
+    plog = _sqlite(tmp_path, flush_interval_s=3600, spool_dir=spool, max_backlog=3)
+    for i in range(2):
+        plog.log(_prediction(i))
+    _table_away(tmp_path / "log.db", True)
+    with pytest.raises(Exception, match="no such table"):
+        plog.flush()
+    assert len(plog._buffer) == 2 and not list(spool.iterdir())  # within the backlog: kept in memory
+    for i in range(2, 5):
+        plog.log(_prediction(i, text=f"message {i} \u4e2d\U0001f600"))
+    with pytest.raises(Exception, match="no such table"):
+        plog.flush()
+    (spooled,) = spool.iterdir()
+    assert not plog._buffer and len(spooled.read_text().splitlines()) == 5
+    assert "moved them to" in caplog.text
+    plog.log(_prediction(5))
+    _table_away(tmp_path / "log.db", False)
+    assert plog.flush() == 6 and not list(spool.iterdir())
+    rows = plog.joined()
+    assert [r["text"] for r in rows][:5] == ["message 0", "message 1", *(f"message {i} \u4e2d\U0001f600" for i in (2, 3, 4))]
+    plog.close()
+
+
+def test_rows_spooled_at_shutdown_are_written_by_the_next_start(tmp_path):
+    """The database still down when the service stops: close() spools what is left; a new process writes it."""
+    spool = tmp_path / "spool"
+    plog = _sqlite(tmp_path, flush_interval_s=3600, spool_dir=spool, max_backlog=100, store_text=False)
+    item = _prediction(0, text="private words")
+    item.embedding = b"\x00\x01\xfe\xff" * 4
+    plog.log(item)
+    _table_away(tmp_path / "log.db", True)
+    plog.close()
+    (spooled,) = spool.iterdir()
+    assert "private words" not in spooled.read_text()  # store_text off: the spool holds the digest only
+    _table_away(tmp_path / "log.db", False)
+    again = _sqlite(tmp_path, flush_interval_s=3600, spool_dir=spool)
+    assert again.count() == 1 and not list(spool.iterdir())
+    row = again.joined()[0]
+    assert row["request_id"] == item.request_id and row["text"] is None and row["embedding"] == item.embedding
+    again.close()
+
+
+def test_a_spool_file_another_worker_holds_is_left_to_it(tmp_path):
+    import fcntl
+
+    from tuneloop.predlog import _spool_write
+
+    spool = tmp_path / "spool"
+    plog = _sqlite(tmp_path, flush_interval_s=3600, spool_dir=spool)
+    path = _spool_write(spool, [plog._row(_prediction(i)) for i in range(3)])
+    with open(path) as held:
+        fcntl.flock(held, fcntl.LOCK_EX)  # a second worker replaying it right now
+        assert plog.flush() == 0 and path.exists()
+    assert plog.flush() == 3 and not path.exists()
+    assert plog.flush() == 0 and plog.count() == 3  # written once
+    plog.close()

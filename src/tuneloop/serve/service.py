@@ -162,7 +162,12 @@ class TextClassifier:
         from tuneloop.procs import cap_malloc_arenas, exit_with_parent, malloc_in_use
         from tuneloop.serve import logs
 
-        self.predictions = PredictionLog(store_text=SETTINGS.store_text, flush_interval_s=SETTINGS.log_flush_s)
+        self.predictions = PredictionLog(
+            store_text=SETTINGS.store_text,
+            flush_interval_s=SETTINGS.log_flush_s,
+            spool_dir=SETTINGS.log_spool_dir,
+            max_backlog=SETTINGS.log_max_backlog,
+        )
         logs.install(private=not SETTINGS.store_text)
         if server_context.worker_index is not None:  # a `bentoml serve` worker, not an in-process app
             exit_with_parent()  # no worker outlives its server, even one killed with SIGKILL
