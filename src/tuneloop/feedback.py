@@ -15,6 +15,7 @@ from pathlib import Path
 import pandas as pd
 
 from tuneloop.errors import DataError
+from tuneloop.tabular import is_missing, read_rows
 
 QUEUE_COLUMNS = ["request_id", "text", "predicted", "confidence", "model_tag", "label"]
 
@@ -83,17 +84,21 @@ def import_labels(path: str | Path, labels: list[str], url: str | None = None, *
 
 
 def _annotated(path: str | Path) -> list[tuple[str, str]]:
-    """(request_id, label) of each row; label '' where the annotator left it blank."""
+    """(request_id, label) of each row; label '' where the annotator left it blank. The file is read as an
+    import is (tuneloop.tabular.read_rows): CSV as a spreadsheet saves it (a UTF-8 byte-order mark, UTF-16
+    "Unicode text"), TSV, JSONL or Parquet."""
     try:
-        frame = pd.read_csv(path, dtype=str, keep_default_na=False, encoding="utf-8")
-    except FileNotFoundError:
-        raise DataError(f"{path}: not found. Write one with `tuneloop feedback queue --out {path}`.") from None
-    except (ValueError, UnicodeDecodeError) as exc:
-        raise DataError(f"{path}: not a UTF-8 CSV ({str(exc).splitlines()[0]}).") from None
+        frame, _ = read_rows(path, ("request_id", "label"))
+    except DataError as exc:
+        if not Path(path).exists():
+            raise DataError(f"{path}: not found. Write one with `tuneloop feedback queue --out {path}`.") from None
+        raise exc
+    frame.columns = [str(c).strip() for c in frame.columns]
     missing = {"request_id", "label"} - set(frame.columns)
     if missing:
         raise DataError(
             f"{path}: no {sorted(missing)} column(s); it needs request_id and label "
             f"(columns found: {list(frame.columns)[:8]})."
         )
-    return [(r.strip(), lab.strip()) for r, lab in zip(frame["request_id"], frame["label"]) if r.strip()]
+    cells = [["" if is_missing(v) else str(v) for v in frame[col]] for col in ("request_id", "label")]
+    return [(r.strip(), lab.strip()) for r, lab in zip(*cells, strict=True) if r.strip()]

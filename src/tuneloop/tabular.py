@@ -65,6 +65,22 @@ def read_table(
         DataError: naming the file, the line or column, and the fix.
     """
     path = Path(path)
+    frame, bad_lines = read_rows(path, (text_col, label_col), strict_encoding=strict_encoding)
+    frame = _canonical_columns(path, frame, text_col, label_col)
+    return Table(frame=frame, path=path, bad_encoding_lines=bad_lines)
+
+
+def read_rows(
+    path: str | Path, columns: tuple[str, ...], *, strict_encoding: bool = True
+) -> tuple[pd.DataFrame, list[int]]:
+    """The rows of a .csv, .tsv, .parquet or .jsonl file as they are (delimited cells as strings, an empty
+    cell missing), and the lines that held bytes which are not UTF-8 (see `read_table`). `columns` are the
+    ones the caller needs, named in the messages about an empty file.
+
+    Raises:
+        DataError: naming the file, the line, and the fix.
+    """
+    path = Path(path)
     if not path.exists():
         raise DataError(f"{path}: file not found. Check the path (relative paths start at {Path.cwd()}).")
     if path.is_dir():
@@ -75,10 +91,10 @@ def read_table(
             f"{path}: unknown extension '{path.suffix or '(none)'}'. Supported: "
             f"{', '.join(sorted(FORMATS))}. Convert the file or rename it to match its format."
         )
+    named = " and ".join(f"'{c}'" for c in columns)
     if path.stat().st_size == 0:
         raise DataError(
-            f"{path}: file is empty. It needs a header naming the '{text_col}' and '{label_col}' "
-            "columns and at least one data row."
+            f"{path}: file is empty. It needs a header naming the {named} columns and at least one data row."
         )
     bad_lines: list[int] = []
     if fmt == "parquet":
@@ -87,9 +103,8 @@ def read_table(
         text, bad_lines = _decode(path, strict_encoding)
         frame = _read_jsonl(path, text) if fmt == "jsonl" else _read_delimited(path, text, fmt)
     if frame.empty:
-        raise DataError(f"{path}: has a header but no data rows. Add rows of '{text_col}' and '{label_col}'.")
-    frame = _canonical_columns(path, frame, text_col, label_col)
-    return Table(frame=frame, path=path, bad_encoding_lines=bad_lines)
+        raise DataError(f"{path}: has a header but no data rows. Add rows of {named}.")
+    return frame, bad_lines
 
 
 def read_labeled(path: str | Path) -> pd.DataFrame:
@@ -288,7 +303,7 @@ def _canonical_columns(path: Path, frame: pd.DataFrame, text_col: str, label_col
 def _cell(path: Path, col: str, row: int, value: object) -> str | None:
     """One text or label cell as a string (None when missing). A nested value (a JSON object or array, a
     Parquet list) has no single string form: refused, never written as its Python repr."""
-    if _missing(value):
+    if is_missing(value):
         return None
     if isinstance(value, bytes):  # a Parquet binary column
         try:
@@ -307,7 +322,7 @@ def _cell(path: Path, col: str, row: int, value: object) -> str | None:
     return str(value)
 
 
-def _missing(value: object) -> bool:
+def is_missing(value: object) -> bool:
     # Not pd.isna: on a list (a JSON array cell) it answers per element, and `if` on that raises.
     return value is None or value is pd.NA or value is pd.NaT or (isinstance(value, float) and value != value)
 

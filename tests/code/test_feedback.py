@@ -65,6 +65,25 @@ def test_import_records_annotated_rows_and_skips_blanks(tmp_path):
 
 
 @pytest.mark.parametrize(
+    "name, encode",
+    [
+        ("excel.csv", lambda text: b"\xef\xbb\xbf" + text.replace("\n", "\r\n").encode("utf-8")),  # "CSV UTF-8"
+        ("unicode.tsv", lambda text: text.replace(",", "\t").encode("utf-16")),  # "Unicode text"
+    ],
+)
+def test_an_annotated_queue_saved_by_a_spreadsheet_imports(tmp_path, name, encode):
+    """The queue goes to an annotator's spreadsheet and comes back as it saves it: "Unicode text" (UTF-16, tabs)
+    was refused as not UTF-8. Read now as an import reads a file (tuneloop.tabular.read_rows)."""
+    url = f"sqlite:///{tmp_path / 'log.db'}"
+    ids = _log(url, [("one", "a", 0.6), ("two", "a", 0.7)])
+    path = tmp_path / name
+    path.write_bytes(encode(f"request_id,text,label\n{ids[0]},one,b\n{ids[1]},two,\n"))
+    done = import_labels(path, ["a", "b"], url)
+    assert done.recorded == 1 and done.skipped_blank == 1
+    assert dict(zip(read_window(url)["request_id"], read_window(url)["true_label"]))[ids[0]] == "b"
+
+
+@pytest.mark.parametrize(
     "content, message",
     [
         ("request_id,label\n{id},a\n" + "0" * 32 + ",a\n", "not in the prediction log"),
@@ -72,6 +91,7 @@ def test_import_records_annotated_rows_and_skips_blanks(tmp_path):
         ("request_id,label\n{id},zebra\n", "not one of this model's labels"),
         ("request_id,label\n{id},a\n{id},b\n", "repeats"),  # one id twice: the /feedback rule
         ("id,label\n{id},a\n", "needs request_id and label"),
+        ('request_id,label\n"{id},a\n', "broken quote"),
     ],
 )
 def test_bad_annotation_files_record_nothing(tmp_path, content, message):
