@@ -208,7 +208,11 @@ class PredictionLog:
             the database's error when it fails: the rows stay buffered for the next flush, and past
             `max_backlog` buffered rows they move to the spool (when there is one), so memory stays bounded.
         """
-        written = self._replay() if self.spool is not None else 0
+        try:
+            written = self._replay() if self.spool is not None else 0
+        except Exception:
+            self._spill_if_over()  # the spool could not be written: the database is failing still
+            raise
         with self._lock:
             batch = list(self._buffer)
             self._buffer.clear()
@@ -218,11 +222,15 @@ class PredictionLog:
         if error is not None:
             with self._lock:  # keep them for the next attempt: losing rows is worse than retrying
                 self._buffer.extendleft(reversed(left))
-                over = len(self._buffer) > self.max_backlog
-            if over and self.spool is not None:
-                self._spill()
+            self._spill_if_over()
             raise error
         return written + done
+
+    def _spill_if_over(self) -> None:
+        with self._lock:
+            over = len(self._buffer) > self.max_backlog
+        if over and self.spool is not None:
+            self._spill()
 
     def _write(self, rows: list[dict[str, Any]]) -> None:
         with self.engine.begin() as conn:

@@ -181,6 +181,24 @@ def test_an_outage_past_the_backlog_moves_rows_to_the_spool_and_the_next_flush_w
     plog.close()
 
 
+def test_a_long_outage_keeps_spilling_so_memory_stays_bounded(tmp_path):
+    """Once a spool file exists, each flush tries it first and fails while the database does: the buffer must
+    still spill past the backlog (it grew without bound when the failed replay ended the flush first)."""
+    spool = tmp_path / "spool"
+    plog = _sqlite(tmp_path, flush_interval_s=3600, spool_dir=spool, max_backlog=3)
+    _table_away(tmp_path / "log.db", True)
+    for round_ in range(4):
+        for i in range(5):
+            plog.log(_prediction(round_ * 5 + i))
+        with pytest.raises(Exception, match="no such table"):
+            plog.flush()
+        assert len(plog._buffer) <= 3
+    assert len(list(spool.iterdir())) == 4
+    _table_away(tmp_path / "log.db", False)
+    assert plog.flush() == 20 and plog.count() == 20 and not list(spool.iterdir())
+    plog.close()
+
+
 def test_rows_spooled_at_shutdown_are_written_by_the_next_start(tmp_path):
     """The database still down when the service stops: close() spools what is left; a new process writes it."""
     spool = tmp_path / "spool"
