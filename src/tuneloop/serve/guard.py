@@ -386,5 +386,7 @@ def _error_text(status: int, body: bytes) -> str:
         405: "method not allowed on this route (POST /classify, POST /feedback, GET /metadata)",
         422: "the body does not match this route's schema (see /docs.json)",
         500: "internal error: the server log has the traceback",
-        503: "the service is overloaded: retry after the number of seconds in Retry-After",
+        # not the body's text: a 503 from below may quote an exception (BentoML's shedding, /feedback's database)
+        503: "the service cannot answer this now (overloaded, or the prediction log's database is not answering): "
+        "retry after the number of seconds in Retry-After",
     }.get(status, phrase)

@@ -38,6 +38,7 @@ from tuneloop.serve.admission import Admission, forget_learnt_waits
 from tuneloop.serve.guard import Guard, Limits, feedback_pairs
 
 log = logging.getLogger(__name__)
+FEEDBACK_RETRY_AFTER_S = 5  # a /feedback the log's database could not take: when to send it again
 
 
 class ServiceError(TuneloopError):
@@ -261,9 +262,12 @@ class TextClassifier:
     def feedback(self, body: Any = Body(...)) -> JSONResponse:  # noqa: B008 (FastAPI idiom)
         """Record true labels of earlier predictions: `{"request_id", "label"}` or `{"items": [...]}`.
 
-        All or nothing: a malformed body or unknown label (400) or request id (404) records none.
+        All or nothing: a malformed body or unknown label (400) or request id (404) records none; while the
+        log's database fails, a 503 with Retry-After (the cause goes to the server log, not to the client).
         A FastAPI route rather than a BentoML API so refusals are plain 4xx, not logged tracebacks.
         """
+        from sqlalchemy.exc import SQLAlchemyError
+
         from tuneloop.predlog import UnknownRequest
 
         try:
@@ -274,6 +278,13 @@ class TextClassifier:
         except UnknownRequest as exc:
             return JSONResponse(
                 {"error": f"{exc}; send the request_id that /classify returned (nothing was recorded)"}, status_code=404
+            )
+        except SQLAlchemyError as exc:
+            log.warning("feedback not recorded: the prediction log's database failed: %s", str(exc).splitlines()[0])
+            return JSONResponse(  # the guard answers its own text for every 503 (tuneloop.serve.guard)
+                {"error": "the prediction log's database is not answering"},
+                status_code=503,
+                headers={"Retry-After": str(FEEDBACK_RETRY_AFTER_S)},
             )
         return JSONResponse({"recorded": len(pairs), "status": "recorded"})
 
