@@ -266,10 +266,14 @@ def _canonical_columns(path: Path, frame: pd.DataFrame, text_col: str, label_col
     frame.columns = columns
     for role, col, flag in ((TEXT, text_col, "--text-col"), (LABEL, label_col, "--label-col")):
         if col not in columns:
-            raise DataError(
-                f"{path}: no {role} column '{col}' (columns found: {', '.join(columns)}). "
-                f"Pass {flag} NAME to say which column holds the {role}."
+            spaced = [c for c in columns if c != c.strip() and c.strip() == col]
+            fix = (
+                f"The header has {spaced[0]!r}, with white space around the name: remove it from the header"
+                if spaced
+                else f"Pass {flag} NAME to say which column holds the {role}"
             )
+            shown = ", ".join(repr(c) if c != c.strip() else c for c in columns)
+            raise DataError(f"{path}: no {role} column '{col}' (columns found: {shown}). {fix}.")
     if text_col == label_col:
         raise DataError(f"{path}: --text-col and --label-col are both '{text_col}'; they must differ.")
     for role, col in ((TEXT, text_col), (LABEL, label_col)):

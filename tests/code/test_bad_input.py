@@ -38,6 +38,11 @@ IMPORT_CASES = {
     ),
     "JSON list label": ("list.jsonl", '{"text": "hi", "label": ["a", "b"]}\n', ["row 1", "the label is a list"]),
     # pandas-style renaming made the second 'text' column 'text.1' and took the first without a word
+    "spaces around a column name": (
+        "spaced.csv",
+        "text , label\nhi,a\n",
+        ["no text column 'text'", "'text ', ' label'", "white space around the name"],
+    ),
     "text column twice": ("twice.csv", "text,label,text\nhi,a,other\n", ["'text' more than once", "ambiguous"]),
     "damaged UTF-16": ("wide.csv", "text,label\nhi,a\n".encode("utf-16") + b"\x00\xd8", ["not valid UTF-16"]),
 }
