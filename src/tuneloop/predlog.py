@@ -32,7 +32,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-from tuneloop.errors import TuneloopError
+from tuneloop.errors import TuneloopError, first_line
 
 log = logging.getLogger(__name__)
 
@@ -152,7 +152,7 @@ class PredictionLog:
             self._migrate()
         except SQLAlchemyError as exc:
             raise PredictionLogError(
-                f"prediction log database {self._safe_url()}: {str(exc).splitlines()[0]}. "
+                f"prediction log database {self._safe_url()}: {first_line(exc)}. "
                 "Check TUNELOOP_DB_URL and that the server is running."
             ) from None
         self._buffer: deque[dict[str, Any]] = deque()  # rows as they go to the database
@@ -227,9 +227,11 @@ class PredictionLog:
         return written + done
 
     def _spill_if_over(self) -> None:
+        if self.spool is None:
+            return
         with self._lock:
             over = len(self._buffer) > self.max_backlog
-        if over and self.spool is not None:
+        if over:
             self._spill()
 
     def _write(self, rows: list[dict[str, Any]]) -> None:
@@ -257,7 +259,7 @@ class PredictionLog:
                 if not _refused_rows(exc):
                     return written, rows[i:], exc
                 self.refused += 1
-                log.error("prediction log: the database refused request %s (%s)", row["request_id"], _first_line(exc))
+                log.error("prediction log: the database refused request %s (%s)", row["request_id"], first_line(exc))
             else:
                 written += 1
         return written, [], None
@@ -289,7 +291,7 @@ class PredictionLog:
                 done, left, error = self._store(rows)
                 written += done
                 if error is not None:
-                    if left != rows:
+                    if len(left) < len(rows):  # left is what follows the rows written
                         _spool_write(self.spool, left, path)
                     raise error
                 path.unlink()
@@ -427,10 +429,6 @@ def _refused_rows(exc: Exception) -> bool:
     return isinstance(exc, DataError | IntegrityError)
 
 
-def _first_line(exc: Exception) -> str:
-    return (str(exc).splitlines() or [type(exc).__name__])[0]
-
-
 def migrate(engine: Any, metadata: Any, tables: dict[str, Any], shown_url: str) -> None:
     """Bring a log database to SCHEMA_VERSION: create what is missing (tables, indexes), record the
     version. Every step is idempotent (`checkfirst`), so a crash half-way is repaired next time."""
@@ -536,7 +534,7 @@ def read_window(
             rows = conn.execute(window_query(model_tag, since, until, last)).mappings().all()
     except SQLAlchemyError as exc:
         raise PredictionLogError(
-            f"prediction log {_shown(url)}: {str(exc).splitlines()[0]}. Check "
+            f"prediction log {_shown(url)}: {first_line(exc)}. Check "
             "TUNELOOP_DB_URL and that the database server is running."
         ) from None
     finally:

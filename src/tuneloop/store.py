@@ -31,7 +31,7 @@ from pathlib import Path
 from typing import Any
 
 from tuneloop import provenance, registry
-from tuneloop.errors import TuneloopError
+from tuneloop.errors import TuneloopError, first_line
 from tuneloop.provenance import utc_now
 
 log = logging.getLogger(__name__)
@@ -184,7 +184,7 @@ def _import_checked(store: Store, tag: str, manifest_key: str, files: dict[str, 
     try:
         imported = bentoml.models.import_model(archive, ARCHIVE)
     except (BentoMLException, ValueError) as exc:  # not an archive, unsafe members, no model.yaml, tag taken
-        raise StoreError(f"{archive}: cannot import ({_first_line(exc)}). Push {tag} again.") from None
+        raise StoreError(f"{archive}: cannot import ({first_line(exc)}). Push {tag} again.") from None
     got = content_digest(Path(imported.path))
     if str(imported.tag) != tag or got != files:
         bentoml.models.delete(imported.tag)
@@ -304,23 +304,23 @@ def _translated(store: Store) -> Iterator[None]:
         ) from None
     except PermissionError as exc:
         raise StoreError(
-            f"the shared store {store.where()} refused access ({_first_line(exc)}): check the credentials in "
+            f"the shared store {store.where()} refused access ({first_line(exc)}): check the credentials in "
             "AWS_ACCESS_KEY_ID / AWS_SECRET_ACCESS_KEY and that they may read and write that bucket."
         ) from None
     except FileNotFoundError as exc:
         if _error_code(exc) != "NoSuchBucket":
-            raise StoreError(f"the shared store {store.where()}: {_first_line(exc)} not found.") from None
+            raise StoreError(f"the shared store {store.where()}: {first_line(exc)} not found.") from None
         raise StoreError(
             f"bucket '{store.bucket}' of store.url {store.url} does not exist on {endpoint}: create it "
             f"(aws s3 mb s3://{store.bucket}) or fix store.url in params.yaml."
         ) from None
     except BotoCoreError as exc:  # connection refused, DNS, timeouts, bad endpoint
         raise StoreError(
-            f"cannot reach the shared store {store.url} at {endpoint} ({_first_line(exc)}): check "
+            f"cannot reach the shared store {store.url} at {endpoint} ({first_line(exc)}): check "
             "store.endpoint_url in params.yaml and that the server runs."
         ) from None
     except OSError as exc:  # anything else s3fs maps from an S3 error code
-        raise StoreError(f"the shared store {store.where()} failed: {_first_line(exc)}.") from None
+        raise StoreError(f"the shared store {store.where()} failed: {first_line(exc)}.") from None
 
 
 def _error_code(exc: BaseException) -> str | None:
@@ -328,8 +328,3 @@ def _error_code(exc: BaseException) -> str | None:
     cause = exc.__cause__
     response = getattr(cause, "response", None)
     return response.get("Error", {}).get("Code") if isinstance(response, dict) else None
-
-
-def _first_line(exc: BaseException) -> str:
-    text = str(exc).strip() or type(exc).__name__
-    return text.splitlines()[0]

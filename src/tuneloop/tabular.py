@@ -298,8 +298,8 @@ def _canonical_columns(path: Path, frame: pd.DataFrame, text_col: str, label_col
                 "at the right column or fill it."
             )
         # Labels are strings everywhere (0/1 in a Parquet int column becomes "0"/"1").
-        frame[col] = [_cell(path, col, row, value) for row, value in enumerate(values, start=1)]
-        frame[col] = frame[col].astype(object)
+        cells = [_cell(path, col, row, value) for row, value in enumerate(values, start=1)]
+        frame[col] = pd.Series(cells, index=frame.index, dtype=object)
     rest = [c for c in frame.columns if c not in (TEXT, LABEL)]
     return frame[[TEXT, LABEL, *rest]].reset_index(drop=True)
 

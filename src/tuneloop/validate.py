@@ -297,13 +297,14 @@ def _reasons(name: str, bad: list[int], rows: pd.DataFrame, params: ValidatePara
 
 # Control characters (PostgreSQL cannot store NUL; a newline or tab in a class name breaks every report) and
 # white space at either end (' pos' and 'pos' would be two classes).
-_MALFORMED_LABEL = r"[\x00-\x1f\x7f-\x9f]|^\s|\s$"
+_CONTROL = r"[\x00-\x1f\x7f-\x9f]"
+_MALFORMED_LABEL = rf"{_CONTROL}|^\s|\s$"
 
 
 def _label_problem(label: str) -> str:
     if len(label) > MAX_LABEL_CHARS:
         return f"{len(label):,} characters, at most {MAX_LABEL_CHARS} (the prediction log's label columns)"
-    if re.search(r"[\x00-\x1f\x7f-\x9f]", label):
+    if re.search(_CONTROL, label):
         return "the label holds a control character (a newline, a tab, NUL ...)"
     return "white space at the start or end of the label"
 

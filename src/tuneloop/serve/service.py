@@ -268,6 +268,7 @@ class TextClassifier:
         """
         from sqlalchemy.exc import SQLAlchemyError
 
+        from tuneloop.errors import first_line
         from tuneloop.predlog import UnknownRequest
 
         try:
@@ -280,7 +281,7 @@ class TextClassifier:
                 {"error": f"{exc}; send the request_id that /classify returned (nothing was recorded)"}, status_code=404
             )
         except SQLAlchemyError as exc:
-            log.warning("feedback not recorded: the prediction log's database failed: %s", str(exc).splitlines()[0])
+            log.warning("feedback not recorded: the prediction log's database failed: %s", first_line(exc))
             return JSONResponse(  # the guard answers its own text for every 503 (tuneloop.serve.guard)
                 {"error": "the prediction log's database is not answering"},
                 status_code=503,
