@@ -147,21 +147,18 @@ class PredictionLog:
         self._insert, self._select = insert, select
         self._metadata = MetaData()
         self.tables = _tables(self._metadata)
-        try:
-            self.engine = create_engine(self.url, pool_pre_ping=True)
-            self._migrate()
-        except SQLAlchemyError as exc:
-            raise PredictionLogError(
-                f"prediction log database {self._safe_url()}: {first_line(exc)}. "
-                "Check TUNELOOP_DB_URL and that the server is running."
-            ) from None
-        self._buffer: deque[dict[str, Any]] = deque()  # rows as they go to the database
-        self.refused = 0  # rows the database refused for their own content (see _store)
         # While the database fails, rows past max_backlog wait on disk in spool_dir instead of in memory.
         self.max_backlog = max_backlog
         self.spool = Path(spool_dir) if spool_dir is not None else None
         if self.spool is not None:
             self.spool.mkdir(parents=True, exist_ok=True)
+        try:
+            self.engine = create_engine(self.url, pool_pre_ping=True)
+        except SQLAlchemyError as exc:  # not a URL SQLAlchemy can use: nothing to wait for
+            raise self._unusable(exc) from None
+        self._schema_ready = self._start_schema()
+        self._buffer: deque[dict[str, Any]] = deque()  # rows as they go to the database
+        self.refused = 0  # rows the database refused for their own content (see _store)
         self._lock = threading.Lock()
         self._wake = threading.Event()
         self._stop = threading.Event()
@@ -171,9 +168,39 @@ class PredictionLog:
     def _safe_url(self) -> str:
         return _shown(self.url)
 
+    def _unusable(self, exc: Exception) -> PredictionLogError:
+        return PredictionLogError(
+            f"prediction log database {self._safe_url()}: {first_line(exc)}. "
+            "Check TUNELOOP_DB_URL and that the server is running."
+        )
+
     def _migrate(self) -> None:
         """Create the tables on first use; refuse a database from an incompatible schema version."""
         migrate(self.engine, self._metadata, self.tables, self._safe_url())
+
+    def _start_schema(self) -> bool:
+        """Migrate at start; False when the database does not answer yet and rows can wait in the spool (the
+        service then starts and serves, and the first flush that reaches the database migrates it). A
+        database that answers but is refused (a newer schema, no permission) is an error at once."""
+        from sqlalchemy.exc import OperationalError, SQLAlchemyError
+
+        try:
+            self._migrate()
+            return True
+        except OperationalError as exc:  # connection refused, host unknown, login refused, file not there
+            if self.spool is None:
+                raise self._unusable(exc) from None
+            log.warning(
+                "prediction log database %s is not answering (%s): going on, the rows wait in memory and past "
+                "%d in %s, and are written when it answers",
+                self._safe_url(),
+                first_line(exc),
+                self.max_backlog,
+                self.spool,
+            )
+            return False
+        except SQLAlchemyError as exc:
+            raise self._unusable(exc) from None
 
     # ------------------------------------------------------------ writing
 
@@ -209,6 +236,11 @@ class PredictionLog:
             `max_backlog` buffered rows they move to the spool (when there is one), so memory stays bounded.
         """
         try:
+            if not self._schema_ready:  # the database did not answer at start
+                if not self._buffer:
+                    return 0  # nothing to write yet: no attempt (and no warning) every interval
+                self._migrate()
+                self._schema_ready = True
             written = self._replay() if self.spool is not None else 0
         except Exception:
             self._spill_if_over()  # the spool could not be written: the database is failing still
@@ -304,7 +336,7 @@ class PredictionLog:
             try:
                 self.flush()
             except Exception as exc:  # a database hiccup must not kill the flusher
-                log.warning("prediction log flush failed, will retry: %s", exc)
+                log.warning("prediction log flush failed, will retry: %s", first_line(exc))
 
     def close(self) -> None:
         """Stop the flusher and write what is left (call on shutdown); with the database failing, what is left
@@ -314,10 +346,13 @@ class PredictionLog:
         self._thread.join(timeout=30)
         try:
             self.flush()
-        except Exception:
-            if self.spool is None or not self._buffer:
+        except Exception as exc:
+            if not self._buffer:  # nothing left to lose (a spool file waits for the next start)
+                log.warning("prediction log %s still failing at shutdown: %s", self._safe_url(), first_line(exc))
+            elif self.spool is None:
                 raise
-            self._spill()
+            else:
+                self._spill()
         finally:
             self.engine.dispose()
 

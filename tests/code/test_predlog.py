@@ -86,6 +86,8 @@ def test_incompatible_schema_version_is_refused(tmp_path):
     plog.close()
     with pytest.raises(PredictionLogError, match="schema version 99"):
         _sqlite(tmp_path)
+    with pytest.raises(PredictionLogError, match="schema version 99"):  # answering and refused: no waiting
+        _sqlite(tmp_path, spool_dir=tmp_path / "spool")
 
 
 @pytest.mark.postgres
@@ -232,3 +234,27 @@ def test_a_spool_file_another_worker_holds_is_left_to_it(tmp_path):
     assert plog.flush() == 3 and not path.exists()
     assert plog.flush() == 0 and plog.count() == 3  # written once
     plog.close()
+
+
+def test_a_database_not_answering_at_start_is_waited_for_with_a_spool_and_refused_without(tmp_path, caplog):
+    """A service restarted during a database outage starts and serves: its rows wait (memory, then spool) and
+    the first flush that reaches the database creates the tables and writes them. Without a spool there is
+    nowhere bounded to wait, and a refused database (newer schema) is an error at once either way."""
+    folder = tmp_path / "not-yet"  # SQLite cannot open a file in a folder that does not exist: not answering
+    url = f"sqlite:///{folder / 'log.db'}"
+    with pytest.raises(PredictionLogError, match="unable to open database file.*TUNELOOP_DB_URL"):
+        PredictionLog(url, flush_interval_s=3600)
+    spool = tmp_path / "spool"
+    plog = PredictionLog(url, flush_interval_s=3600, spool_dir=spool, max_backlog=2)
+    assert "is not answering (" in caplog.text and "going on" in caplog.text
+    for i in range(5):
+        plog.log(_prediction(i))
+    with pytest.raises(Exception, match="unable to open database file"):
+        plog.flush()
+    assert len(list(spool.iterdir())) == 1 and not plog._buffer  # past the backlog: on disk, not in memory
+    plog.log(_prediction(5))
+    folder.mkdir()
+    assert plog.flush() == 6 and plog.count() == 6 and not list(spool.iterdir())
+    assert [r["text"] for r in plog.joined()] == [f"message {i}" for i in range(6)]
+    plog.close()
+

@@ -22,3 +22,23 @@ def test_feedback_while_the_log_s_database_fails_is_a_503_to_retry_and_then_reco
         with sqlite3.connect(db) as other:
             other.execute("ALTER TABLE feedback_away RENAME TO feedback")
         assert c.post("/feedback", json=body).json()["recorded"] == 1
+
+
+def test_the_service_starts_and_serves_while_the_log_s_database_is_not_answering(served, tmp_path, monkeypatch):
+    """A restart during a database outage: it refused to start (no worker ready, no answers) for a log it only
+    writes behind the answers. Now it serves, and the rows reach the database once it answers."""
+    tag, work = served
+    monkeypatch.chdir(tmp_path)  # serve.log_spool_dir is relative to the service's folder
+    folder = tmp_path / "db-not-yet"
+    with asgi_client(tag, work / "params.yaml", f"sqlite:///{folder / 'log.db'}") as c:
+        assert c.get("/readyz").status_code == 200
+        answers = [c.post("/classify", json={"texts": [f"the room was great {i}"]}).json()[0] for i in range(3)]
+        body = {"request_id": answers[0]["request_id"], "label": "pos"}
+        assert c.post("/feedback", json=body).status_code == 503
+        folder.mkdir()
+        assert c.post("/feedback", json=body).json()["recorded"] == 1
+    from tuneloop.predlog import read_window
+
+    logged = read_window(f"sqlite:///{folder / 'log.db'}")
+    assert sorted(logged["request_id"]) == sorted(a["request_id"] for a in answers)
+    assert logged.set_index("request_id").loc[answers[0]["request_id"], "true_label"] == "pos"
