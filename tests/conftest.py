@@ -285,12 +285,28 @@ def store() -> Path:
 
 
 def free_port() -> int:
-    """A TCP port on 127.0.0.1 that nothing listens on right now."""
+    """A TCP port on every address that nothing holds right now, below the kernel's ephemeral range.
+
+    A port from bind(("127.0.0.1", 0)) is an ephemeral one: between this call and the server's own bind, any
+    process's outgoing connection could take it, and `bentoml serve` failed "Address already in use" once in a
+    full run. Outside that range only an explicit bind can take it."""
+    import random
     import socket
 
-    with socket.socket() as s:
+    try:
+        low = int(Path("/proc/sys/net/ipv4/ip_local_port_range").read_text().split()[0])
+    except (OSError, ValueError, IndexError):
+        low = 0
+    for port in random.sample(range(10_000, low), min(200, max(low - 10_000, 0))):
+        with socket.socket() as s:
+            try:
+                s.bind(("0.0.0.0", port))
+            except OSError:
+                continue
+            return port
+    with socket.socket() as s:  # no range to keep out of (another OS) or nothing free below it
         s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+        return int(s.getsockname()[1])
 
 
 def wait_http_ok(url: str, seconds: float) -> None:
