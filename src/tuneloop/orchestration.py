@@ -62,6 +62,7 @@ def drift_trigger(task: str) -> Any:
 def deploy_training(params: Params, project_root: Path) -> str:
     """Create (or update) `tuneloop-training/training` on the server PREFECT_API_URL points at: the cron
     schedule, and a trigger that retrains when the monitoring flow emits `tuneloop.drift.detected` for the task."""
+    from prefect.client.schemas.objects import ConcurrencyLimitConfig, ConcurrencyLimitStrategy
     from prefect.schedules import Cron
 
     cfg = params.deploy
@@ -73,6 +74,9 @@ def deploy_training(params: Params, project_root: Path) -> str:
         work_pool_name=cfg.cpu_pool,
         schedules=[Cron(cfg.training_cron, timezone=cfg.timezone)],
         triggers=[drift_trigger(params.task.name)],
+        # One run at a time, the others queued (AwaitingConcurrencySlot): the cron run and a drift retrain, or two
+        # drift events, share the project folder, and a second run beside the first failed on DVC's lock.
+        concurrency_limit=ConcurrencyLimitConfig(limit=1, collision_strategy=ConcurrencyLimitStrategy.ENQUEUE),
         description="[collect feedback] -> validate -> prepare -> pretrain -> train -> evaluate -> release -> package",
     )
 
@@ -94,6 +98,7 @@ def deploy_monitoring(params: Params, project_root: Path) -> str:
     """Create (or update) `tuneloop-monitoring/monitoring`: every monitor.schedule_minutes, in the CPU pool."""
     from datetime import timedelta
 
+    from prefect.client.schemas.objects import ConcurrencyLimitConfig, ConcurrencyLimitStrategy
     from prefect.schedules import Interval
 
     return _deploy(
@@ -103,6 +108,9 @@ def deploy_monitoring(params: Params, project_root: Path) -> str:
         name="monitoring",
         work_pool_name=params.deploy.cpu_pool,
         schedules=[Interval(timedelta(minutes=params.monitor.schedule_minutes))],
+        # A run due while the last one still runs is cancelled, not queued: the next interval reads a newer window
+        # (and two runs at once would count one window twice in the hysteresis state).
+        concurrency_limit=ConcurrencyLimitConfig(limit=1, collision_strategy=ConcurrencyLimitStrategy.CANCEL_NEW),
         description="prediction-log window vs the champion's reference -> verdict (Evidently snapshot)",
     )
 

@@ -89,13 +89,18 @@ def wait_for_run(api: str, run_id: str, seconds: float) -> dict:
     pytest.fail(f"flow run {run_id} did not finish within {seconds:.0f} s")
 
 
-def run_deployment_and_wait(api: str, name: str, seconds: float) -> dict:
+def run_deployment(api: str, name: str) -> str:
     """What `prefect deployment run NAME` does, keeping the new run's id (a cron schedule has runs of its own
-    queued for later), then wait for that run to end."""
+    queued for later)."""
     deployment = prefect_api("GET", f"{api}/deployments/name/{name}").json()
     created = prefect_api("POST", f"{api}/deployments/{deployment['id']}/create_flow_run", json={})
     assert created.status_code in (200, 201), created.text
-    return wait_for_run(api, created.json()["id"], seconds)
+    return str(created.json()["id"])
+
+
+def run_deployment_and_wait(api: str, name: str, seconds: float) -> dict:
+    """Run deployment NAME now and wait for that run to end."""
+    return wait_for_run(api, run_deployment(api, name), seconds)
 
 
 @dataclass(frozen=True)
