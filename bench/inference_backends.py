@@ -32,6 +32,7 @@ BACKENDS = ("torch", "torch-int8", "onnx", "onnx-int8")
 # (they wait actively after each parallel region), which cost the ONNX Runtime call after it ~0.8 ms at batch 1
 # (2.5 vs 1.7 ms); a service runs one backend, never two in turn.
 BLOCK = 10
+RECHECK = "onnx-int8-recheck"  # onnx-int8 with its close rows computed again in fp32 (serve.int8_recheck_margin)
 
 
 def _champion_dir() -> Path:
@@ -44,7 +45,7 @@ def _champion_dir() -> Path:
     return Path(entry.path)
 
 
-def _variants(model: Path, scratch: Path, prefix: str = "") -> dict:
+def _variants(model: Path, scratch: Path, prefix: str = "", recheck_margin: float = 0.0) -> dict:
     from tuneloop.compress import for_serving
     from tuneloop.compress.onnx import export
     from tuneloop.model import load_classifier
@@ -56,6 +57,8 @@ def _variants(model: Path, scratch: Path, prefix: str = "") -> dict:
     clf.model.to("cpu")
     served = {b: for_serving(clf, b, scratch) for b in BACKENDS}  # quantize_dynamic copies: clf stays fp32
     assert all(served[b].backend == b for b in BACKENDS), {b: served[b].backend for b in BACKENDS}
+    if recheck_margin > 0:  # what the service runs for onnx-int8 with serve.int8_recheck_margin
+        served[RECHECK] = for_serving(clf, "onnx-int8", scratch, recheck_margin=recheck_margin)
     return {"served": {f"{prefix}{b}": c for b, c in served.items()}, "export_s": round(export_s, 1)}
 
 
@@ -110,6 +113,9 @@ def main() -> None:
     parser.add_argument("--calls", type=int, default=200, help="timed calls per backend and batch size")
     parser.add_argument("--student", type=Path, help="a distilled student's model dir (tuneloop distill), timed beside")
     parser.add_argument("--threads", type=int, default=2, help="torch intra-op threads (ONNX Runtime: one per core)")
+    parser.add_argument(
+        "--recheck-margin", type=float, help="also time onnx-int8 with this recheck margin (default: params.yaml's)"
+    )
     args = parser.parse_args()
 
     import torch
@@ -123,8 +129,13 @@ def main() -> None:
     if unknown:
         sys.exit(f"{args.data}: labels {sorted(unknown)[:5]} are unknown to {model}; pass its own test file")
     texts = frame["text"].tolist()[: args.rows]
+    margin = args.recheck_margin
+    if margin is None:
+        from tuneloop.config import load_params
+
+        margin = load_params(REPO / "params.yaml").serve.int8_recheck_margin
     with tempfile.TemporaryDirectory(prefix="bench-backends-") as scratch:
-        built = _variants(model, Path(scratch) / "teacher")
+        built = _variants(model, Path(scratch) / "teacher", recheck_margin=margin)
         served = built["served"]
         if args.student:
             served |= _variants(args.student, Path(scratch) / "student", "student-")["served"]
@@ -137,11 +148,12 @@ def main() -> None:
         "data": str(args.data),
         "rows": len(frame),
         "threads": args.threads,
+        "recheck_margin": margin,
         "export_s": built["export_s"],
         "speed": speed,
         "quality": quality,
     }
-    for other in ("torch-int8", "onnx", "onnx-int8"):
+    for other in ("torch-int8", "onnx", "onnx-int8", *([RECHECK] if margin > 0 else [])):
         key = other.replace("-", "_")
         for b in ("batch1", "batch16"):
             result[f"{key}_vs_torch_fp32_{b}"] = round(
@@ -159,7 +171,9 @@ def main() -> None:
                     speed[b][f"student-{backend}"]["texts_per_s"] / speed[b][backend]["texts_per_s"], 2
                 )
         result["student_accuracy_drop"] = round(quality["torch"]["accuracy"] - quality["student-torch"]["accuracy"], 4)
-    result["onnx_int8_macro_f1_drop"] = round(quality["torch"]["macro_f1"] - quality["onnx-int8"]["macro_f1"], 4)
+    for name in ("onnx-int8", *([RECHECK] if margin > 0 else [])):
+        drop = quality["torch"]["macro_f1"] - quality[name]["macro_f1"]
+        result[f"{name.replace('-', '_')}_macro_f1_drop"] = round(drop, 4)
     print(json.dumps(result, indent=2))
 
 

@@ -242,6 +242,12 @@ class ServeParams(_Section):
     backend: Literal["torch", "torch-int8", "onnx", "onnx-int8"] = Field(
         description="what computes predictions in the service (tuneloop.model.for_serving)"
     )
+    int8_recheck_margin: float = Field(
+        default=0.05,
+        ge=0,
+        le=1,
+        description="onnx-int8: rows whose top two probabilities are closer than this are computed again in fp32",
+    )
     max_texts_per_request: int = Field(ge=1)
     max_chars_per_text: int = Field(ge=1)
     overlong: Literal["truncate", "reject"]

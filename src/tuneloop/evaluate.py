@@ -379,12 +379,13 @@ def served_variant_metrics(
         clf = dataclasses.replace(clf, model=copy.deepcopy(clf.model).cpu())
     with tempfile.TemporaryDirectory(prefix="tuneloop-variants-") as scratch:
         variants = build_variants(clf.path, params.serve.backend, Path(scratch))
-        served_clf = for_serving(clf, params.serve.backend, variants)
+        served_clf = for_serving(clf, params.serve.backend, variants, recheck_margin=params.serve.int8_recheck_margin)
         served = predict_proba(served_clf, texts, params.evaluate.batch_size)
     headline = classification_metrics(y_true, served, clf.labels, params.evaluate.ece_bins)
     return {
         "backend": served_clf.backend,
         "variant_sha256": served_clf.runner.sha256 if served_clf.runner is not None else None,
+        "int8_recheck_margin": params.serve.int8_recheck_margin if served_clf.backend == "onnx-int8" else None,
         **{k: headline[k] for k in ("accuracy", "macro_f1", "ece")},
         "agreement": float((served.argmax(axis=1) == probs.argmax(axis=1)).mean()),
         "mean_confidence_shift": float(np.abs(served.max(axis=1) - probs.max(axis=1)).mean()),

@@ -164,7 +164,12 @@ def build_reference(
 
     frame = pd.concat([read_labeled(f) for f in files], ignore_index=True)
     reference = build(
-        model_dir, frame, backend=params.serve.backend, variants=variants, batch_size=params.evaluate.batch_size
+        model_dir,
+        frame,
+        backend=params.serve.backend,
+        variants=variants,
+        batch_size=params.evaluate.batch_size,
+        recheck_margin=params.serve.int8_recheck_margin,
     )
     return write_reference(reference, scratch / "reference.parquet")
 

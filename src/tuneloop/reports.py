@@ -47,6 +47,7 @@ class ServedMetrics(_Strict):
 
     backend: str  # what was scored: serve.backend, or its torch fallback when no ONNX variant could be built
     variant_sha256: str | None = None  # the ONNX file scored (the registry stores the same export)
+    int8_recheck_margin: float | None = None  # onnx-int8: rows closer than this were computed again in fp32
     accuracy: float
     macro_f1: float
     ece: float
@@ -117,7 +118,10 @@ class EvalReport(_Strict):
         write_text_atomic(self.headline.model_dump_json(indent=2) + "\n", out / METRICS)
         per_class = {k: v.model_dump() for k, v in self.per_class.items()}
         write_text_atomic(json.dumps(per_class, indent=2, ensure_ascii=False) + "\n", out / PER_CLASS)
-        served = self.served.model_dump_json(indent=2) if self.served is not None else "null"  # null: not scored
+        served = "null"  # null: not scored
+        if self.served is not None:  # the recheck margin is written where it applies (onnx-int8) only
+            unset = {"int8_recheck_margin"} if self.served.int8_recheck_margin is None else None
+            served = self.served.model_dump_json(indent=2, exclude=unset)
         write_text_atomic(served + "\n", out / SERVED)
         baseline = "null" if self.baseline is None else self.baseline.model_dump_json(indent=2, exclude={"fit_seconds"})
         write_text_atomic(baseline + "\n", out / BASELINE)

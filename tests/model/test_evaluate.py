@@ -142,6 +142,10 @@ def test_served_variant_is_scored_only_when_it_differs(project, trained):
     int8 = evaluate(int8_params, trained, test_csv, project / "e2", behaviour_file="")
     probs = pd.read_csv(project / "e2" / "predictions.csv")
     assert int8.served.agreement in (0.0, 1 / 3, 2 / 3, 1.0) and len(probs) == 3 and int8.served.backend == "onnx-int8"
+    assert int8.served.int8_recheck_margin == int8_params.serve.int8_recheck_margin  # what was judged is recorded
+    every_row = load_params(REPO / "params.yaml", ["serve.backend=onnx-int8", "serve.int8_recheck_margin=1"])
+    rechecked = evaluate(every_row, trained, test_csv, project / "e3", behaviour_file="")
+    assert rechecked.served.agreement == 1.0 and rechecked.served.int8_recheck_margin == 1.0  # fp32's answers
 
 
 def test_evaluate_refuses_foreign_model_dirs_and_unknown_labels(project, cli, trained, tiny_model):

@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 
 from tuneloop.compress import build_variants, for_serving
-from tuneloop.compress.onnx import MANIFEST, CompressError, export, load
+from tuneloop.compress.onnx import MANIFEST, CompressError, _softmax, export, load
 from tuneloop.model import load_classifier, predict_with_embedding
 from tuneloop.provenance import file_digest, weights_digest
 
@@ -92,6 +92,45 @@ class _Spy:
     def run(self, *args):
         self.used.append(self.name)
         return self.session.run(*args)
+
+
+def test_int8_recomputes_in_fp32_exactly_the_rows_whose_top_two_are_close(tiny_classifier, variants):
+    """serve.int8_recheck_margin: a row int8 is unsure of (top two closer than the margin) gets the fp32 graph's
+    logits and pooled state, computed on that row alone; every other row keeps int8's."""
+    _, out = variants
+    clf = load_classifier(tiny_classifier)
+    pure, fp32 = for_serving(clf, "onnx-int8", out), for_serving(clf, "onnx", out)
+    batch = clf.tokenizer(TEXTS, truncation=True, max_length=clf.max_length, padding=True, return_tensors="np")
+    int8_logits, int8_pooled = pure.runner(batch)
+    fp32_logits, fp32_pooled = fp32.runner(batch)
+    top_two = np.sort(_softmax(int8_logits), axis=1)[:, -2:]
+    gaps = top_two[:, 1] - top_two[:, 0]
+    margin = float(np.median(gaps))  # about half the rows under it, half over
+    rechecked = for_serving(clf, "onnx-int8", out, recheck_margin=margin)
+    assert rechecked.backend == "onnx-int8" and rechecked.runner.exact is not None
+    logits, pooled = rechecked.runner(batch)
+    close = gaps < margin
+    assert 0 < close.sum() < len(TEXTS)
+    assert np.allclose(logits[close], fp32_logits[close], atol=1e-4)  # alone, without the batch's padding
+    assert np.allclose(pooled[close], fp32_pooled[close], atol=1e-3)
+    assert np.array_equal(logits[~close], int8_logits[~close]) and np.array_equal(pooled[~close], int8_pooled[~close])
+    everything = for_serving(clf, "onnx-int8", out, recheck_margin=1.0)  # every row: the fp32 graph's answers
+    probs, _ = predict_with_embedding(everything, TEXTS, batch_size=3)
+    assert np.allclose(probs, predict_with_embedding(fp32, TEXTS, batch_size=3)[0], atol=1e-5)
+
+
+def test_a_damaged_fp32_graph_is_not_used_for_rechecks(tiny_classifier, variants, tmp_path, caplog):
+    """The recheck runs the fp32 file: it is proven as when it is served (digest), else torch-int8 is served."""
+    _, out = variants
+    bad = Path(shutil.copytree(out, tmp_path / "bad"))
+    data = bytearray((bad / "model.onnx").read_bytes())
+    data[len(data) // 2] ^= 0xFF
+    (bad / "model.onnx").write_bytes(bytes(data))
+    clf = load_classifier(tiny_classifier)
+    assert load(bad, "onnx-int8", clf).exact is None  # no recheck asked: the int8 file alone is loaded
+    with caplog.at_level(logging.WARNING, logger="tuneloop.compress"):
+        served = for_serving(clf, "onnx-int8", bad, recheck_margin=0.05)
+    assert served.backend == "torch-int8" and "model.onnx" in caplog.text and "SHA-256" in caplog.text
 
 
 def test_changed_bytes_fail_the_digest_check(tiny_classifier, variants, tmp_path):

@@ -23,7 +23,11 @@ FALLBACK = {"onnx": "torch", "onnx-int8": "torch-int8"}  # the torch backend ser
 
 
 def for_serving(
-    clf: Classifier, backend: str, variants: Path | None = None, expected_sha256: str | None = None
+    clf: Classifier,
+    backend: str,
+    variants: Path | None = None,
+    expected_sha256: str | None = None,
+    recheck_margin: float = 0.0,
 ) -> Classifier:
     """The variant the service runs (`serve.backend`), the only place that builds it.
 
@@ -34,7 +38,9 @@ def for_serving(
     - `onnx`, `onnx-int8`: ONNX Runtime variants built by tuneloop.compress.onnx, read from `variants` (a
       registry entry keeps them in its `onnx/` folder) and proven on load. One that is missing, damaged or
       does not reproduce its outputs is not served: the torch backend of the same precision is, with the
-      reason logged, so a service never fails to start for want of a variant.
+      reason logged, so a service never fails to start for want of a variant. `onnx-int8` with
+      `recheck_margin` > 0 (serve.int8_recheck_margin) computes again in fp32 the rows whose top two
+      probabilities are closer than that: the rows int8 flips.
 
     evaluate scores this variant too (served.json) and the gate bounds its drop, so what is served is what was
     judged.
@@ -45,7 +51,7 @@ def for_serving(
         from tuneloop.compress.onnx import CompressError, load
 
         try:
-            runner = load(variants or clf.path / VARIANTS_DIR, backend, clf, expected_sha256)
+            runner = load(variants or clf.path / VARIANTS_DIR, backend, clf, expected_sha256, recheck_margin)
         except CompressError as exc:
             log.warning("serving the %s backend instead of %s: %s", FALLBACK[backend], backend, exc)
             return for_serving(clf, FALLBACK[backend])

@@ -87,18 +87,42 @@ SMALL_CALL_TOKENS = 64
 @dataclass
 class Runner:
     """An ONNX Runtime session for one variant: tokenised numpy batch in, (logits, pooled) out. `small`, when
-    set, is a one-thread session of the same file for calls of at most SMALL_CALL_TOKENS tokens."""
+    set, is a one-thread session of the same file for calls of at most SMALL_CALL_TOKENS tokens. `exact`, when
+    set (the int8 variant, serve.int8_recheck_margin > 0), is the fp32 variant's runner: rows whose top two
+    probabilities are closer than `margin` are computed again by it, since those are the rows int8's rounding
+    flips (module docstring)."""
 
     session: Any
     inputs: list[str]
     backend: str
     sha256: str
     small: Any = None
+    exact: Runner | None = None
+    margin: float = 0.0
 
     def __call__(self, batch: Any) -> tuple[np.ndarray, np.ndarray]:
         feed = {name: np.asarray(batch[name], dtype=np.int64) for name in self.inputs}
         small = self.small is not None and feed[self.inputs[0]].size <= SMALL_CALL_TOKENS
         logits, pooled = (self.small if small else self.session).run(["logits", "pooled"], feed)
+        if self.exact is not None:
+            return self._recheck(feed, logits, pooled)
+        return logits, pooled
+
+    def _recheck(self, feed: dict[str, np.ndarray], logits: np.ndarray, pooled: np.ndarray) -> tuple[Any, Any]:
+        """The close rows' logits and pooled states from the exact runner, the rest as they are."""
+        assert self.exact is not None
+        top_two = np.sort(_softmax(logits), axis=1)[:, -2:] if logits.shape[1] > 1 else None
+        if top_two is None:
+            return logits, pooled
+        close = np.flatnonzero(top_two[:, 1] - top_two[:, 0] < self.margin)
+        if close.size == 0:
+            return logits, pooled
+        mask = feed["attention_mask"][close]
+        real = np.flatnonzero(mask.any(axis=0))  # padding on the right: keep the columns any close row uses
+        width = int(real[-1]) + 1 if real.size else mask.shape[1]
+        exact_logits, exact_pooled = self.exact({name: values[close, :width] for name, values in feed.items()})
+        logits, pooled = logits.copy(), pooled.copy()
+        logits[close], pooled[close] = exact_logits, exact_pooled
         return logits, pooled
 
 
@@ -288,8 +312,15 @@ def read_manifest(variants_dir: Path) -> dict[str, Any]:
     return manifest
 
 
-def load(variants_dir: str | Path, backend: str, clf: Classifier, expected_sha256: str | None = None) -> Runner:
+def load(
+    variants_dir: str | Path,
+    backend: str,
+    clf: Classifier,
+    expected_sha256: str | None = None,
+    recheck_margin: float = 0.0,
+) -> Runner:
     """The variant `backend` of `clf`, proven: SHA-256, its export-time outputs reproduced, fp32 equal to torch.
+    With `recheck_margin` > 0 the int8 variant carries the fp32 one (proven too) for its close rows (Runner).
 
     Raises:
         CompressError: naming the file and what is wrong with it.
@@ -322,6 +353,8 @@ def load(variants_dir: str | Path, backend: str, clf: Classifier, expected_sha25
         torch_probs = predict_proba(clf, PARITY_TEXTS)
         if np.abs(probs - torch_probs).max() > FP32_MAX_PROB_DIFF:
             raise CompressError(f"{path}: does not predict what the torch model does")
+    if backend == "onnx-int8" and recheck_margin > 0:
+        return replace(runner, exact=load(variants_dir, "onnx", clf), margin=recheck_margin)
     return runner
 
 

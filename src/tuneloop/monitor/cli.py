@@ -59,7 +59,9 @@ def reference_cmd(
 
     cfg = cli_params(params, set_)
     frame = pd.concat([read_labeled(p) for p in data], ignore_index=True)
-    reference = build_reference(model_dir, frame, backend=cfg.serve.backend)
+    reference = build_reference(
+        model_dir, frame, backend=cfg.serve.backend, recheck_margin=cfg.serve.int8_recheck_margin
+    )
     write_reference(reference, out_path)
     settings = reference.attrs["tuneloop_reference"]
     out.print(

@@ -74,11 +74,12 @@ def build_reference(
     backend: str = "torch-int8",
     variants: Path | None = None,
     batch_size: int = 64,
+    recheck_margin: float = 0.0,
 ) -> pd.DataFrame:
     """The monitoring reference for the model in `model_dir`, from labeled held-out rows.
 
-    `backend` must be what the service runs (`serve.backend`; ONNX variants read from `variants`, else the
-    model dir's `onnx/`): the reference's confidences and
+    `backend` and `recheck_margin` must be what the service runs (`serve.backend`, `serve.int8_recheck_margin`;
+    ONNX variants read from `variants`, else the model dir's `onnx/`): the reference's confidences and
     embeddings then come from the same variant as production's, so they compare like for like.
     """
     from tuneloop.compress import for_serving
@@ -86,7 +87,7 @@ def build_reference(
 
     if frame.empty or text_col not in frame or label_col not in frame:
         raise MonitorError(f"reference needs labeled rows with columns {text_col!r} and {label_col!r}")
-    clf = for_serving(load_classifier(model_dir), backend, variants)
+    clf = for_serving(load_classifier(model_dir), backend, variants, recheck_margin=recheck_margin)
     texts = frame[text_col].astype(str).tolist()
     probs, embeddings = predict_with_embedding(clf, texts, batch_size=batch_size)
     return reference_frame(texts, frame[label_col].astype(str).tolist(), probs, embeddings, clf, clf.backend)

@@ -122,7 +122,12 @@ def load_verified(tag: str) -> Loaded:
     try:
         variants: Any = stored.info.metadata.get("variants", {})  # registry: {backend: {"sha256": ...}}
         variant_sha = variants.get(SETTINGS.backend, {}).get("sha256")
-        clf = for_serving(load_classifier(stored.path), SETTINGS.backend, expected_sha256=variant_sha)
+        clf = for_serving(
+            load_classifier(stored.path),
+            SETTINGS.backend,
+            expected_sha256=variant_sha,
+            recheck_margin=SETTINGS.int8_recheck_margin,
+        )
         probs = predict_proba(clf, EXAMPLE)
     except (ModelError, OSError, RuntimeError, ValueError) as exc:
         raise ServiceError(
