@@ -77,13 +77,16 @@ def start(params: dict, workdir: Path, tag: str | None, src: Path | None = None)
 
 
 def checkout_src(rev: str, workdir: Path) -> Path:
-    """src/ of git revision `rev`, extracted into `workdir` (git archive: the worktree stays as it is)."""
+    """src/ of git revision `rev`, extracted into `workdir` (git archive: the worktree stays as it is), with that
+    revision's params.yaml beside it (an older service refuses keys added since)."""
     target = workdir / f"rev-{rev}"
     target.mkdir()
     archive = subprocess.run(["git", "archive", rev, "src"], capture_output=True, check=False)
     if archive.returncode != 0:
         raise SystemExit(f"--baseline-rev {rev}: {archive.stderr.decode(errors='replace').strip()}")
     subprocess.run(["tar", "-x", "-C", str(target)], input=archive.stdout, check=True)
+    params = subprocess.run(["git", "show", f"{rev}:params.yaml"], capture_output=True, check=True).stdout
+    (target / "src" / "params.yaml").write_bytes(params)
     return target / "src"
 
 
@@ -220,8 +223,9 @@ def compare(params: dict, args: argparse.Namespace, texts: list[str], workdir: P
     hits both alike. Every answered request must be in that server's prediction log. With `baseline` (the
     src folder of --baseline-rev), the second server runs that revision's code."""
     modes = compared_modes(args)
+    base_params = {None: params, baseline: yaml.safe_load((baseline / "params.yaml").read_text()) if baseline else None}
     servers = {
-        mode: start({**params, "serve": {**params["serve"], **overrides}}, workdir, args.model, src)
+        mode: start({**base_params[src], "serve": {**base_params[src]["serve"], **overrides}}, workdir, args.model, src)
         for (mode, overrides), src in zip(modes.items(), (None, baseline))
     }
     first, second = list(modes)

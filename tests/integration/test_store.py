@@ -77,7 +77,7 @@ def test_a_machine_with_an_empty_store_pulls_the_champion_and_serves_it(
         answer = httpx.post(f"{url}/classify", json={"texts": ["my card is lost"]}, timeout=30)
         assert answer.status_code == 200 and answer.json()[0]["model"] == tag
         metadata = httpx.get(f"{url}/metadata", timeout=30).json()
-        assert metadata["backend"] == "onnx"  # the pulled ONNX variant passed its SHA-256 and parity checks
+        assert metadata["backend"] == "onnx-int8"  # the pulled ONNX variants passed their SHA-256 and parity checks
 
 
 def test_pull_follows_the_stores_champion_and_checks_every_file(s3, store, tiny_classifier, tmp_path):
