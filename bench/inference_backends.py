@@ -1,12 +1,13 @@
 """Inference backends side by side, in one process, on the same labeled file: which `serve.backend` to serve.
 
-For torch fp32, torch int8, ONNX fp32 and ONNX int8 (tuneloop.compress.for_serving, the service's own
-builder; ONNX variants exported by tuneloop.compress.onnx.export): texts/s and p50/p95 latency per call at
-batch 1 and batch 16, timed in turns of BLOCK calls per backend (each round runs every backend on the same
-texts, in a rotating order, so a busy machine slows all alike), then accuracy, macro-F1 and label agreement with torch
-fp32 on every row of the file. ONNX Runtime's intra-op spinning is off (tuneloop.compress.onnx._session):
-with it on, the torch figures measured in the same process fell 3-4x. Prints one JSON object; the ratios
-the issue names are `onnx_int8_vs_torch_fp32_batch1` and `onnx_int8_vs_torch_fp32_batch16`.
+For torch fp32, torch int8, ONNX fp32 and ONNX int8 (tuneloop.compress.for_serving, the service's own builder; ONNX
+variants exported by tuneloop.compress.onnx.export; ONNX int8 as served, its close rows computed again in fp32 by
+serve.int8_recheck_margin, and `onnx-int8-no-recheck`, the int8 graph alone): texts/s and p50/p95 latency per call
+at batch 1 and batch 16, timed in turns of BLOCK calls per backend (each round runs every backend on the same texts,
+in a rotating order, so a busy machine slows all alike), then accuracy, macro-F1 and label agreement with torch fp32
+on every row of the file. ONNX Runtime's intra-op spinning is off (tuneloop.compress.onnx._session): with it on, the
+torch figures measured in the same process fell 3-4x. Prints one JSON object; the ratios the issue names are
+`onnx_int8_vs_torch_fp32_batch1` and `onnx_int8_vs_torch_fp32_batch16`.
 
     .venv/bin/python bench/inference_backends.py                       # the champion, data/prepared/test.csv
     .venv/bin/python bench/inference_backends.py --model DIR --data ../shared/data/banking77/test.csv
@@ -32,7 +33,9 @@ BACKENDS = ("torch", "torch-int8", "onnx", "onnx-int8")
 # (they wait actively after each parallel region), which cost the ONNX Runtime call after it ~0.8 ms at batch 1
 # (2.5 vs 1.7 ms); a service runs one backend, never two in turn.
 BLOCK = 10
-RECHECK = "onnx-int8-recheck"  # onnx-int8 with its close rows computed again in fp32 (serve.int8_recheck_margin)
+# onnx-int8 is timed as served (its close rows computed again in fp32, serve.int8_recheck_margin); this row is the
+# int8 graph alone, beside it, so the recheck's cost and gain are in the same run
+PURE_INT8 = "onnx-int8-no-recheck"
 
 
 def _champion_dir() -> Path:
@@ -55,10 +58,11 @@ def _variants(model: Path, scratch: Path, prefix: str = "", recheck_margin: floa
     export_s = time.perf_counter() - started
     clf = load_classifier(model)
     clf.model.to("cpu")
-    served = {b: for_serving(clf, b, scratch) for b in BACKENDS}  # quantize_dynamic copies: clf stays fp32
+    # quantize_dynamic copies: clf stays fp32
+    served = {b: for_serving(clf, b, scratch, recheck_margin=recheck_margin) for b in BACKENDS}
     assert all(served[b].backend == b for b in BACKENDS), {b: served[b].backend for b in BACKENDS}
-    if recheck_margin > 0:  # what the service runs for onnx-int8 with serve.int8_recheck_margin
-        served[RECHECK] = for_serving(clf, "onnx-int8", scratch, recheck_margin=recheck_margin)
+    if recheck_margin > 0:
+        served[PURE_INT8] = for_serving(clf, "onnx-int8", scratch)
     return {"served": {f"{prefix}{b}": c for b, c in served.items()}, "export_s": round(export_s, 1)}
 
 
@@ -114,7 +118,7 @@ def main() -> None:
     parser.add_argument("--student", type=Path, help="a distilled student's model dir (tuneloop distill), timed beside")
     parser.add_argument("--threads", type=int, default=2, help="torch intra-op threads (ONNX Runtime: one per core)")
     parser.add_argument(
-        "--recheck-margin", type=float, help="also time onnx-int8 with this recheck margin (default: params.yaml's)"
+        "--recheck-margin", type=float, help="onnx-int8's recheck margin (default: params.yaml's; 0: int8 alone)"
     )
     args = parser.parse_args()
 
@@ -138,7 +142,7 @@ def main() -> None:
         built = _variants(model, Path(scratch) / "teacher", recheck_margin=margin)
         served = built["served"]
         if args.student:
-            served |= _variants(args.student, Path(scratch) / "student", "student-")["served"]
+            served |= _variants(args.student, Path(scratch) / "student", "student-", margin)["served"]
         speed = {
             f"batch{b}": _speed(served, texts, b, args.calls if b == 1 else max(args.calls // 4, 10)) for b in (1, 16)
         }
@@ -153,7 +157,7 @@ def main() -> None:
         "speed": speed,
         "quality": quality,
     }
-    for other in ("torch-int8", "onnx", "onnx-int8", *([RECHECK] if margin > 0 else [])):
+    for other in ("torch-int8", "onnx", "onnx-int8", *([PURE_INT8] if margin > 0 else [])):
         key = other.replace("-", "_")
         for b in ("batch1", "batch16"):
             result[f"{key}_vs_torch_fp32_{b}"] = round(
@@ -171,7 +175,7 @@ def main() -> None:
                     speed[b][f"student-{backend}"]["texts_per_s"] / speed[b][backend]["texts_per_s"], 2
                 )
         result["student_accuracy_drop"] = round(quality["torch"]["accuracy"] - quality["student-torch"]["accuracy"], 4)
-    for name in ("onnx-int8", *([RECHECK] if margin > 0 else [])):
+    for name in ("onnx-int8", *([PURE_INT8] if margin > 0 else [])):
         drop = quality["torch"]["macro_f1"] - quality[name]["macro_f1"]
         result[f"{name.replace('-', '_')}_macro_f1_drop"] = round(drop, 4)
     print(json.dumps(result, indent=2))
