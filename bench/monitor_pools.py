@@ -1,7 +1,8 @@
 """Shared by the monitoring benches: the champion's reference and pools of scored traffic.
 
-Scores each pool once with the served variant (int8 by default; one forward pass gives the
-probabilities and the projected embedding, as the service logs them) and caches the result in
+Scores each pool once with the served variant (the --backend a bench names, with params.yaml's
+serve.int8_recheck_margin as the service runs it; one forward pass gives the probabilities and the
+projected embedding, as the service logs them) and caches the result in
 build/bench-pools/ (keyed by model folder and pool), so the benches sample windows without
 re-running the model. A window is a DataFrame shaped like `tuneloop.predlog.read_window`'s.
 """
@@ -16,12 +17,14 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
+from tuneloop.config import load_params
 from tuneloop.demo import generate
 from tuneloop.monitor.reference import build_reference, top_k_lists
 from tuneloop.monitor.simulate import new_intent_rows
 
 CACHE = Path("build/bench-pools")
 REPO = Path(__file__).resolve().parents[1]
+MARGIN = load_params(REPO / "params.yaml").serve.int8_recheck_margin  # onnx-int8's recheck, as served
 POOLS = {  # name -> (rows, seed, demo drift kind); seeds differ from the demo corpus's 42
     "none": (4000, 101, "none"),
     "vocabulary": (3000, 102, "vocabulary"),
@@ -43,12 +46,12 @@ def scored_pool(model_dir: Path, name: str, backend: str) -> pd.DataFrame:
     from tuneloop.compress import for_serving
     from tuneloop.model import load_classifier, predict_with_embedding
 
-    key = hashlib.sha256(f"{model_dir.resolve()}|{name}|{backend}|{POOLS[name]}".encode()).hexdigest()[:16]
+    key = hashlib.sha256(f"{model_dir.resolve()}|{name}|{backend}|{MARGIN}|{POOLS[name]}".encode()).hexdigest()[:16]
     path = CACHE / f"{name}-{key}.parquet"
     if path.is_file():
         return pd.read_parquet(path)
     frame = pool_rows(name).reset_index(drop=True)
-    clf = for_serving(load_classifier(model_dir), backend)
+    clf = for_serving(load_classifier(model_dir), backend, recheck_margin=MARGIN)
     probs, embeddings = predict_with_embedding(clf, frame["text"].tolist())
     tops = top_k_lists(probs, clf.labels)
     frame["predicted"] = [t[0]["label"] for t in tops]
@@ -71,7 +74,7 @@ def reference(model_dir: Path, data: list[Path], backend: str) -> pd.DataFrame:
     from tuneloop.tabular import read_labeled
 
     frame = pd.concat([read_labeled(p) for p in data], ignore_index=True)
-    return build_reference(model_dir, frame, backend=backend)
+    return build_reference(model_dir, frame, backend=backend, recheck_margin=MARGIN)
 
 
 def window(base: pd.DataFrame, drifted: pd.DataFrame | None, size: int, share: float, rng: np.random.Generator):
