@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from tests.conftest import labeled_csv, write
+from tests.conftest import REPO, labeled_csv, write
 
 
 def dvc(*args: str) -> str:
@@ -36,6 +36,22 @@ def test_import_is_tracked_and_survives_push_and_pull(project, cli):
     shutil.rmtree(project / "data" / "raw")
     dvc("pull", "data.dvc")
     assert sha(raw) == before
+
+
+def test_the_committed_lock_records_what_make_demo_makes_in_its_data_stages(project, cli):
+    """`make demo`'s validate and prepare (no training: the same bytes on any CPU) write the outputs the committed
+    dvc.lock records. Once the lock's validation-report outs were left from older code (only deps were brought in
+    step), so a new user's `make demo` left dvc.lock modified on every machine."""
+    makefile = (REPO / "Makefile").read_text()
+    assert "--rows $(DEMO_ROWS) --seed 42" in makefile and "DEMO_ROWS ?= 2000" in makefile  # what make demo runs
+    assert cli("data", "demo", "--out", "build/demo.csv", "--rows", "2000", "--seed", "42").exit_code == 0
+    assert cli("data", "import", "build/demo.csv").exit_code == 0
+    dvc("repro", "prepare")
+    committed = yaml.safe_load((REPO / "dvc.lock").read_text())["stages"]
+    made = yaml.safe_load((project / "dvc.lock").read_text())["stages"]
+    for stage in ("validate", "prepare"):
+        assert made[stage]["deps"] == committed[stage]["deps"], f"{stage}: inputs differ from the committed lock"
+        assert made[stage]["outs"] == committed[stage]["outs"], f"{stage}: run `make demo` and commit dvc.lock"
 
 
 def test_repro_caches_and_reruns_only_what_a_param_touches(project, cli):

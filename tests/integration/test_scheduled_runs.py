@@ -62,6 +62,13 @@ def test_scheduled_deployment_runs_on_a_real_worker(database, project, cli, tiny
             trigger = next(a for a in automations if a["name"] == "retrain classifier on drift")
             assert "tuneloop.drift.detected" in trigger["trigger"]["expect"]
             assert trigger["actions"][0]["parameters"] == {"retrain": True}  # the drift event retrains
+            for name, strategy in (
+                ("tuneloop-training/training", "ENQUEUE"),
+                ("tuneloop-monitoring/monitoring", "CANCEL_NEW"),
+            ):
+                deployment = prefect_api("GET", f"{api}/deployments/name/{name}").json()
+                assert deployment["global_concurrency_limit"]["limit"] == 1, deployment  # one run at a time
+                assert deployment["concurrency_options"]["collision_strategy"] == strategy
             with process_group(
                 [sys.executable, "-m", "prefect", "worker", "start", "--pool", "tuneloop-cpu", "--limit", "2"],
                 client,

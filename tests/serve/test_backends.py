@@ -34,7 +34,11 @@ def test_every_backend_answers_alike(served, tmp_path):  # noqa: F811
             response = client.post("/classify", json={"texts": texts})
             assert response.status_code == 200, response.text
             answers[backend] = response.json()
-            backends[backend] = client.get("/metadata").json()["backend"]
+            metadata = client.get("/metadata").json()
+            backends[backend] = metadata["backend"]
+            assert metadata["int8_recheck_margin"] == (
+                params["serve"]["int8_recheck_margin"] if backend == "onnx-int8" else None
+            )
             ids = [a["request_id"] for a in answers[backend]]
             recorded = client.post("/feedback", json={"items": [{"request_id": i, "label": "pos"} for i in ids]})
             assert recorded.json()["recorded"] == 3  # every answer was logged
