@@ -677,21 +677,52 @@ def train(
     meta["best_checkpoint"] = trainer.state.best_model_checkpoint
     if not is_main_process():  # the other ranks hold the same weights; rank 0 writes them
         return result
-    _write_model_dir(trainer, out_dir, meta, run_facts(result))
+    _write_model_dir(trainer, out_dir, meta, run_facts(result, params))
     if not keep_checkpoints:
         shutil.rmtree(checkpoints, ignore_errors=True)
     log.info("model written to %s: val %s, %.1f samples/s, %.0f s", out_dir, val_metrics, speed, result.wall_time_s)
     return result
 
 
+# The train keys that change the model: exactly the train stage's params in dvc.yaml (with base.seed and vocab;
+# tests/code/test_dvc_deps.py holds the two lists equal). num_threads, nproc, compile and save_total_limit do not.
+MODEL_TRAIN_KEYS = (
+    "base_model",
+    "max_length",
+    "epochs",
+    "batch_size",
+    "cuda_batch_size",
+    "lr",
+    "lr_scaling",
+    "weight_decay",
+    "warmup_ratio",
+    "scheduler",
+    "label_smoothing",
+    "class_weights",
+    "early_stopping_patience",
+    "best_metric",
+    "eval_steps",
+    "max_samples",
+)
+
+
+def model_params(params: Params) -> dict[str, Any]:
+    """The params the model depends on (MODEL_TRAIN_KEYS, base.seed, vocab), as tuneloop.json records them."""
+    dumped = params.model_dump(mode="json", by_alias=True)
+    train = {key: dumped["train"][key] for key in MODEL_TRAIN_KEYS}
+    return {"base": {"seed": dumped["base"]["seed"]}, "train": train, "vocab": dumped["vocab"]}
+
+
 def describe_run(params: Params, info: dict[str, Any], inputs: dict[str, Path], run: TrainResult) -> dict[str, Any]:
     """tuneloop.json: what the model dir says about itself (params, data hashes, the run's outcome). Only what the
-    same data, code and params reproduce: when and how fast it ran is in run.json (`run_facts`)."""
+    same data, code and params reproduce: when and how fast it ran, and the run's whole params file, are in
+    run.json (`run_facts`). It held the whole params file once: a key no stage depends on (serve.backend, a gate
+    threshold) then changed the file, so the committed dvc.lock's train outs differed from what a new run wrote."""
     return {
         "tuneloop_version": _version(),
         "labels": info["labels"],
         "base_model": info["base_model"],
-        "params": params.model_dump(mode="json", by_alias=True),
+        "params": model_params(params),
         "data": data_version(inputs),
         "device": info["device"],
         "processes": world()[1],  # data-parallel training processes (torchrun / accelerate launch)
@@ -705,13 +736,15 @@ def describe_run(params: Params, info: dict[str, Any], inputs: dict[str, Path], 
     }
 
 
-def run_facts(run: TrainResult) -> dict[str, Any]:
-    """run.json (provenance.RUN_FILE): this run's git revision, time stamp, run time and throughput."""
+def run_facts(run: TrainResult, params: Params) -> dict[str, Any]:
+    """run.json (provenance.RUN_FILE): this run's git revision, time stamp, run time, throughput and its whole
+    params file (`run_params`)."""
     return {
         "git_revision": git_revision(),
         "created_at": utc_now(),
         "wall_time_s": round(run.wall_time_s, 1),
         "train_samples_per_second": round(run.train_samples_per_second, 1),
+        "run_params": params.model_dump(mode="json", by_alias=True),
     }
 
 

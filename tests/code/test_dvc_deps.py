@@ -100,3 +100,17 @@ def test_committed_dvc_lock_matches_the_code_and_params():
             if locked_params.get(key, "<missing>") != _flat(params, key):
                 stale.append(f"{stage}: param {key}")
     assert not stale, f"dvc.lock is stale ({stale}): run `make demo` (or `dvc repro`) and commit dvc.lock"
+
+
+def test_the_model_records_exactly_the_params_its_stage_depends_on():
+    """tuneloop.json (a train output DVC hashes) holds only the params the train stage lists: a key it does not
+    list (serve.backend) changed the file without re-running the stage, so the lock's outs went stale."""
+    from tuneloop.config import load_params
+    from tuneloop.train import model_params
+
+    stage = yaml.safe_load((REPO / "dvc.yaml").read_text())["stages"]["train"]
+    recorded = model_params(load_params(REPO / "params.yaml"))
+    flat = {f"{section}.{key}" for section, keys in recorded.items() for key in keys}
+    listed = set(stage["params"])
+    whole = {key for key in listed if "." not in key}  # a whole section (vocab)
+    assert {key for key in flat if key.split(".")[0] not in whole} | whole == listed

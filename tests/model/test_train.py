@@ -35,6 +35,8 @@ def test_training_reduces_loss_and_writes_a_self_describing_dir(tiny_model, tiny
     facts = json.loads((out / "run.json").read_text())  # the run's facts, out of DVC's hash of the folder
     assert "git_revision" in facts and facts["wall_time_s"] > 0 and facts["created_at"]
     assert not {"git_revision", "created_at", "wall_time_s", "train_samples_per_second"} & set(meta)
+    assert set(meta["params"]) == {"base", "train", "vocab"}  # only what the model depends on (serve.*: no)
+    assert "num_threads" not in meta["params"]["train"] and facts["run_params"]["serve"]["backend"]  # the rest: run.json
     # nor how this shell loaded the tokenizer (HF_HUB_OFFLINE saves local_files_only=true): same model, same bytes
     assert "local_files_only" not in json.loads((out / "tokenizer_config.json").read_text())
     assert meta["val_metrics"]["macro_f1"] == result.val_metrics["macro_f1"]

@@ -229,7 +229,7 @@ def distill(
     info |= {"device": str(trainer.args.device), "train_rows": len(train_df), "val_rows": len(val_df)}
     meta = describe_run(params, info | {"production_rows": 0}, {"train": Path(train_path), "val": Path(val_path)}, run)
     meta["distillation"] = _record(params, teacher, teacher_tag or str(teacher_dir), layers, len(extra), len(augmented))
-    _write_model_dir(trainer, Path(out_dir), meta, run_facts(run))
+    _write_model_dir(trainer, Path(out_dir), meta, run_facts(run, params))
     shutil.rmtree(checkpoints, ignore_errors=True)
     log.info("student (%d layers) written to %s: val %s", layers, out_dir, val_metrics)
     return meta
