@@ -7,7 +7,9 @@ wrong variant from being served.
   the logits and the mean-pooled last hidden state, so the service's logged embedding comes from the same
   pass, as with torch.
 - model.int8.onnx: model.onnx with every MatMul's weights quantised to int8 (ONNX Runtime's dynamic
-  quantiser: activation scales per call).
+  quantiser: activation scales per call). Served with serve.int8_recheck_margin > 0, its runner recomputes with
+  model.onnx the rows whose top two probabilities are closer than the margin: the labels int8's rounding
+  changes are such rows (Banking77 MiniLM: every flip had a margin under 0.13; README: Compression).
 - manifest.json: each file's SHA-256, the source weights' SHA-256, and each variant's probabilities on
   PARITY_TEXTS at export time.
 
@@ -89,8 +91,7 @@ class Runner:
     """An ONNX Runtime session for one variant: tokenised numpy batch in, (logits, pooled) out. `small`, when
     set, is a one-thread session of the same file for calls of at most SMALL_CALL_TOKENS tokens. `exact`, when
     set (the int8 variant, serve.int8_recheck_margin > 0), is the fp32 variant's runner: rows whose top two
-    probabilities are closer than `margin` are computed again by it, since those are the rows int8's rounding
-    flips (module docstring)."""
+    probabilities are closer than `margin` are computed again by it (module docstring)."""
 
     session: Any
     inputs: list[str]
@@ -111,14 +112,14 @@ class Runner:
     def _recheck(self, feed: dict[str, np.ndarray], logits: np.ndarray, pooled: np.ndarray) -> tuple[Any, Any]:
         """The close rows' logits and pooled states from the exact runner, the rest as they are."""
         assert self.exact is not None
-        top_two = np.sort(_softmax(logits), axis=1)[:, -2:] if logits.shape[1] > 1 else None
-        if top_two is None:
+        if logits.shape[1] < 2:
             return logits, pooled
+        top_two = np.sort(_softmax(logits), axis=1)[:, -2:]
         close = np.flatnonzero(top_two[:, 1] - top_two[:, 0] < self.margin)
         if close.size == 0:
             return logits, pooled
         mask = feed["attention_mask"][close]
-        real = np.flatnonzero(mask.any(axis=0))  # padding on the right: keep the columns any close row uses
+        real = np.flatnonzero(mask.any(axis=0))  # drop only the trailing columns no close row uses (padding)
         width = int(real[-1]) + 1 if real.size else mask.shape[1]
         exact_logits, exact_pooled = self.exact({name: values[close, :width] for name, values in feed.items()})
         logits, pooled = logits.copy(), pooled.copy()
