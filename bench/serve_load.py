@@ -223,14 +223,14 @@ def compare(params: dict, args: argparse.Namespace, texts: list[str], workdir: P
     hits both alike. Every answered request must be in that server's prediction log. With `baseline` (the
     src folder of --baseline-rev), the second server runs that revision's code."""
     modes = compared_modes(args)
-    base_params = {None: params, baseline: yaml.safe_load((baseline / "params.yaml").read_text()) if baseline else None}
+    own = [params, yaml.safe_load((baseline / "params.yaml").read_text()) if baseline else params]
     servers: dict[str, tuple[subprocess.Popen, str, str]] = {}
     first, second = list(modes)
     rounds: dict[str, list[dict]] = {mode: [] for mode in modes}
     warmup, served = 32, {}
     try:  # a server that fails to start must not leave the one started before it running
-        for (mode, overrides), src in zip(modes.items(), (None, baseline)):
-            settings = {**base_params[src], "serve": {**base_params[src]["serve"], **overrides}}
+        for (mode, overrides), src, base in zip(modes.items(), (None, baseline), own):
+            settings = {**base, "serve": {**base["serve"], **overrides}}
             servers[mode] = start(settings, workdir, args.model, src)
         served = {}  # what each server says it runs: a backend whose variant failed its checks falls back
         for mode, (_proc, base, _) in servers.items():

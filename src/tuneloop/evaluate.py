@@ -372,7 +372,7 @@ def served_variant_metrics(
     import dataclasses
     import tempfile
 
-    from tuneloop.compress import build_variants, for_serving
+    from tuneloop.compress import build_variants, for_serving, recheck_margin
     from tuneloop.model import predict_proba
 
     if next(clf.model.parameters()).is_cuda:  # the service runs on CPU: judge that, not the GPU weights
@@ -385,7 +385,7 @@ def served_variant_metrics(
     return {
         "backend": served_clf.backend,
         "variant_sha256": served_clf.runner.sha256 if served_clf.runner is not None else None,
-        "int8_recheck_margin": params.serve.int8_recheck_margin if served_clf.backend == "onnx-int8" else None,
+        "int8_recheck_margin": recheck_margin(served_clf),
         **{k: headline[k] for k in ("accuracy", "macro_f1", "ece")},
         "agreement": float((served.argmax(axis=1) == probs.argmax(axis=1)).mean()),
         "mean_confidence_shift": float(np.abs(served.max(axis=1) - probs.max(axis=1)).mean()),

@@ -62,7 +62,6 @@ def drift_trigger(task: str) -> Any:
 def deploy_training(params: Params, project_root: Path) -> str:
     """Create (or update) `tuneloop-training/training` on the server PREFECT_API_URL points at: the cron
     schedule, and a trigger that retrains when the monitoring flow emits `tuneloop.drift.detected` for the task."""
-    from prefect.client.schemas.objects import ConcurrencyLimitConfig, ConcurrencyLimitStrategy
     from prefect.schedules import Cron
 
     cfg = params.deploy
@@ -76,9 +75,17 @@ def deploy_training(params: Params, project_root: Path) -> str:
         triggers=[drift_trigger(params.task.name)],
         # One run at a time, the others queued (AwaitingConcurrencySlot): the cron run and a drift retrain, or two
         # drift events, share the project folder, and a second run beside the first failed on DVC's lock.
-        concurrency_limit=ConcurrencyLimitConfig(limit=1, collision_strategy=ConcurrencyLimitStrategy.ENQUEUE),
+        concurrency_limit=_one_at_a_time("ENQUEUE"),
         description="[collect feedback] -> validate -> prepare -> pretrain -> train -> evaluate -> release -> package",
     )
+
+
+def _one_at_a_time(collision: str) -> Any:
+    """A deployment concurrency limit of one run; `collision` (ENQUEUE | CANCEL_NEW) says what a run due meanwhile
+    does."""
+    from prefect.client.schemas.objects import ConcurrencyLimitConfig, ConcurrencyLimitStrategy
+
+    return ConcurrencyLimitConfig(limit=1, collision_strategy=ConcurrencyLimitStrategy(collision))
 
 
 def _deploy(params: Params, project_root: Path, entrypoint: str, **deployment: Any) -> str:
@@ -98,7 +105,6 @@ def deploy_monitoring(params: Params, project_root: Path) -> str:
     """Create (or update) `tuneloop-monitoring/monitoring`: every monitor.schedule_minutes, in the CPU pool."""
     from datetime import timedelta
 
-    from prefect.client.schemas.objects import ConcurrencyLimitConfig, ConcurrencyLimitStrategy
     from prefect.schedules import Interval
 
     return _deploy(
@@ -110,7 +116,7 @@ def deploy_monitoring(params: Params, project_root: Path) -> str:
         schedules=[Interval(timedelta(minutes=params.monitor.schedule_minutes))],
         # A run due while the last one still runs is cancelled, not queued: the next interval reads a newer window
         # (and two runs at once would count one window twice in the hysteresis state).
-        concurrency_limit=ConcurrencyLimitConfig(limit=1, collision_strategy=ConcurrencyLimitStrategy.CANCEL_NEW),
+        concurrency_limit=_one_at_a_time("CANCEL_NEW"),
         description="prediction-log window vs the champion's reference -> verdict (Evidently snapshot)",
     )
 

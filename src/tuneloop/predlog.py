@@ -155,7 +155,7 @@ class PredictionLog:
         try:
             self.engine = create_engine(self.url, pool_pre_ping=True)
         except SQLAlchemyError as exc:  # not a URL SQLAlchemy can use: nothing to wait for
-            raise self._unusable(exc) from None
+            raise _unusable(self.url, exc) from None
         self._schema_ready = self._start_schema()
         self._buffer: deque[dict[str, Any]] = deque()  # rows as they go to the database
         self.refused = 0  # rows the database refused for their own content (see _store)
@@ -167,12 +167,6 @@ class PredictionLog:
 
     def _safe_url(self) -> str:
         return _shown(self.url)
-
-    def _unusable(self, exc: Exception) -> PredictionLogError:
-        return PredictionLogError(
-            f"prediction log database {self._safe_url()}: {first_line(exc)}. "
-            "Check TUNELOOP_DB_URL and that the server is running."
-        )
 
     def _migrate(self) -> None:
         """Create the tables on first use; refuse a database from an incompatible schema version."""
@@ -189,7 +183,7 @@ class PredictionLog:
             return True
         except OperationalError as exc:  # connection refused, host unknown, login refused, file not there
             if self.spool is None:
-                raise self._unusable(exc) from None
+                raise _unusable(self.url, exc) from None
             log.warning(
                 "prediction log database %s is not answering (%s): going on, the rows wait in memory and past "
                 "%d in %s, and are written when it answers",
@@ -200,7 +194,7 @@ class PredictionLog:
             )
             return False
         except SQLAlchemyError as exc:
-            raise self._unusable(exc) from None
+            raise _unusable(self.url, exc) from None
 
     # ------------------------------------------------------------ writing
 
@@ -568,15 +562,20 @@ def read_window(
         with engine.connect() as conn:
             rows = conn.execute(window_query(model_tag, since, until, last)).mappings().all()
     except SQLAlchemyError as exc:
-        raise PredictionLogError(
-            f"prediction log {_shown(url)}: {first_line(exc)}. Check "
-            "TUNELOOP_DB_URL and that the database server is running."
-        ) from None
+        raise _unusable(url, exc) from None
     finally:
         engine.dispose()
     frame = pd.DataFrame(rows, columns=WINDOW_COLUMNS)
     frame["created_at"] = pd.to_datetime(frame["created_at"], utc=True)
     return frame
+
+
+def _unusable(url: str, exc: Exception) -> PredictionLogError:
+    """The log's database failed in a way waiting will not fix here: the cause and where to look."""
+    return PredictionLogError(
+        f"prediction log database {_shown(url)}: {first_line(exc)}. Check TUNELOOP_DB_URL and that the "
+        "database server is running."
+    )
 
 
 def _utc(moment: datetime) -> datetime:

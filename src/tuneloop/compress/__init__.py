@@ -68,6 +68,12 @@ def for_serving(
     return dataclasses.replace(clf, model=model, backend="torch-int8")
 
 
+def recheck_margin(clf: Classifier) -> float | None:
+    """The int8 recheck margin the served variant runs with (serve.int8_recheck_margin); None when it has none
+    (another backend, a torch fallback, or margin 0)."""
+    return getattr(clf.runner, "margin", 0.0) or None
+
+
 def build_variants(model_dir: Path, backend: str, out: Path) -> Path | None:
     """The ONNX variants of the model, built in `out`, when `backend` needs them; None (and the reason logged)
     when the model does not export, so the torch backend is judged and served instead."""

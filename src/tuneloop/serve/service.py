@@ -297,6 +297,7 @@ class TextClassifier:
     @http.get("/metadata")
     def metadata(self) -> dict[str, Any]:
         """GET /metadata: model tag, label set, metrics, data version and when it was promoted."""
+        from tuneloop.compress import recheck_margin
         from tuneloop.registry import champion_tag, history
 
         current = self.current
@@ -308,8 +309,7 @@ class TextClassifier:
             "follows_champion": RESOLVED.follow,
             "labels": current.clf.labels,
             "backend": current.clf.backend,  # serve.backend, or its torch fallback (the log says why)
-            # onnx-int8: rows whose top two are closer than this are answered by the fp32 graph (None: no recheck)
-            "int8_recheck_margin": getattr(current.clf.runner, "margin", 0.0) or None,
+            "int8_recheck_margin": recheck_margin(current.clf),  # onnx-int8: close rows answered by fp32
             "stage": "champion" if champion_tag(RESOLVED.task) == current.tag else current.info.labels.get("stage"),
             "promoted_at": promotions[-1]["at"] if promotions else None,
             "metrics": stored.get("metrics", {}),
