@@ -1,12 +1,15 @@
 """Label-free performance estimate (CBPE) vs the naive estimate (mean top-class confidence), side by side.
 
-Method: the champion's reference (val + test, served int8 variant) fits the Platt calibration, as
-registration does. For each kind (reference traffic, vocabulary, length, label-mix, new-intents;
-every row of the window of that kind) --windows windows of --size rows are sampled from the scored
-pools (bench/monitor_pools.py; windows of one kind share rows, the pools hold 2000-4000), every
-row labeled. Per window: true accuracy and macro-F1 from the labels, CBPE's estimates
-(tuneloop.monitor.estimate.estimate, the code `tuneloop monitor run` runs) and the naive one.
-Prints per kind the median and worst absolute error in accuracy points for both, and their ratio.
+Method: the champion's reference (val + test, the served variant) fits the Platt calibration, as
+`tuneloop monitor run` does (tuneloop.monitor.estimate.fit_on). For each kind (reference traffic,
+vocabulary, length, label-mix, new-intents; every row of the window of that kind) --windows windows
+of --size rows are sampled from the scored pools (bench/monitor_pools.py; windows of one kind share
+rows, the pools hold 2000-4000), every row labeled. Per window: true accuracy and macro-F1 from the
+labels, CBPE's estimates (tuneloop.monitor.estimate.estimate) and the naive one. With each F of
+--feedback-rows the calibration also fits on F feedback-labeled rows of the same kind that are not in
+the window (earlier traffic whose labels have arrived: monitor.calibration_feedback_rows); F=0 is
+the reference alone. Prints per kind and F the median and worst absolute error in accuracy points
+for both, and their ratio.
 
     PYTHONPATH=src .venv/bin/python bench/estimate_accuracy.py --model /tmp/mon-demo/models/candidate \\
         --data /tmp/mon-demo/data/prepared/val.csv /tmp/mon-demo/data/prepared/test.csv
@@ -25,14 +28,17 @@ sys.path.insert(0, str(Path(__file__).parent))
 import monitor_pools as pools
 
 
-def kind_errors(scored, calibration, args, rng) -> dict:
+def kind_errors(scored, ref, feedback_rows: int, args, rng) -> dict:
     from sklearn.metrics import f1_score
 
-    from tuneloop.monitor.estimate import estimate
+    from tuneloop.monitor.estimate import estimate, fit_on
 
     cbpe, naive, f1_err, true_acc = [], [], [], []
     for _ in range(args.windows):
-        window = scored.iloc[rng.choice(len(scored), args.size, replace=False)]
+        order = rng.permutation(len(scored))
+        window = scored.iloc[order[: args.size]]
+        feedback = scored.iloc[order[args.size : args.size + feedback_rows]].rename(columns={"label": "true_label"})
+        calibration, _ = fit_on([ref, feedback])
         top_k = [json.loads(t) for t in window["top_k"]]
         est = estimate(window["predicted"].tolist(), window["confidence"].to_numpy(), top_k, calibration)
         accuracy = float((window["predicted"] == window["label"]).mean())
@@ -61,11 +67,12 @@ def main() -> None:
     parser.add_argument("--size", type=int, default=500)
     parser.add_argument("--windows", type=int, default=40)
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--feedback-rows", default="0,200", help="comma-separated F: earlier labeled rows per window")
     args = parser.parse_args()
-    from tuneloop.monitor.reference import calibration_of
+    from tuneloop.monitor.estimate import fit_on
 
     ref = pools.reference(args.model, args.data, args.backend)
-    calibration = calibration_of(ref)
+    calibration, _ = fit_on([ref])
     rng = np.random.default_rng(args.seed)
     print(
         json.dumps(
@@ -79,17 +86,19 @@ def main() -> None:
     )
     for kind in pools.POOLS:
         scored = pools.scored_pool(args.model, kind, args.backend)
-        print(
-            json.dumps(
-                {
-                    "kind": kind,
-                    "windows": args.windows,
-                    "size": args.size,
-                    **kind_errors(scored, calibration, args, rng),
-                }
-            ),
-            flush=True,
-        )
+        for feedback_rows in (int(f) for f in args.feedback_rows.split(",")):
+            print(
+                json.dumps(
+                    {
+                        "kind": kind,
+                        "feedback_rows": feedback_rows,
+                        "windows": args.windows,
+                        "size": args.size,
+                        **kind_errors(scored, ref, feedback_rows, args, rng),
+                    }
+                ),
+                flush=True,
+            )
 
 
 if __name__ == "__main__":

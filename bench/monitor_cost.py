@@ -10,7 +10,9 @@
    snapshot) in a child process, on SQLite and on PostgreSQL (127.0.0.1:5432, trust auth) when
    reachable: wall time, the child's CPU seconds (imports included; on this shared 2-core machine
    the wall time depends on the other engineers' load, the CPU time much less) and peak RSS.
-   Rows are demo pool texts with their logged embeddings, repeated to --rows.
+   Rows are demo pool texts with their logged embeddings, repeated to --rows, after --history older
+   rows; --feedback-share of all of them carry a feedback label (the estimate's calibration reads
+   the newest monitor.calibration_feedback_rows labeled rows before the window).
 
     PYTHONPATH=src .venv/bin/python bench/monitor_cost.py --model /tmp/mon-demo/models/candidate \\
         --data /tmp/mon-demo/data/prepared/val.csv /tmp/mon-demo/data/prepared/test.csv --rows 100000
@@ -65,8 +67,9 @@ def embedding_cost(model: Path, backend: str, rounds: int, threads: int) -> dict
     }
 
 
-def fill_log(url: str, tag: str, rows: int, model: Path, backend: str) -> None:
-    """`rows` predictions of `tag`, texts and embeddings from the scored demo pools, a minute apart."""
+def fill_log(url: str, tag: str, rows: int, model: Path, backend: str, feedback_share: float) -> None:
+    """`rows` predictions of `tag`, texts and embeddings from the scored demo pools, a minute apart; every
+    1/feedback_share-th of them gets its true label as feedback."""
     from tuneloop.predlog import Prediction, PredictionLog
 
     pool = pools.scored_pool(model, "none", backend)
@@ -83,6 +86,11 @@ def fill_log(url: str, tag: str, rows: int, model: Path, backend: str) -> None:
         )  # fmt: skip
         if i % 20000 == 19999:
             plog.flush()
+    plog.flush()
+    step = round(1 / feedback_share) if feedback_share else 0
+    labeled = [(f"bench{i:012d}", pool.iloc[i % len(pool)]["label"]) for i in range(0, rows, step)] if step else []
+    for chunk in range(0, len(labeled), 5000):
+        plog.record_feedback_many(labeled[chunk : chunk + 5000])
     plog.close()
 
 
@@ -94,6 +102,7 @@ params = load_params(sys.argv[1]).monitor.model_copy(update={"workspace": sys.ar
 started = time.perf_counter()
 verdict = run_monitoring(params, db_url=sys.argv[2], last=int(sys.argv[5]))
 print(json.dumps({"seconds": round(time.perf_counter() - started, 1), "rows": verdict.window.rows,
+                  "calibration_feedback_rows": verdict.estimate.calibration_feedback_rows if verdict.estimate else None,
                   "status": verdict.status, "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss // 1024,
                   "cpu_s_whole_process": round(sum(resource.getrusage(resource.RUSAGE_SELF)[:2]), 1)}))
 """
@@ -108,7 +117,7 @@ def window_cost(url: str, rows: int, args: argparse.Namespace, tmp: Path) -> dic
     entry = registry.register(args.model, reference=ref)
     registry.promote(entry.tag, reason="bench")
     started = time.perf_counter()
-    fill_log(url, entry.tag, rows, args.model, args.backend)
+    fill_log(url, entry.tag, rows + args.history, args.model, args.backend, args.feedback_share)
     filled = time.perf_counter() - started
     started = time.perf_counter()
     child = subprocess.run(
@@ -120,6 +129,8 @@ def window_cost(url: str, rows: int, args: argparse.Namespace, tmp: Path) -> dic
     result = json.loads(child.stdout.strip().splitlines()[-1])
     return {
         "database": url.split(":")[0],
+        "logged_rows": rows + args.history,
+        "feedback_share": args.feedback_share,
         "fill_s": round(filled, 1),
         "child_wall_s": round(time.perf_counter() - started, 1),
         **result,
@@ -148,6 +159,8 @@ def main() -> None:
     parser.add_argument("--params", type=Path, default=Path("params.yaml").resolve())
     parser.add_argument("--backend", default="torch-int8")
     parser.add_argument("--rows", type=int, default=100_000)
+    parser.add_argument("--history", type=int, default=20_000, help="older rows logged before the window")
+    parser.add_argument("--feedback-share", type=float, default=0.2, help="share of logged rows with a label")
     parser.add_argument("--rounds", type=int, default=5)
     parser.add_argument("--threads", type=int, default=1, help="torch threads for the embedding section")
     parser.add_argument("--sections", nargs="*", default=["embedding", "window"])

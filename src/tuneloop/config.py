@@ -333,6 +333,10 @@ class MonitorParams(_Section):
     embedding_method: Literal["model", "mmd"]
     max_embedding_rows: int = Field(ge=50, description="window rows sampled for the embedding drift method")
     min_estimated_accuracy: float = Field(ge=0, le=1, description="label-free estimate under this flags")
+    calibration_feedback_rows: int = Field(
+        default=1000, ge=0, description="newest feedback-labeled predictions before the window the estimate's "
+        "calibration also fits on (0 = the reference alone)"
+    )  # fmt: skip
     min_labeled_rows: int = Field(ge=1, description="labeled rows needed before labeled metrics count")
     hysteresis: int = Field(ge=1, description="drifted windows in a row before a verdict says retrain")
     cooldown_hours: float = Field(ge=0, description="no retrain verdict this long after the last retrain")

@@ -508,15 +508,23 @@ WINDOW_COLUMNS = [
 ]
 
 
-def window_query(model_tag: str | None, since: datetime | None, until: datetime | None, last: int | None) -> Any:
-    """SELECT of the window's predictions (newest N first, when `last`), each joined to its latest feedback."""
-    from sqlalchemy import MetaData, func, select
+def window_query(
+    model_tag: str | None, since: datetime | None, until: datetime | None, last: int | None, labeled: bool = False
+) -> Any:
+    """SELECT of the window's predictions (newest N first, when `last`), each with its latest feedback label
+    (with `labeled`, only predictions that have feedback, so `last` counts labeled rows).
+
+    The label is a correlated subquery on the feedback table's request_id index: one index lookup per
+    window row. A join to "latest feedback per request" grouped over the whole feedback table made
+    SQLite compare every window row with every label (100k rows, 24k labels: 209 s; bench/monitor_cost.py).
+    """
+    from sqlalchemy import MetaData, select
 
     tables = _tables(MetaData())
     predictions, feedback = tables["predictions"], tables["feedback"]
-    latest = select(func.max(feedback.c.id).label("id")).group_by(feedback.c.request_id).subquery()
-    labels = select(feedback.c.request_id, feedback.c.label).join(latest, latest.c.id == feedback.c.id).subquery()
     query = select(predictions)
+    if labeled:
+        query = query.where(select(feedback.c.id).where(feedback.c.request_id == predictions.c.request_id).exists())
     if model_tag is not None:
         query = query.where(predictions.c.model_tag == model_tag)
     if since is not None:
@@ -524,11 +532,14 @@ def window_query(model_tag: str | None, since: datetime | None, until: datetime 
     if until is not None:
         query = query.where(predictions.c.created_at < _utc(until))
     window = query.order_by(predictions.c.created_at.desc(), predictions.c.request_id.desc()).limit(last).subquery()
-    return (
-        select(window, labels.c.label.label("true_label"))
-        .join(labels, labels.c.request_id == window.c.request_id, isouter=True)
-        .order_by(window.c.created_at, window.c.request_id)
+    label = (
+        select(feedback.c.label)
+        .where(feedback.c.request_id == window.c.request_id)
+        .order_by(feedback.c.id.desc())
+        .limit(1)
+        .scalar_subquery()
     )
+    return select(window, label.label("true_label")).order_by(window.c.created_at, window.c.request_id)
 
 
 def read_window(
@@ -538,11 +549,13 @@ def read_window(
     since: datetime | None = None,
     until: datetime | None = None,
     last: int | None = None,
+    labeled: bool = False,
 ) -> Any:
     """Logged predictions as a DataFrame (oldest first), each with its latest feedback label (`true_label`).
 
     `model_tag` keeps one model's rows, `since <= created_at < until` a time range (naive means UTC),
-    `last` the newest N of that selection; `url` defaults to `database_url()`.
+    `labeled` only the rows that have a feedback label, `last` the newest N of that selection; `url`
+    defaults to `database_url()`.
 
     Raises:
         PredictionLogError: the database is unreachable or has no prediction log in it.
@@ -560,7 +573,7 @@ def read_window(
                 "at the database the service writes (its log starts with the first request)."
             )
         with engine.connect() as conn:
-            rows = conn.execute(window_query(model_tag, since, until, last)).mappings().all()
+            rows = conn.execute(window_query(model_tag, since, until, last, labeled)).mappings().all()
     except SQLAlchemyError as exc:
         raise _unusable(url, exc) from None
     finally:

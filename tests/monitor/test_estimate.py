@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from tuneloop.monitor.estimate import Calibration, estimate, fit_calibration
+from tuneloop.monitor.estimate import Calibration, estimate, fit_calibration, fit_on
 
 LABELS = ["a", "b", "c"]
 
@@ -48,6 +48,56 @@ def test_calibration_is_identity_when_every_prediction_is_right():
     calibration = fit_calibration(np.array([0.6, 0.9]), np.array([1, 1]))
     assert calibration == Calibration()
     assert calibration(np.array([0.7]))[0] == pytest.approx(0.7)
+
+
+def test_platt_fit_equals_scikit_learns_sigmoid_calibration():
+    calibration_module = pytest.importorskip("sklearn.calibration")
+    sigmoid = getattr(calibration_module, "_sigmoid_calibration", None)
+    if sigmoid is None:
+        pytest.skip("this scikit-learn has no _sigmoid_calibration to compare with")
+    rng = np.random.default_rng(4)
+    for rows, wrong in ((360, 2), (4000, 300), (50, 10)):
+        conf = rng.uniform(0.5, 1.0, rows)
+        right = np.ones(rows, dtype=bool)
+        right[rng.choice(rows, wrong, replace=False)] = False
+        ours = fit_calibration(conf, right)
+        a, b = sigmoid(np.log(conf / (1 - conf)), right.astype(int))  # theirs: 1 / (1 + exp(a * f + b))
+        assert (ours.slope, ours.intercept) == pytest.approx((-a, -b), rel=1e-4, abs=1e-4)
+
+
+def test_a_reference_with_two_errors_does_not_call_every_less_confident_row_wrong():
+    # 358 right rows at 0.9-1.0 and two wrong ones at 0.75 and 0.89: 0/1 targets fit a near-step sigmoid that
+    # put a 0.85-confident prediction at a few percent; Platt's targets keep it a plausible probability.
+    rng = np.random.default_rng(5)
+    conf = np.r_[rng.uniform(0.9, 1.0, 358), 0.75, 0.89]
+    right = np.r_[np.ones(358, dtype=bool), False, False]
+    calibration = fit_calibration(conf, right)
+    assert 0.3 < calibration(np.array([0.85]))[0] < 0.95
+    assert calibration(np.array([0.99]))[0] > 0.99
+
+
+def test_feedback_rows_teach_the_calibration_what_the_reference_cannot_show():
+    import pandas as pd
+
+    def frame(conf, right):
+        return pd.DataFrame({"predicted": "a", "confidence": conf, "true_label": np.where(right, "a", "b")})
+
+    rng = np.random.default_rng(6)
+    def right_with(conf):  # the model's true calibration: P(right | c) = sigmoid(4 logit(c) - 4)
+        return rng.random(len(conf)) < 1 / (1 + np.exp(-(4 * np.log(conf / (1 - conf)) - 4)))
+
+    ref_conf = rng.uniform(0.9, 1.0, 400)  # the model on data like its training: nearly always right
+    reference = frame(ref_conf, right_with(ref_conf))
+    mid = rng.uniform(0.5, 0.8, 1200)  # new traffic at mid confidence, right far less often than it says
+    mid_right = right_with(mid)
+    feedback, window = frame(mid[:200], mid_right[:200]), frame(mid[200:], mid_right[200:])
+    unlabeled = window.assign(true_label=None)
+    alone, rows_alone = fit_on([reference, unlabeled])
+    with_feedback, rows = fit_on([reference, feedback, unlabeled])
+    assert (rows_alone, rows) == (400, 600)  # rows without a label are not fitted on
+    truth = mid_right[200:].mean()
+    assert abs(with_feedback(window["confidence"]).mean() - truth) < 0.03
+    assert abs(alone(window["confidence"]).mean() - truth) > 0.15
 
 
 def test_estimate_matches_nannyml_cbpe_when_installed():

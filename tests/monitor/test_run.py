@@ -50,6 +50,24 @@ def test_a_run_writes_verdict_history_report_and_workspace_snapshot(champion, pa
     assert any(Path(params.workspace).rglob("*.json"))  # the snapshot is in the Evidently workspace
 
 
+def test_the_estimate_also_calibrates_on_feedback_logged_before_the_window(
+    champion, params, tiny_classifier, reference, tmp_path
+):
+    from datetime import UTC, datetime, timedelta
+
+    url, now = f"sqlite:///{tmp_path}/log.db", datetime.now(UTC)
+    log_predictions(url, tiny_classifier, champion, generate(80, seed=5), 0.5, start=now - timedelta(hours=3))
+    log_predictions(url, tiny_classifier, champion, generate(120, seed=6), 0.25, start=now - timedelta(hours=1))
+    # the window is the newest 100 rows; before it: 40 labeled rows of the first batch, 20 of the second's 30
+    verdict = run_monitoring(params.model_copy(update={"window": 100}), db_url=url, render=False)
+    assert verdict.window.labeled_rows == 10 and verdict.estimate is not None
+    assert (verdict.estimate.calibration_rows, verdict.estimate.calibration_feedback_rows) == (len(reference) + 60, 60)
+    summary = (Path(params.state_dir) / champion.split(":")[0] / "summary.md").read_text()
+    assert f"calibrated on {len(reference) + 60} labeled rows, 60 of them feedback" in summary
+    off = run_monitoring(params.model_copy(update={"window": 100, "calibration_feedback_rows": 0}), db_url=url)
+    assert off.estimate is not None and off.estimate.calibration_feedback_rows == 0
+
+
 def test_an_empty_or_small_window_is_not_enough_data(champion, params, tiny_classifier, tmp_path):
     url = f"sqlite:///{tmp_path}/log.db"
     log_predictions(url, tiny_classifier, "another:model", generate(60, seed=3))  # a log, but not of this model

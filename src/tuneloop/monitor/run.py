@@ -14,8 +14,8 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from tuneloop.monitor import policy as pol
-from tuneloop.monitor.estimate import estimate
-from tuneloop.monitor.reference import calibration_of, token_ids
+from tuneloop.monitor.estimate import estimate, fit_on
+from tuneloop.monitor.reference import token_ids
 from tuneloop.monitor.signals import (
     Features,
     distribution_signals,
@@ -50,24 +50,40 @@ class Assessment:
     snapshots: list[Any] = field(default_factory=list)
 
 
-def assess(reference: pd.DataFrame, window: pd.DataFrame, params: MonitorParams, tokenizer: Any) -> Assessment:
-    """Every signal of `window` (a `read_window` frame) against `reference` (pure: no files)."""
+def assess(
+    reference: pd.DataFrame,
+    window: pd.DataFrame,
+    params: MonitorParams,
+    tokenizer: Any,
+    feedback: pd.DataFrame | None = None,
+) -> Assessment:
+    """Every signal of `window` (a `read_window` frame) against `reference` (pure: no files). The estimate's
+    calibration is fitted on the reference's rows and `feedback` (labeled predictions logged before the
+    window), refitted each run, so a reference registered before a change of the fit gets the current one."""
     ref = reference_features(reference)
     cur = window_features(window, tokenizer, ref.embeddings.shape[1] if ref.embeddings is not None else 0)
     signals = _embedding_signals(ref, cur, params)
     signals += _token_signals(reference, ref, cur, params, tokenizer)
     snapshot, distribution = distribution_signals(ref, cur, params)
     labeled_snapshot, labeled = labeled_metrics(window)
+    calibration, calibration_rows = fit_on([reference] if feedback is None else [reference, feedback])
     est = estimate(
         window["predicted"].astype(str).tolist(),
         window["confidence"].to_numpy(float),
         parse_top_k(window["top_k"]),
-        calibration_of(reference),
+        calibration,
     )
-    signals += [*distribution, _estimate_signal(est.accuracy, params)]
+    feedback_rows = calibration_rows - int(reference["true_label"].notna().sum())
+    signals += [*distribution, _estimate_signal(est.accuracy, params, feedback_rows)]
     return Assessment(
         signals=pol.with_counts(signals, params),
-        estimate=Estimate(accuracy=est.accuracy, macro_f1=est.macro_f1, naive_accuracy=est.naive_accuracy),
+        estimate=Estimate(
+            accuracy=est.accuracy,
+            macro_f1=est.macro_f1,
+            naive_accuracy=est.naive_accuracy,
+            calibration_rows=calibration_rows,
+            calibration_feedback_rows=feedback_rows,
+        ),
         labeled=labeled if labeled.rows >= params.min_labeled_rows else LabeledMetrics(rows=labeled.rows),
         embedded_rows=0 if cur.embeddings is None else len(cur.embeddings),
         snapshots=[s for s in (snapshot, labeled_snapshot) if s is not None],
@@ -101,10 +117,10 @@ def _token_signals(
     return [token_shift_signal(ref_sets, cur_sets, params, tokenizer)]
 
 
-def _estimate_signal(accuracy: float, params: MonitorParams) -> SignalResult:
+def _estimate_signal(accuracy: float, params: MonitorParams, feedback_rows: int) -> SignalResult:
     return SignalResult(
         name="estimated_accuracy",
-        method="CBPE (Platt-calibrated confidence)",
+        method=f"CBPE (Platt-calibrated confidence; reference + {feedback_rows} feedback rows)",
         value=accuracy,
         threshold=params.min_estimated_accuracy,
         rule="value < threshold",
@@ -142,6 +158,17 @@ def read_log_window(
     return read_window(db_url, model_tag=tag, last=last or params.window)
 
 
+def read_feedback(params: MonitorParams, tag: str, db_url: str | None, window: pd.DataFrame) -> pd.DataFrame | None:
+    """The newest monitor.calibration_feedback_rows feedback-labeled predictions of `tag` logged before the
+    window's first row (None when that is 0 or the window is empty)."""
+    from tuneloop.predlog import read_window
+
+    if not params.calibration_feedback_rows or window.empty:
+        return None
+    first = window["created_at"].min().to_pydatetime()
+    return read_window(db_url, model_tag=tag, until=first, last=params.calibration_feedback_rows, labeled=True)
+
+
 def run_monitoring(
     params: MonitorParams,
     *,
@@ -171,7 +198,8 @@ def run_monitoring(
     if len(frame) < params.min_rows:
         verdict = not_enough_data(tag, frame, params, now)
     else:
-        assessment = assess(reference, frame, params, _tokenizer(tag))
+        feedback = read_feedback(params, tag, db_url, frame)
+        assessment = assess(reference, frame, params, _tokenizer(tag), feedback)
         verdict = judged(tag, frame, assessment, params, state_dir, now)
         if render:
             verdict = _publish(verdict, assessment, params, state_dir, now)

@@ -42,6 +42,8 @@ class Estimate(_Frozen):
     accuracy: float
     macro_f1: float
     naive_accuracy: float = Field(description="mean top-class confidence (uncalibrated)")
+    calibration_rows: int = Field(default=0, description="labeled rows the calibration was fitted on")
+    calibration_feedback_rows: int = Field(default=0, description="of them, feedback-labeled predictions")
 
 
 class LabeledMetrics(_Frozen):
@@ -95,7 +97,8 @@ def summary(verdict: Verdict) -> str:
     if verdict.estimate:
         e = verdict.estimate
         lines.append(
-            f"- estimated accuracy {e.accuracy:.3f}, macro-F1 {e.macro_f1:.3f} (label-free; "
+            f"- estimated accuracy {e.accuracy:.3f}, macro-F1 {e.macro_f1:.3f} (label-free; calibrated on "
+            f"{e.calibration_rows} labeled rows, {e.calibration_feedback_rows} of them feedback before the window; "
             f"mean confidence says {e.naive_accuracy:.3f})"
         )
     if verdict.labeled and verdict.labeled.accuracy is not None:
