@@ -45,8 +45,7 @@ def feedback_rows(url: str | None = None, *, model_tag: str | None = None, since
     """Logged predictions that received a feedback label: `text, label, origin, request_id` (+ how many had no text)."""
     from tuneloop.predlog import read_window
 
-    window = read_window(url, model_tag=model_tag, since=since)
-    labeled = window[window["true_label"].notna()]
+    labeled = read_window(url, model_tag=model_tag, since=since, labeled=True)  # not the whole log: labeled rows
     with_text = labeled[labeled["text"].notna() & (labeled["text"].astype(str).str.len() > 0)]
     rows = pd.DataFrame(
         {
