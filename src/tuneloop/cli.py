@@ -518,8 +518,15 @@ def models_register(
     from tuneloop.reports import EvalReport
 
     load_classifier(model)  # refuse foreign or broken dirs before they enter the store
-    metrics = EvalReport.load(eval_dir).summary() if eval_dir else None
-    out.print(f"registered {registry.register(model, task=_task(task), metrics=metrics, reference=reference).tag}")
+    evaluated = EvalReport.load(eval_dir) if eval_dir else None
+    entry = registry.register(
+        model,
+        task=_task(task),
+        metrics=evaluated.summary() if evaluated else None,
+        reference=reference,
+        served=evaluated.judged_variant() if evaluated else None,
+    )
+    out.print(f"registered {entry.tag}")
 
 
 @models_app.command("promote")

@@ -237,10 +237,13 @@ def register(
     gate: dict[str, Any] | None = None,
     reference: Path | None = None,
     variants: Path | None = None,
+    served: dict[str, Any] | None = None,
 ) -> Entry:
     """Save a model dir into the task's registry as a challenger; an identical model is not saved twice.
 
-    `metrics` are the evaluation's headline numbers (`EvalReport.summary()`), `gate` the verdict,
+    `metrics` are the evaluation's headline numbers (`EvalReport.summary()`), `served` what the evaluation
+    scored as the served variant (`EvalReport.served`: backend, recheck margin, agreement; the service warns
+    when it runs another), `gate` the verdict,
     `reference` the monitoring reference (tuneloop.monitor.reference), stored in the entry as
     reference.parquet with its SHA-256 in the metadata; `variants` the ONNX variants
     (tuneloop.compress.onnx.export), stored as onnx/ with each file's SHA-256 in the metadata.
@@ -257,6 +260,8 @@ def register(
         log.info("model already registered as %s", known.tag)
         return known
     metadata = _metadata(meta, task, metrics, gate, digest)
+    if served:
+        metadata["served"] = _no_nulls({k: served.get(k) for k in SERVED_KEYS})
     labels = {
         "stage": "challenger",
         "task": task,
@@ -313,6 +318,10 @@ def _model_meta(model_dir: Path) -> dict[str, Any]:
     if not isinstance(meta, dict):
         raise RegistryError(f"{path}: expected a JSON object. Re-run `tuneloop train`.")
     return meta
+
+
+# what the evaluation scored as the served variant: the service compares its own with it
+SERVED_KEYS = ("backend", "int8_recheck_margin", "agreement", "macro_f1")
 
 
 # ---- monitoring reference (issue 12): stored beside the weights, content-hashed

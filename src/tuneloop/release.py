@@ -83,14 +83,15 @@ def _register(
 
     variants = build_variants(challenger_dir, params.serve.backend, Path(scratch) / "onnx")
     reference = build_reference(params, challenger_dir, reference_files, Path(scratch), variants)
-    metrics = EvalReport.load(evaluation).summary()
+    evaluated = EvalReport.load(evaluation)
     return registry.register(
         challenger_dir,
         task=params.task.name,
-        metrics=metrics,
+        metrics=evaluated.summary(),
         gate=report.to_dict(),
         reference=reference,
         variants=variants,
+        served=evaluated.judged_variant(),
     )
 
 

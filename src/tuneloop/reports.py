@@ -110,6 +110,13 @@ class EvalReport(_Strict):
         """The headline numbers as a plain mapping (registry metadata, Prefect tables)."""
         return self.headline.model_dump(exclude={"report_version", "model", "data"})
 
+    def judged_variant(self) -> dict[str, Any]:
+        """What was scored as the served variant (the registry records it, the service compares its own with it):
+        served.json, or the evaluated model itself when serve.backend was torch."""
+        if self.served is not None:
+            return self.served.model_dump()
+        return {"backend": "torch", "agreement": 1.0, "macro_f1": self.headline.macro_f1}
+
     def write(self, out_dir: str | Path, behaviour_details: dict[str, Any]) -> None:
         """Write metrics.json, per_class.json, served.json, baseline.json (null when not scored), behaviour.json."""
         from tuneloop.tabular import write_text_atomic

@@ -43,6 +43,8 @@ def test_gate_refuses_a_challenger_whose_label_set_differs(store, two_label_sets
     model, test_csv, eval_dir = models["sentiment"]
     first = release(params, model, test_csv, eval_dir=eval_dir)
     assert first.outcome == "promoted" and registry.champion().tag == first.champion
+    judged = registry.champion().metadata["served"]  # what evaluate scored as served, for the service to compare
+    assert judged["backend"] in (params.serve.backend, "torch-int8") and 0 <= judged["agreement"] <= 1
     other, other_test, other_eval = models["feedback"]
     refused = release(params, other, other_test, eval_dir=other_eval)
     assert refused.outcome == "refused" and registry.champion().tag == first.champion  # untouched

@@ -59,3 +59,37 @@ def test_registration_stores_the_variants_with_their_digests(tiny_classifier, tm
     stored = entry.path / "onnx" / "model.int8.onnx"
     assert entry.metadata["variants"]["onnx-int8"]["sha256"] == file_digest(stored)
     assert (entry.path / "onnx" / "manifest.json").is_file()
+
+
+def test_a_backend_other_than_the_judged_one_is_said_in_the_log_and_metadata(tiny_classifier, tmp_path, store):
+    import shutil
+    from types import SimpleNamespace
+
+    from tuneloop.serve.service import unjudged
+
+    judged = {"backend": "onnx", "agreement": 1.0, "macro_f1": 0.9, "int8_recheck_margin": None, "ece": 0.1}
+    model = shutil.copytree(tiny_classifier, tmp_path / "m")
+    entry = registry.register(model, task="judged-test", served=judged)
+    assert entry.metadata["served"] == {"backend": "onnx", "agreement": 1.0, "macro_f1": 0.9}  # the keys kept
+    int8 = SimpleNamespace(backend="onnx-int8", runner=SimpleNamespace(margin=0.05))
+    why = unjudged(entry.tag, entry.metadata["served"], int8)
+    assert why and "judged backend onnx (agreement 1.0)" in why and "runs onnx-int8 (int8 recheck margin 0.05)" in why
+    assert "serve.backend back to 'onnx'" in why
+    assert unjudged(entry.tag, entry.metadata["served"], SimpleNamespace(backend="onnx", runner=None)) is None
+    assert unjudged(entry.tag, None, int8) is None  # registered before the record: nothing to compare
+
+
+def test_metadata_says_whether_the_service_runs_what_the_gate_judged(tiny_classifier, tmp_path, store):
+    import shutil
+
+    from tests.conftest import REPO
+
+    model = shutil.copytree(tiny_classifier, tmp_path / "m")
+    entry = registry.register(model, served={"backend": "torch-int8", "agreement": 1.0})
+    for backend, as_judged in (("torch-int8", True), ("torch", False)):
+        params = yaml.safe_load((REPO / "params.yaml").read_text())
+        params["serve"]["backend"] = backend
+        (tmp_path / f"{backend}.yaml").write_text(yaml.safe_dump(params))
+        with asgi_client(entry.tag, tmp_path / f"{backend}.yaml", f"sqlite:///{tmp_path / backend}.db") as client:
+            metadata = client.get("/metadata").json()
+        assert metadata["judged"]["backend"] == "torch-int8" and metadata["served_as_judged"] is as_judged

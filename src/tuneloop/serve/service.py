@@ -138,7 +138,34 @@ def load_verified(tag: str) -> Loaded:
             f"model {tag} predicts non-finite or unnormalised scores on a smoke test; "
             "its weights are damaged: serve another tag or re-register the model"
         )
+    judged: Any = stored.info.metadata.get("served")
+    why = unjudged(str(stored.tag), judged, clf)
+    if why:
+        log.warning(why)
     return Loaded(tag=str(stored.tag), clf=clf, info=stored.info)
+
+
+def unjudged(tag: str, judged: dict[str, Any] | None, clf: Any) -> str | None:
+    """Why the variant this service runs is not the one evaluate scored and the gate judged (None when it is,
+    or when the entry was registered before the registry recorded it)."""
+    from tuneloop.compress import recheck_margin
+
+    if not judged:
+        return None
+    runs = (clf.backend, recheck_margin(clf))
+    scored = (judged.get("backend"), judged.get("int8_recheck_margin"))
+    if runs == scored:
+        return None
+    return (
+        f"model {tag}: evaluate scored and the gate judged backend {_variant(*scored)} (agreement "
+        f"{judged.get('agreement')}), this service runs {_variant(*runs)}, which no evaluation of this model "
+        f"has scored. Run the pipeline with serve.backend {runs[0]!r} to judge it, or set serve.backend back "
+        f"to {scored[0]!r}."
+    )
+
+
+def _variant(backend: Any, margin: Any) -> str:
+    return f"{backend} (int8 recheck margin {margin})" if margin else str(backend)
 
 
 EXAMPLE = ["I lost my card yesterday", "where is my parcel?"]
@@ -302,6 +329,7 @@ class TextClassifier:
 
         current = self.current
         stored = dict(current.info.metadata)
+        judged: Any = stored.get("served")  # the variant evaluate scored (backend, margin, agreement)
         promotions = [h for h in history(RESOLVED.task) if h["tag"] == current.tag]
         return {
             "model": current.tag,
@@ -310,6 +338,8 @@ class TextClassifier:
             "labels": current.clf.labels,
             "backend": current.clf.backend,  # serve.backend, or its torch fallback (the log says why)
             "int8_recheck_margin": recheck_margin(current.clf),  # onnx-int8: close rows answered by fp32
+            "judged": judged,
+            "served_as_judged": None if not judged else unjudged(current.tag, judged, current.clf) is None,
             "stage": "champion" if champion_tag(RESOLVED.task) == current.tag else current.info.labels.get("stage"),
             "promoted_at": promotions[-1]["at"] if promotions else None,
             "metrics": stored.get("metrics", {}),
