@@ -9,6 +9,7 @@ run time, throughput; provenance.RUN_FILE). `write_model_folder` writes every on
 
 from __future__ import annotations
 
+import functools
 import json
 import logging
 import os
@@ -202,13 +203,17 @@ EMBEDDING_DIM = 32  # logged per prediction: a few dozen numbers keep the row sm
 PROJECTION_SEED = 20261128  # fixed: the service, the reference and monitoring must project alike
 
 
+@functools.lru_cache(maxsize=8)
 def projection_matrix(hidden_size: int, dim: int = EMBEDDING_DIM) -> np.ndarray:
     """A fixed Gaussian random projection hidden_size -> dim (Johnson-Lindenstrauss: distances
-    between texts are kept up to a small factor, so drift and nearest-neighbour tests still work)."""
+    between texts are kept up to a small factor, so drift and nearest-neighbour tests still work).
+    Built once per shape (the service asks for it on every batch) and read-only, since it is shared."""
     import numpy as np
 
     rng = np.random.default_rng(PROJECTION_SEED)
-    return (rng.standard_normal((hidden_size, dim)) / np.sqrt(dim)).astype(np.float32)
+    matrix = (rng.standard_normal((hidden_size, dim)) / np.sqrt(dim)).astype(np.float32)
+    matrix.flags.writeable = False
+    return matrix
 
 
 def predict_with_embedding(
