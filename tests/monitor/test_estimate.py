@@ -115,3 +115,21 @@ def test_estimate_matches_nannyml_cbpe_when_installed():
     theirs = cbpe.estimate(frame.iloc[1500:]).to_df()[("accuracy", "value")].iloc[0]
     ours = estimate(predicted[1500:], conf[1500:], top_k[1500:], Calibration()).accuracy
     assert ours == pytest.approx(theirs, abs=0.02)
+
+
+def test_any_labeled_rows_give_a_finite_calibration_whose_outputs_are_probabilities():
+    from hypothesis import given, settings
+    from hypothesis import strategies as st
+
+    rows = st.lists(st.tuples(st.floats(0.0, 1.0), st.booleans()), min_size=1, max_size=60)
+
+    @settings(max_examples=200, deadline=None)
+    @given(rows)
+    def check(pairs):
+        conf = np.array([c for c, _ in pairs])
+        calibration = fit_calibration(conf, np.array([r for _, r in pairs]))
+        assert np.isfinite([calibration.slope, calibration.intercept]).all()
+        out = calibration(np.array([0.0, 0.3, 0.5, 0.9, 1.0, *conf]))
+        assert np.isfinite(out).all() and ((out >= 0) & (out <= 1)).all()
+
+    check()
