@@ -33,7 +33,7 @@ def kind_errors(scored, ref, feedback_rows: int, args, rng) -> dict:
 
     from tuneloop.monitor.estimate import estimate, fit_on
 
-    cbpe, naive, f1_err, true_acc = [], [], [], []
+    cbpe, naive, f1_err, true_acc, inside = [], [], [], [], []
     for _ in range(args.windows):
         order = rng.permutation(len(scored))
         window = scored.iloc[order[: args.size]]
@@ -45,12 +45,14 @@ def kind_errors(scored, ref, feedback_rows: int, args, rng) -> dict:
         macro_f1 = f1_score(window["label"], window["predicted"], average="macro")
         true_acc.append(accuracy)
         cbpe.append(abs(est.accuracy - accuracy) * 100)
+        inside.append(abs(est.accuracy - accuracy) <= 2 * est.accuracy_sd)
         naive.append(abs(est.naive_accuracy - accuracy) * 100)
         f1_err.append(abs(est.macro_f1 - macro_f1) * 100)
     return {
         "true_accuracy_mean": round(float(np.mean(true_acc)), 4),
         "cbpe_error_points": {"median": round(float(np.median(cbpe)), 2), "worst": round(float(np.max(cbpe)), 2)},
         "naive_error_points": {"median": round(float(np.median(naive)), 2), "worst": round(float(np.max(naive)), 2)},
+        "within_2_sd_share": round(float(np.mean(inside)), 3),  # ~0.95 where the calibration holds
         "median_error_ratio_cbpe_to_naive": round(float(np.median(cbpe) / max(np.median(naive), 1e-9)), 2),
         "cbpe_macro_f1_error_points": {
             "median": round(float(np.median(f1_err)), 2),

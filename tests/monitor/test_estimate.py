@@ -34,6 +34,18 @@ def test_calibrated_case_estimates_accuracy_and_macro_f1_within_bounds():
     assert est.rows == 20000
 
 
+def test_the_spread_says_how_far_a_calibrated_windows_accuracy_strays_from_the_estimate():
+    errors, spreads = [], []
+    for seed in range(200):
+        predicted, conf, top_k, _, right = synthetic(200, seed=100 + seed)
+        est = estimate(predicted, conf, top_k, Calibration())
+        errors.append(right.mean() - est.accuracy)
+        spreads.append(est.accuracy_sd)
+    errors, spreads = np.array(errors), np.array(spreads)
+    assert np.std(errors) == pytest.approx(np.mean(spreads), rel=0.2)  # the spread is the errors' own
+    assert np.mean(np.abs(errors) <= 2 * spreads) >= 0.9
+
+
 def test_platt_fit_corrects_an_underconfident_model():
     # Right with probability conf**0.5 > conf: the raw mean confidence underestimates accuracy.
     _, conf, _, _, right = synthetic(4000, seed=1, skew=0.5)

@@ -91,6 +91,7 @@ class PerformanceEstimate:
     macro_f1: float
     naive_accuracy: float
     rows: int
+    accuracy_sd: float = math.nan  # the window's own sampling spread if the calibration holds: sqrt(sum p(1-p)) / n
 
 
 def estimate(
@@ -111,6 +112,7 @@ def estimate(
         macro_f1=_macro_f1(tp, fp, fn),
         naive_accuracy=float(np.mean(confidence)) if len(p) else math.nan,
         rows=len(p),
+        accuracy_sd=float(np.sqrt(np.sum(p * (1 - p))) / len(p)) if len(p) else math.nan,
     )
 
 

@@ -79,6 +79,7 @@ def assess(
         signals=pol.with_counts(signals, params),
         estimate=Estimate(
             accuracy=est.accuracy,
+            accuracy_sd=est.accuracy_sd,
             macro_f1=est.macro_f1,
             naive_accuracy=est.naive_accuracy,
             calibration_rows=calibration_rows,

@@ -40,6 +40,9 @@ class Estimate(_Frozen):
 
     method: str = "cbpe-platt"
     accuracy: float
+    accuracy_sd: float | None = Field(
+        default=None, description="spread of the window's accuracy around the estimate if the calibration holds"
+    )
     macro_f1: float
     naive_accuracy: float = Field(description="mean top-class confidence (uncalibrated)")
     calibration_rows: int = Field(default=0, description="labeled rows the calibration was fitted on")
@@ -97,7 +100,8 @@ def summary(verdict: Verdict) -> str:
     if verdict.estimate:
         e = verdict.estimate
         lines.append(
-            f"- estimated accuracy {e.accuracy:.3f}, macro-F1 {e.macro_f1:.3f} (label-free; calibrated on "
+            f"- estimated accuracy {e.accuracy:.3f}{_spread(e.accuracy_sd)}, macro-F1 {e.macro_f1:.3f} "
+            f"(label-free; calibrated on "
             f"{e.calibration_rows} labeled rows, {e.calibration_feedback_rows} of them feedback before the window; "
             f"mean confidence says {e.naive_accuracy:.3f})"
         )
@@ -127,3 +131,7 @@ def write_verdict(verdict: Verdict, out_dir: str | Path) -> Path:
 
 def read_verdict(path: str | Path) -> Verdict:
     return Verdict.model_validate_json(Path(path).read_text(encoding="utf-8"))
+
+
+def _spread(sd: float | None) -> str:
+    return f" ± {sd:.3f}" if sd is not None else ""
