@@ -16,7 +16,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from tuneloop.monitor import MonitorError
-from tuneloop.monitor.estimate import Calibration, fit_calibration
+from tuneloop.monitor.estimate import fit_calibration
 from tuneloop.registry import REFERENCE_FILE  # the registry owns the file name
 
 if TYPE_CHECKING:
@@ -151,11 +151,6 @@ def read_reference(path: str | Path) -> pd.DataFrame:
     if "tuneloop_reference" not in frame.attrs:
         raise MonitorError(f"{path}: not a tuneloop monitoring reference (no settings in its metadata)")
     return frame
-
-
-def calibration_of(reference: pd.DataFrame) -> Calibration:
-    """The calibration stored with a reference."""
-    return Calibration(**reference.attrs["tuneloop_reference"]["calibration"])
 
 
 def reference_for(tag: str) -> pd.DataFrame:
