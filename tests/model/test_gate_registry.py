@@ -10,6 +10,7 @@ import numpy as np
 import pytest
 
 from tests.conftest import REPO, TINY_TRAIN, sentiment_rows, write
+from tests.model import race
 from tuneloop import registry
 from tuneloop.config import load_params
 from tuneloop.evaluate import evaluate
@@ -149,17 +150,12 @@ def test_registry_metadata_promotion_and_rollback(project, models):
         registry.rollback(reason="again")  # first was promoted over nothing: no way back to second
 
 
-def _promote(tag, barrier):
-    barrier.wait()
-    registry.promote(tag, reason="race")
-
-
 def test_two_concurrent_promotions_leave_exactly_one_champion(project, models):
     params, test_csv, paths = models
     tags = [registry.register(paths[name]).tag for name in ("good", "shuffled")]
     ctx = multiprocessing.get_context("spawn")
     barrier = ctx.Barrier(2)
-    procs = [ctx.Process(target=_promote, args=(tag, barrier)) for tag in tags]
+    procs = [ctx.Process(target=race.promote, args=(tag, barrier)) for tag in tags]
     for p in procs:
         p.start()
     for p in procs:

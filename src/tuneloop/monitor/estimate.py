@@ -70,17 +70,16 @@ def fit_calibration(confidence: np.ndarray, correct: np.ndarray) -> Calibration:
     return Calibration(slope=float(fit.x[0]), intercept=float(fit.x[1]))
 
 
-def fit_on(frames: Sequence[Any]) -> tuple[Calibration, int]:
+def fit_on(frames: Sequence[Any]) -> tuple[Calibration, list[int]]:
     """The calibration fitted on every labeled row of `frames` (DataFrames with predicted, confidence and
-    true_label, e.g. the reference and a `read_window(..., labeled=True)` frame), and how many rows it used.
-    A true label the model does not know counts as a wrong prediction, which it is."""
+    true_label, e.g. the reference and a `read_window(..., labeled=True)` frame), and how many rows of each
+    frame it used. A true label the model does not know counts as a wrong prediction, which it is."""
     confidence, correct = [np.empty(0)], [np.empty(0, dtype=bool)]
     for frame in frames:
         labeled = frame[frame["true_label"].notna()]
         confidence.append(labeled["confidence"].to_numpy(float))
         correct.append((labeled["predicted"].astype(str) == labeled["true_label"].astype(str)).to_numpy(bool))
-    rows = np.concatenate(correct)
-    return fit_calibration(np.concatenate(confidence), rows), len(rows)
+    return fit_calibration(np.concatenate(confidence), np.concatenate(correct)), [len(c) for c in correct[1:]]
 
 
 @dataclass(frozen=True)

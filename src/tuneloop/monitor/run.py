@@ -66,14 +66,14 @@ def assess(
     signals += _token_signals(reference, ref, cur, params, tokenizer)
     snapshot, distribution = distribution_signals(ref, cur, params)
     labeled_snapshot, labeled = labeled_metrics(window)
-    calibration, calibration_rows = fit_on([reference] if feedback is None else [reference, feedback])
+    calibration, rows = fit_on([reference] if feedback is None else [reference, feedback])
+    feedback_rows = sum(rows[1:])
     est = estimate(
         window["predicted"].astype(str).tolist(),
         window["confidence"].to_numpy(float),
         parse_top_k(window["top_k"]),
         calibration,
     )
-    feedback_rows = calibration_rows - int(reference["true_label"].notna().sum())
     signals += [*distribution, _estimate_signal(est.accuracy, params, feedback_rows)]
     return Assessment(
         signals=pol.with_counts(signals, params),
@@ -82,7 +82,7 @@ def assess(
             accuracy_sd=est.accuracy_sd,
             macro_f1=est.macro_f1,
             naive_accuracy=est.naive_accuracy,
-            calibration_rows=calibration_rows,
+            calibration_rows=sum(rows),
             calibration_feedback_rows=feedback_rows,
         ),
         labeled=labeled if labeled.rows >= params.min_labeled_rows else LabeledMetrics(rows=labeled.rows),

@@ -95,11 +95,13 @@ SETTINGS = RESOLVED.settings
 
 @dataclass(frozen=True)
 class Loaded:
-    """A model ready to serve: tag, the classifier in its served variant, its registry info."""
+    """A model ready to serve: tag, the classifier in its served variant, its registry info, and why the variant
+    it runs is not the one the gate judged (None when it is, or when the entry predates the record)."""
 
     tag: str
     clf: Any
     info: Any
+    unjudged: str | None = None
 
 
 def load_verified(tag: str) -> Loaded:
@@ -142,7 +144,7 @@ def load_verified(tag: str) -> Loaded:
     why = unjudged(str(stored.tag), judged, clf)
     if why:
         log.warning(why)
-    return Loaded(tag=str(stored.tag), clf=clf, info=stored.info)
+    return Loaded(tag=str(stored.tag), clf=clf, info=stored.info, unjudged=why)
 
 
 def unjudged(tag: str, judged: dict[str, Any] | None, clf: Any) -> str | None:
@@ -339,7 +341,7 @@ class TextClassifier:
             "backend": current.clf.backend,  # serve.backend, or its torch fallback (the log says why)
             "int8_recheck_margin": recheck_margin(current.clf),  # onnx-int8: close rows answered by fp32
             "judged": judged,
-            "served_as_judged": None if not judged else unjudged(current.tag, judged, current.clf) is None,
+            "served_as_judged": None if not judged else current.unjudged is None,
             "stage": "champion" if champion_tag(RESOLVED.task) == current.tag else current.info.labels.get("stage"),
             "promoted_at": promotions[-1]["at"] if promotions else None,
             "metrics": stored.get("metrics", {}),
