@@ -337,6 +337,10 @@ class MonitorParams(_Section):
         default=1000, ge=0, description="newest feedback-labeled predictions before the window the estimate's "
         "calibration also fits on (0 = the reference alone)"
     )  # fmt: skip
+    feedback_sampling_check: Literal["off", "warn", "exclude"] = Field(
+        default="warn", description="feedback labels that are not a random sample of the traffic: say so (warn), "
+        "also leave them out of the estimate's calibration (exclude), or never check (off)"
+    )  # fmt: skip
     min_labeled_rows: int = Field(ge=1, description="labeled rows needed before labeled metrics count")
     hysteresis: int = Field(ge=1, description="drifted windows in a row before a verdict says retrain")
     cooldown_hours: float = Field(ge=0, description="no retrain verdict this long after the last retrain")

@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from tuneloop.monitor.estimate import Calibration, estimate, fit_calibration, fit_on
+from tuneloop.monitor.estimate import Calibration, estimate, fit_calibration, fit_on, sampling_check
 
 LABELS = ["a", "b", "c"]
 
@@ -110,6 +110,26 @@ def test_feedback_rows_teach_the_calibration_what_the_reference_cannot_show():
     truth = mid_right[200:].mean()
     assert abs(with_feedback(window["confidence"]).mean() - truth) < 0.03
     assert abs(alone(window["confidence"]).mean() - truth) > 0.15
+
+
+def test_feedback_on_wrong_answers_only_is_told_from_a_random_share_without_labels():
+    rng = np.random.default_rng(11)
+    conf = np.concatenate([rng.uniform(0.9, 1.0, 4500), rng.uniform(0.4, 0.9, 500)])  # traffic of one period
+    right = rng.random(len(conf)) < np.clip(conf, 0, 0.999)
+    # users who report only wrong answers: their labeled rows are the low-confidence ones
+    wrong_only = rng.choice(np.flatnonzero(~right), 200, replace=False)
+    rest = np.setdiff1d(np.arange(len(conf)), wrong_only)
+    biased = sampling_check(conf[wrong_only], conf[rest], alpha=0.001)
+    assert biased is not None and not biased.random
+    assert biased.labeled_mean_confidence < biased.unlabeled_mean_confidence and biased.statistic > 0.3
+    # a random share of the same traffic passes, again and again (false alarms at most about alpha)
+    alarms = 0
+    for _ in range(200):
+        picked = rng.random(len(conf)) < 0.05
+        check = sampling_check(conf[picked], conf[~picked], alpha=0.001)
+        alarms += check is not None and not check.random
+    assert alarms <= 2
+    assert sampling_check(conf[:20], conf[20:], alpha=0.001) is None  # too few labeled rows to tell
 
 
 def test_estimate_matches_nannyml_cbpe_when_installed():

@@ -68,6 +68,71 @@ def test_the_estimate_also_calibrates_on_feedback_logged_before_the_window(
     assert off.estimate is not None and off.estimate.calibration_feedback_rows == 0
 
 
+def test_feedback_sent_only_on_doubtful_answers_is_reported_and_left_out_on_request(
+    champion, params, tiny_classifier, tmp_path
+):
+    from datetime import UTC, datetime, timedelta
+
+    import numpy as np
+
+    from tuneloop.predlog import Prediction, PredictionLog, new_request_id
+
+    url, now = f"sqlite:///{tmp_path}/log.db", datetime.now(UTC)
+    first, other = json.loads((tiny_classifier / "tuneloop.json").read_text())["labels"][:2]
+    confidences = np.random.default_rng(3).uniform(0.3, 1.0, 400)
+    plog, ids = PredictionLog(url, flush_interval_s=60), []
+    for i, c in enumerate(confidences):  # earlier traffic, before the window
+        ids.append(new_request_id())
+        plog.log(Prediction(request_id=ids[-1], text=f"earlier text {i}", predicted=first, confidence=float(c),
+                            top_k=[{"label": first, "score": float(c)}], model_tag=champion, latency_ms=1.0,
+                            created_at=now - timedelta(hours=5, seconds=-i)))  # fmt: skip
+    doubtful = [rid for rid, c in zip(ids, confidences) if c < 0.6]  # users reported only the answers they doubted
+    plog.record_feedback_many([(rid, other) for rid in doubtful])
+    plog.close()
+    log_predictions(url, tiny_classifier, champion, generate(100, seed=6), start=now - timedelta(hours=1))
+
+    summary = Path(params.state_dir) / champion.split(":")[0] / "summary.md"
+    warned = run_monitoring(params.model_copy(update={"window": 100}), db_url=url, render=False)  # the default: warn
+    assert warned.estimate is not None and warned.estimate.calibration_feedback_rows == len(doubtful)
+    sampling = warned.estimate.feedback_sampling
+    assert sampling is not None and not sampling.random and not sampling.excluded
+    assert (sampling.labeled_rows, sampling.unlabeled_rows) == (len(doubtful), len(ids) - len(doubtful))
+    assert f"the {len(doubtful)} feedback-labeled rows before the window are not a random sample" in summary.read_text()
+    assert "then set monitor.feedback_sampling_check: exclude" in summary.read_text()
+
+    update = {"window": 100, "feedback_sampling_check": "exclude"}
+    excluded = run_monitoring(params.model_copy(update=update), db_url=url, render=False)
+    assert excluded.estimate is not None and excluded.estimate.calibration_feedback_rows == 0  # the reference alone
+    assert excluded.estimate.feedback_sampling is not None and excluded.estimate.feedback_sampling.excluded
+    assert "left out of the estimate, which uses the reference alone" in summary.read_text()
+    update = {"window": 100, "feedback_sampling_check": "off"}
+    unchecked = run_monitoring(params.model_copy(update=update), db_url=url, render=False)
+    assert unchecked.estimate is not None and unchecked.estimate.feedback_sampling is None
+
+
+def test_the_newest_rows_labels_have_not_reached_yet_are_not_held_against_the_feedback():
+    from datetime import UTC, datetime, timedelta
+
+    import numpy as np
+    import pandas as pd
+
+    from tuneloop.monitor.run import Feedback
+
+    rng, start = np.random.default_rng(4), datetime(2026, 12, 1, tzinfo=UTC)
+    # 2,000 predictions; a random tenth of the older 1,500 labeled; the newest 500 (other traffic, far less
+    # confident) wait for their labels
+    confidence = np.concatenate([rng.uniform(0.8, 1.0, 1500), rng.uniform(0.3, 0.6, 500)])
+    labeled = np.zeros(2000, dtype=bool)
+    labeled[rng.choice(1500, 150, replace=False)] = True
+    traffic = pd.DataFrame({
+        "created_at": [start + timedelta(seconds=i) for i in range(2000)],
+        "confidence": confidence,
+        "true_label": np.where(labeled, "a", None),
+    })  # fmt: skip
+    check = Feedback(labeled=traffic[labeled], traffic=traffic).sampling()
+    assert check is not None and check.random and check.unlabeled_rows < 1500
+
+
 def test_an_empty_or_small_window_is_not_enough_data(champion, params, tiny_classifier, tmp_path):
     url = f"sqlite:///{tmp_path}/log.db"
     log_predictions(url, tiny_classifier, "another:model", generate(60, seed=3))  # a log, but not of this model

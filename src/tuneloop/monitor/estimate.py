@@ -82,6 +82,52 @@ def fit_on(frames: Sequence[Any]) -> tuple[Calibration, list[int]]:
     return fit_calibration(np.concatenate(confidence), np.concatenate(correct)), [len(c) for c in correct[1:]]
 
 
+# Feedback that is not a random sample of the traffic (users who report only wrong answers, one channel's
+# reviewers) teaches the calibration the wrong lesson. Its tell needs no label: the labeled rows' confidences
+# differ from those of the unlabeled rows logged over the same period. Two-sample Kolmogorov-Smirnov on them;
+# "not random" needs p < SAMPLING_ALPHA and a difference of at least MIN_SAMPLING_EFFECT (KS statistic), so a
+# large sample does not reject feedback over a difference too small to move the estimate. Selection on
+# confidence alone (`tuneloop feedback queue`) looks the same to this test and is harmless to the calibration,
+# which is why monitor.feedback_sampling_check defaults to warn.
+SAMPLING_ALPHA = 0.001
+MIN_SAMPLING_EFFECT = 0.1
+MIN_SAMPLING_ROWS = 30  # fewer labeled or unlabeled rows in the period: not checked
+
+
+@dataclass(frozen=True)
+class SamplingCheck:
+    """Are the feedback-labeled rows a random sample of the traffic? (KS test on the top-class confidence)"""
+
+    labeled_rows: int
+    unlabeled_rows: int
+    statistic: float
+    p_value: float
+    labeled_mean_confidence: float
+    unlabeled_mean_confidence: float
+    random: bool
+
+
+def sampling_check(labeled: np.ndarray, unlabeled: np.ndarray, alpha: float = SAMPLING_ALPHA) -> SamplingCheck | None:
+    """Whether `labeled` confidences could be a random sample of the traffic `unlabeled` comes from (None when
+    either side has under MIN_SAMPLING_ROWS rows: too few to tell)."""
+    from scipy.stats import ks_2samp
+
+    labeled, unlabeled = np.asarray(labeled, dtype=np.float64), np.asarray(unlabeled, dtype=np.float64)
+    if min(len(labeled), len(unlabeled)) < MIN_SAMPLING_ROWS:
+        return None
+    test = ks_2samp(labeled, unlabeled)
+    statistic, p_value = float(test.statistic), float(test.pvalue)
+    return SamplingCheck(
+        labeled_rows=len(labeled),
+        unlabeled_rows=len(unlabeled),
+        statistic=statistic,
+        p_value=p_value,
+        labeled_mean_confidence=float(labeled.mean()),
+        unlabeled_mean_confidence=float(unlabeled.mean()),
+        random=not (p_value < alpha and statistic >= MIN_SAMPLING_EFFECT),
+    )
+
+
 @dataclass(frozen=True)
 class PerformanceEstimate:
     """Expected accuracy and macro-F1 of a window, and the naive estimate (mean top-class confidence)."""

@@ -14,7 +14,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from tuneloop.monitor import policy as pol
-from tuneloop.monitor.estimate import estimate, fit_on
+from tuneloop.monitor.estimate import SamplingCheck, estimate, fit_on, sampling_check
 from tuneloop.monitor.reference import token_ids
 from tuneloop.monitor.signals import (
     Features,
@@ -29,7 +29,15 @@ from tuneloop.monitor.signals import (
     token_shift_signal,
     window_features,
 )
-from tuneloop.monitor.verdict import Estimate, LabeledMetrics, SignalResult, Verdict, Window, write_verdict
+from tuneloop.monitor.verdict import (
+    Estimate,
+    FeedbackSampling,
+    LabeledMetrics,
+    SignalResult,
+    Verdict,
+    Window,
+    write_verdict,
+)
 
 if TYPE_CHECKING:
     import pandas as pd
@@ -37,6 +45,26 @@ if TYPE_CHECKING:
     from tuneloop.config import MonitorParams
 
 log = logging.getLogger(__name__)
+SAMPLING_ROWS = 20_000  # the newest predictions of the feedback's period read to check it is a random sample
+
+
+@dataclass(frozen=True)
+class Feedback:
+    """Feedback-labeled predictions logged before the window, and the traffic of the same period they are
+    checked against (the newest SAMPLING_ROWS predictions, labeled or not, logged from the first of them)."""
+
+    labeled: pd.DataFrame
+    traffic: pd.DataFrame
+
+    def sampling(self) -> SamplingCheck | None:
+        """Labeled vs unlabeled rows logged between the first and the last labeled row `traffic` covers (labels
+        arrive late: the newest rows have none yet, and they may be other traffic); None: not checked."""
+        if self.traffic.empty or self.labeled.empty:
+            return None
+        start, end = self.traffic["created_at"].min(), self.labeled["created_at"].max()
+        labeled = self.labeled[self.labeled["created_at"].between(start, end)]["confidence"]
+        traffic = self.traffic[self.traffic["created_at"].between(start, end) & self.traffic["true_label"].isna()]
+        return sampling_check(labeled.to_numpy(float), traffic["confidence"].to_numpy(float))
 
 
 @dataclass
@@ -55,18 +83,23 @@ def assess(
     window: pd.DataFrame,
     params: MonitorParams,
     tokenizer: Any,
-    feedback: pd.DataFrame | None = None,
+    feedback: Feedback | None = None,
 ) -> Assessment:
     """Every signal of `window` (a `read_window` frame) against `reference` (pure: no files). The estimate's
     calibration is fitted on the reference's rows and `feedback` (labeled predictions logged before the
-    window), refitted each run, so a reference registered before a change of the fit gets the current one."""
+    window), unless those are not a random sample of their period's traffic and monitor.feedback_sampling_check
+    says exclude;
+    refitted each run, so a reference registered before a change of the fit gets the current one."""
     ref = reference_features(reference)
     cur = window_features(window, tokenizer, ref.embeddings.shape[1] if ref.embeddings is not None else 0)
     signals = _embedding_signals(ref, cur, params)
     signals += _token_signals(reference, ref, cur, params, tokenizer)
     snapshot, distribution = distribution_signals(ref, cur, params)
     labeled_snapshot, labeled = labeled_metrics(window)
-    calibration, rows = fit_on([reference] if feedback is None else [reference, feedback])
+    check = feedback.sampling() if feedback is not None else None
+    excluded = check is not None and not check.random and params.feedback_sampling_check == "exclude"
+    used = feedback.labeled if feedback is not None and not excluded else None
+    calibration, rows = fit_on([reference] if used is None else [reference, used])
     feedback_rows = sum(rows[1:])
     est = estimate(
         window["predicted"].astype(str).tolist(),
@@ -84,10 +117,24 @@ def assess(
             naive_accuracy=est.naive_accuracy,
             calibration_rows=sum(rows),
             calibration_feedback_rows=feedback_rows,
+            feedback_sampling=None if check is None else _sampling(check, excluded),
         ),
         labeled=labeled if labeled.rows >= params.min_labeled_rows else LabeledMetrics(rows=labeled.rows),
         embedded_rows=0 if cur.embeddings is None else len(cur.embeddings),
         snapshots=[s for s in (snapshot, labeled_snapshot) if s is not None],
+    )
+
+
+def _sampling(check: SamplingCheck, excluded: bool) -> FeedbackSampling:
+    return FeedbackSampling(
+        excluded=excluded,
+        labeled_rows=check.labeled_rows,
+        unlabeled_rows=check.unlabeled_rows,
+        ks_statistic=round(check.statistic, 4),
+        p_value=check.p_value,
+        labeled_mean_confidence=round(check.labeled_mean_confidence, 4),
+        unlabeled_mean_confidence=round(check.unlabeled_mean_confidence, 4),
+        random=check.random,
     )
 
 
@@ -159,15 +206,19 @@ def read_log_window(
     return read_window(db_url, model_tag=tag, last=last or params.window)
 
 
-def read_feedback(params: MonitorParams, tag: str, db_url: str | None, window: pd.DataFrame) -> pd.DataFrame | None:
+def read_feedback(params: MonitorParams, tag: str, db_url: str | None, window: pd.DataFrame) -> Feedback | None:
     """The newest monitor.calibration_feedback_rows feedback-labeled predictions of `tag` logged before the
-    window's first row (None when that is 0 or the window is empty)."""
+    window's first row, with the traffic of their period (None when that is 0 or the window is empty)."""
     from tuneloop.predlog import read_window
 
     if not params.calibration_feedback_rows or window.empty:
         return None
     first = window["created_at"].min().to_pydatetime()
-    return read_window(db_url, model_tag=tag, until=first, last=params.calibration_feedback_rows, labeled=True)
+    labeled = read_window(db_url, model_tag=tag, until=first, last=params.calibration_feedback_rows, labeled=True)
+    if labeled.empty or params.feedback_sampling_check == "off":
+        return Feedback(labeled=labeled, traffic=labeled.iloc[:0])
+    since = labeled["created_at"].min().to_pydatetime()
+    return Feedback(labeled, read_window(db_url, model_tag=tag, since=since, until=first, last=SAMPLING_ROWS))
 
 
 def run_monitoring(

@@ -35,6 +35,20 @@ class SignalResult(_Frozen):
     detail: str = ""
 
 
+class FeedbackSampling(_Frozen):
+    """Whether the feedback labels before the window look like a random sample of the traffic (their rows'
+    confidences against the unlabeled rows of the same period), and whether the estimate left them out for it."""
+
+    labeled_rows: int
+    unlabeled_rows: int
+    ks_statistic: float
+    p_value: float
+    labeled_mean_confidence: float
+    unlabeled_mean_confidence: float
+    random: bool
+    excluded: bool = Field(default=False, description="left out of the calibration (monitor.feedback_sampling_check)")
+
+
 class Estimate(_Frozen):
     """Label-free estimate (CBPE) of the window's performance, and the naive one beside it."""
 
@@ -47,6 +61,9 @@ class Estimate(_Frozen):
     naive_accuracy: float = Field(description="mean top-class confidence (uncalibrated)")
     calibration_rows: int = Field(default=0, description="labeled rows the calibration was fitted on")
     calibration_feedback_rows: int = Field(default=0, description="of them, feedback-labeled predictions")
+    feedback_sampling: FeedbackSampling | None = Field(
+        default=None, description="the check that the feedback labels are a random sample (None: not checked)"
+    )
 
 
 class LabeledMetrics(_Frozen):
@@ -105,6 +122,21 @@ def summary(verdict: Verdict) -> str:
             f"{e.calibration_rows} labeled rows, {e.calibration_feedback_rows} of them feedback before the window; "
             f"mean confidence says {e.naive_accuracy:.3f})"
         )
+        fb = e.feedback_sampling
+        if fb is not None and not fb.random:
+            lines.append(
+                f"- the {fb.labeled_rows} feedback-labeled rows before the window are not a random sample of the "
+                f"traffic (mean confidence {fb.labeled_mean_confidence:.3f} vs {fb.unlabeled_mean_confidence:.3f} "
+                f"for the {fb.unlabeled_rows} unlabeled rows of the same period; KS {fb.ks_statistic:.2f}, p "
+                f"{fb.p_value:.2g}): "
+                + (
+                    "left out of the estimate, which uses the reference alone (monitor.feedback_sampling_check)."
+                    if fb.excluded
+                    else "labels of `tuneloop feedback queue` (least confident first) look so and are harmless; "
+                    "feedback sent mostly on wrong answers makes the estimate too low: then set "
+                    "monitor.feedback_sampling_check: exclude."
+                )
+            )
     if verdict.labeled and verdict.labeled.accuracy is not None:
         lab = verdict.labeled
         lines.append(f"- on {lab.rows} labeled rows: accuracy {lab.accuracy:.3f}, macro-F1 {lab.macro_f1:.3f}")
