@@ -87,9 +87,9 @@ def assess(
 ) -> Assessment:
     """Every signal of `window` (a `read_window` frame) against `reference` (pure: no files). The estimate's
     calibration is fitted on the reference's rows and `feedback` (labeled predictions logged before the
-    window), unless those are not a random sample of their period's traffic and monitor.feedback_sampling_check
-    says exclude;
-    refitted each run, so a reference registered before a change of the fit gets the current one."""
+    window; left out where they are not a random sample of their period's traffic and
+    monitor.feedback_sampling_check says exclude), refitted each run, so a reference registered before a change
+    of the fit gets the current one."""
     ref = reference_features(reference)
     cur = window_features(window, tokenizer, ref.embeddings.shape[1] if ref.embeddings is not None else 0)
     signals = _embedding_signals(ref, cur, params)
