@@ -22,8 +22,10 @@ def _split(path, n, offset=0):
     return write(path, "text,label\n" + "\n".join(rows) + "\n")
 
 
-@pytest.fixture
-def pretrained(project, tiny_model):
+@pytest.fixture(scope="module")
+def pretrained(tiny_model, tmp_path_factory):
+    """One pre-training run (vocabulary extended) shared by the module's tests; they only read its output."""
+    project = tmp_path_factory.mktemp("pretrain")
     train_csv, val_csv = _split(project / "d" / "train.csv", 4), _split(project / "d" / "val.csv", 1, 100)
     extra = write(project / "d" / "unlabeled.txt", "国足今晚出战\n股市早盘下跌\n\n篮球联赛揭幕\n")
     overrides = [f"train.base_model={tiny_model}", "vocab.extend=true", "pretrain.enabled=true",
