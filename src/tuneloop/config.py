@@ -338,8 +338,8 @@ class MonitorParams(_Section):
         "calibration also fits on (0 = the reference alone)"
     )  # fmt: skip
     feedback_sampling_check: Literal["off", "warn", "exclude"] = Field(
-        default="warn", description="feedback labels that are not a random sample of the traffic: say so (warn), "
-        "also leave them out of the estimate's calibration (exclude), or never check (off)"
+        default="exclude", description="labels sent to POST /feedback that are not a random sample of the traffic: "
+        "leave them out of the estimate's calibration (exclude), only say so (warn), or never check (off)"
     )  # fmt: skip
     min_labeled_rows: int = Field(ge=1, description="labeled rows needed before labeled metrics count")
     hysteresis: int = Field(ge=1, description="drifted windows in a row before a verdict says retrain")

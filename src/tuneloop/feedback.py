@@ -72,7 +72,7 @@ def import_labels(path: str | Path, labels: list[str], url: str | None = None, *
             raise DataError(f"{path}: rows from {start + 2}: {exc}. Fix the file; nothing was recorded.") from None
     log = PredictionLog(url)
     try:
-        log.record_feedback_many(pairs)
+        log.record_feedback_many(pairs, source="import")
     except UnknownRequest as exc:
         raise DataError(
             f"{path}: {exc}; use the request_id column of `tuneloop feedback queue` (nothing was recorded)."

@@ -38,7 +38,12 @@ log = logging.getLogger(__name__)
 
 # 1: predictions + feedback. 2: composite index (model_tag, created_at) for windowed reads.
 # 3: nullable `embedding` (float32 bytes: the projected text embedding monitoring compares).
-SCHEMA_VERSION = 3
+# 4: nullable feedback `source`: where a label came from (FEEDBACK_SOURCES; None for labels recorded before).
+SCHEMA_VERSION = 4
+# "api": POST /feedback (whoever calls it decides which answers get a label); "import": `tuneloop feedback import`
+# (an annotated file, usually the queue, whose rows were picked by confidence). Monitoring checks the first kind
+# for being a random sample of the traffic (tuneloop.monitor.run.Feedback).
+FEEDBACK_SOURCES = ("api", "import")
 DEFAULT_URL = "sqlite:///predictions.db"
 TEXT_HASH_KEY_ENV = "TUNELOOP_TEXT_HASH_KEY"
 MAX_LABEL_CHARS = 200  # the label columns (predicted, feedback) are VARCHAR(200): validation and /feedback hold to it
@@ -97,6 +102,7 @@ def _tables(metadata: Any) -> dict[str, Any]:
             Column("request_id", String(64), nullable=False, index=True),
             Column("label", String(MAX_LABEL_CHARS), nullable=False),
             Column("created_at", DateTime(timezone=True), nullable=False),
+            Column("source", String(16), nullable=True),  # v4: FEEDBACK_SOURCES; None before
         ),
     }
 
@@ -352,16 +358,19 @@ class PredictionLog:
 
     # ------------------------------------------------------------ feedback and reads
 
-    def record_feedback(self, request_id: str, label: str) -> None:
+    def record_feedback(self, request_id: str, label: str, source: str = "api") -> None:
         """Attach a true label to a logged request (see `record_feedback_many`)."""
-        self.record_feedback_many([(request_id, label)])
+        self.record_feedback_many([(request_id, label)], source)
 
-    def record_feedback_many(self, items: list[tuple[str, str]]) -> None:
-        """Attach true labels to logged requests, all or none, in one transaction.
+    def record_feedback_many(self, items: list[tuple[str, str]], source: str = "api") -> None:
+        """Attach true labels to logged requests, all or none, in one transaction; `source` (FEEDBACK_SOURCES)
+        says where they came from.
 
         Raises:
             UnknownRequest: some ids were never logged (named in the message); nothing is recorded.
         """
+        if source not in FEEDBACK_SOURCES:
+            raise ValueError(f"feedback source {source!r}: one of {', '.join(FEEDBACK_SOURCES)}")
         self.flush()  # the requests may still sit in the buffer
         predictions, feedback = self.tables["predictions"], self.tables["feedback"]
         wanted = list(dict.fromkeys(request_id for request_id, _ in items))
@@ -381,7 +390,7 @@ class PredictionLog:
             now = datetime.now(UTC)
             conn.execute(
                 self._insert(feedback),
-                [{"request_id": request_id, "label": label, "created_at": now} for request_id, label in items],
+                [{"request_id": r, "label": label, "created_at": now, "source": source} for r, label in items],
             )
 
     def count(self) -> int:
@@ -461,7 +470,7 @@ def _refused_rows(exc: Exception) -> bool:
 def migrate(engine: Any, metadata: Any, tables: dict[str, Any], shown_url: str) -> None:
     """Bring a log database to SCHEMA_VERSION: create what is missing (tables, indexes), record the
     version. Every step is idempotent (`checkfirst`), so a crash half-way is repaired next time."""
-    from sqlalchemy import delete, insert, select
+    from sqlalchemy import LargeBinary, String, delete, insert, select
 
     schema = tables["schema"]
     metadata.create_all(engine)  # tables, and the indexes of newly created tables
@@ -477,19 +486,20 @@ def migrate(engine: Any, metadata: Any, tables: dict[str, Any], shown_url: str) 
             return
         for index in tables["predictions"].indexes:  # version 1 -> 2: the window index
             index.create(conn, checkfirst=True)
-        _add_embedding_column(conn)  # version 2 -> 3
+        _add_column(conn, "predictions", "embedding", LargeBinary())  # version 2 -> 3
+        _add_column(conn, "feedback", "source", String(16))  # version 3 -> 4
         conn.execute(delete(schema))
         conn.execute(insert(schema).values(version=SCHEMA_VERSION))
 
 
-def _add_embedding_column(conn: Any) -> None:
-    """Add the nullable `embedding` column to an older predictions table (skipped when present)."""
-    from sqlalchemy import LargeBinary, inspect, text
+def _add_column(conn: Any, table: str, column: str, kind: Any) -> None:
+    """Add a nullable column to an older table (skipped when present)."""
+    from sqlalchemy import inspect, text
 
-    if "embedding" in {c["name"] for c in inspect(conn).get_columns("predictions")}:
+    if column in {c["name"] for c in inspect(conn).get_columns(table)}:
         return
-    kind = LargeBinary().compile(dialect=conn.dialect)  # BLOB on SQLite, BYTEA on PostgreSQL
-    conn.execute(text(f"ALTER TABLE predictions ADD COLUMN embedding {kind}"))
+    compiled = kind.compile(dialect=conn.dialect)  # e.g. BLOB on SQLite, BYTEA on PostgreSQL
+    conn.execute(text(f"ALTER TABLE {table} ADD COLUMN {column} {compiled}"))
 
 
 WINDOW_COLUMNS = [
@@ -509,16 +519,23 @@ WINDOW_COLUMNS = [
 
 
 def window_query(
-    model_tag: str | None, since: datetime | None, until: datetime | None, last: int | None, labeled: bool = False
+    model_tag: str | None,
+    since: datetime | None,
+    until: datetime | None,
+    last: int | None,
+    labeled: bool = False,
+    has_source: bool = True,
 ) -> Any:
     """SELECT of the window's predictions (newest N first, when `last`), each with its latest feedback label
-    (with `labeled`, only predictions that have feedback, so `last` counts labeled rows).
+    (with `labeled`, only predictions that have feedback, so `last` counts labeled rows, and that label's
+    `feedback_source` too: a second lookup, paid only by the reads that want it; NULL where the feedback table
+    predates it, `has_source` False: a v3 log its service has not migrated yet).
 
     The label is a correlated subquery on the feedback table's request_id index: one index lookup per
     window row. A join to "latest feedback per request" grouped over the whole feedback table made
     SQLite compare every window row with every label (100k rows, 24k labels: 209 s; bench/monitor_cost.py).
     """
-    from sqlalchemy import MetaData, select
+    from sqlalchemy import MetaData, null, select
 
     tables = _tables(MetaData())
     predictions, feedback = tables["predictions"], tables["feedback"]
@@ -532,14 +549,15 @@ def window_query(
     if until is not None:
         query = query.where(predictions.c.created_at < _utc(until))
     window = query.order_by(predictions.c.created_at.desc(), predictions.c.request_id.desc()).limit(last).subquery()
-    label = (
-        select(feedback.c.label)
-        .where(feedback.c.request_id == window.c.request_id)
-        .order_by(feedback.c.id.desc())
-        .limit(1)
-        .scalar_subquery()
-    )
-    return select(window, label.label("true_label")).order_by(window.c.created_at, window.c.request_id)
+
+    def latest(column: Any) -> Any:
+        newest = feedback.c.request_id == window.c.request_id
+        return select(column).where(newest).order_by(feedback.c.id.desc()).limit(1).scalar_subquery()
+
+    columns = [latest(feedback.c.label).label("true_label")]
+    if labeled:
+        columns.append((latest(feedback.c.source) if has_source else null()).label("feedback_source"))
+    return select(window, *columns).order_by(window.c.created_at, window.c.request_id)
 
 
 def read_window(
@@ -572,13 +590,14 @@ def read_window(
                 f"prediction log {_shown(url)}: no predictions table. Point TUNELOOP_DB_URL "
                 "at the database the service writes (its log starts with the first request)."
             )
+        has_source = not labeled or "source" in {c["name"] for c in inspect(engine).get_columns("feedback")}
         with engine.connect() as conn:
-            rows = conn.execute(window_query(model_tag, since, until, last, labeled)).mappings().all()
+            rows = conn.execute(window_query(model_tag, since, until, last, labeled, has_source)).mappings().all()
     except SQLAlchemyError as exc:
         raise _unusable(url, exc) from None
     finally:
         engine.dispose()
-    frame = pd.DataFrame(rows, columns=WINDOW_COLUMNS)
+    frame = pd.DataFrame(rows, columns=WINDOW_COLUMNS + (["feedback_source"] if labeled else []))
     frame["created_at"] = pd.to_datetime(frame["created_at"], utc=True)
     return frame
 

@@ -62,6 +62,7 @@ def test_import_records_annotated_rows_and_skips_blanks(tmp_path):
     assert done.recorded == 2 and done.skipped_blank == 1
     labels = dict(zip(read_window(url)["request_id"], read_window(url)["true_label"]))
     assert labels[ids[0]] == "b" and labels[ids[2]] == "a" and labels[ids[1]] is None
+    assert read_window(url, labeled=True)["feedback_source"].tolist() == ["import", "import"]  # not checked as random
 
 
 @pytest.mark.parametrize(

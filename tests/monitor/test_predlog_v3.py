@@ -1,4 +1,5 @@
-"""Prediction log schema v3: the nullable embedding column, added in place to a v2 database."""
+"""Prediction log schema v3 and v4: the nullable embedding column (v3) and feedback source (v4), added in place to
+older databases."""
 
 from __future__ import annotations
 
@@ -40,7 +41,49 @@ def _migrates_and_keeps_rows(url: str) -> None:
     frame = read_window(url, model_tag="m:1").set_index("request_id")
     assert frame.loc["old", "embedding"] is None  # rows from before v3 simply have none
     assert np.array_equal(np.frombuffer(frame.loc["new", "embedding"], dtype="<f4"), vector)
-    assert SCHEMA_VERSION == 3
+    assert _version(url) == SCHEMA_VERSION
+
+
+def _version(url: str) -> int:
+    from sqlalchemy import create_engine, text
+
+    engine = create_engine(url)
+    with engine.connect() as conn:
+        found = conn.execute(text("SELECT max(version) FROM tuneloop_schema")).scalar_one()
+    engine.dispose()
+    return int(found)
+
+
+def _v3_database_with_a_label(url: str) -> None:
+    """A log as schema v3 wrote it: feedback without a source column, one label on one prediction."""
+    from sqlalchemy import create_engine, text
+
+    plog = PredictionLog(url)
+    plog.log(Prediction("old", "hi", "a", 0.9, [], "m:1", 1.0))
+    plog.close()
+    engine = create_engine(url)
+    with engine.begin() as conn:
+        conn.execute(text("ALTER TABLE feedback DROP COLUMN source"))
+        conn.execute(text("UPDATE tuneloop_schema SET version = 3"))
+        conn.execute(text("INSERT INTO feedback (request_id, label, created_at) VALUES ('old', 'b', '2026-11-02')"))
+    engine.dispose()
+
+
+def _v3_migrates_and_keeps_labels(url: str) -> None:
+    _v3_database_with_a_label(url)
+    assert read_window(url, labeled=True)["feedback_source"].isna().all()  # read before its service migrated it
+    plog = PredictionLog(url)
+    plog.log(Prediction("new", "hello", "a", 0.8, [], "m:1", 1.0))
+    plog.record_feedback("new", "a")  # through POST /feedback by default
+    plog.close()
+    frame = read_window(url, labeled=True).set_index("request_id")
+    assert frame.loc["old", "true_label"] == "b" and frame.loc["old", "feedback_source"] is None
+    assert frame.loc["new", "feedback_source"] == "api"
+    assert _version(url) == SCHEMA_VERSION == 4
+    plog = PredictionLog(url)
+    with pytest.raises(ValueError, match="feedback source 'mail'"):
+        plog.record_feedback("new", "a", source="mail")
+    plog.close()
 
 
 def test_v2_sqlite_log_gains_the_embedding_column_in_place(tmp_path):
@@ -50,3 +93,12 @@ def test_v2_sqlite_log_gains_the_embedding_column_in_place(tmp_path):
 @pytest.mark.postgres
 def test_v2_postgresql_log_gains_the_embedding_column_in_place():
     _migrates_and_keeps_rows(fresh_postgres_db("tuneloop_predlog_v3_test"))
+
+
+def test_v3_sqlite_log_gains_the_feedback_source_in_place(tmp_path):
+    _v3_migrates_and_keeps_labels(f"sqlite:///{tmp_path}/log.db")
+
+
+@pytest.mark.postgres
+def test_v3_postgresql_log_gains_the_feedback_source_in_place():
+    _v3_migrates_and_keeps_labels(fresh_postgres_db("tuneloop_predlog_v4_test"))

@@ -68,7 +68,7 @@ def test_the_estimate_also_calibrates_on_feedback_logged_before_the_window(
     assert off.estimate is not None and off.estimate.calibration_feedback_rows == 0
 
 
-def test_feedback_sent_only_on_doubtful_answers_is_reported_and_left_out_on_request(
+def test_feedback_sent_only_on_doubtful_answers_is_left_out_and_imported_labels_are_kept(
     champion, params, tiny_classifier, tmp_path
 ):
     from datetime import UTC, datetime, timedelta
@@ -87,24 +87,29 @@ def test_feedback_sent_only_on_doubtful_answers_is_reported_and_left_out_on_requ
                             top_k=[{"label": first, "score": float(c)}], model_tag=champion, latency_ms=1.0,
                             created_at=now - timedelta(hours=5, seconds=-i)))  # fmt: skip
     doubtful = [rid for rid, c in zip(ids, confidences) if c < 0.6]  # users reported only the answers they doubted
-    plog.record_feedback_many([(rid, other) for rid in doubtful])
+    plog.record_feedback_many([(rid, other) for rid in doubtful])  # POST /feedback's source
+    queued = [rid for rid, c in zip(ids, confidences) if 0.6 <= c < 0.65]  # an annotated queue: least confident
+    plog.record_feedback_many([(rid, first) for rid in queued], source="import")
     plog.close()
     log_predictions(url, tiny_classifier, champion, generate(100, seed=6), start=now - timedelta(hours=1))
-
     summary = Path(params.state_dir) / champion.split(":")[0] / "summary.md"
-    warned = run_monitoring(params.model_copy(update={"window": 100}), db_url=url, render=False)  # the default: warn
-    assert warned.estimate is not None and warned.estimate.calibration_feedback_rows == len(doubtful)
-    sampling = warned.estimate.feedback_sampling
-    assert sampling is not None and not sampling.random and not sampling.excluded
-    assert (sampling.labeled_rows, sampling.unlabeled_rows) == (len(doubtful), len(ids) - len(doubtful))
-    assert f"the {len(doubtful)} feedback-labeled rows before the window are not a random sample" in summary.read_text()
-    assert "then set monitor.feedback_sampling_check: exclude" in summary.read_text()
 
-    update = {"window": 100, "feedback_sampling_check": "exclude"}
-    excluded = run_monitoring(params.model_copy(update=update), db_url=url, render=False)
-    assert excluded.estimate is not None and excluded.estimate.calibration_feedback_rows == 0  # the reference alone
-    assert excluded.estimate.feedback_sampling is not None and excluded.estimate.feedback_sampling.excluded
-    assert "left out of the estimate, which uses the reference alone" in summary.read_text()
+    verdict = run_monitoring(params.model_copy(update={"window": 100}), db_url=url, render=False)  # default: exclude
+    assert verdict.estimate is not None
+    sampling = verdict.estimate.feedback_sampling
+    assert sampling is not None and not sampling.random and sampling.excluded
+    assert (sampling.labeled_rows, sampling.imported_rows) == (len(doubtful), len(queued))
+    assert sampling.unlabeled_rows == len(ids) - len(doubtful) - len(queued)
+    assert verdict.estimate.calibration_feedback_rows == len(queued)  # the imported labels stay
+    said = summary.read_text()
+    assert f"the {len(doubtful)} labels sent to POST /feedback before the window are not a random sample" in said
+    assert "left out of the estimate's calibration" in said and f"{len(queued)} imported labels" in said
+
+    update = {"window": 100, "feedback_sampling_check": "warn"}
+    warned = run_monitoring(params.model_copy(update=update), db_url=url, render=False)
+    assert warned.estimate is not None and warned.estimate.feedback_sampling is not None
+    assert not warned.estimate.feedback_sampling.excluded
+    assert warned.estimate.calibration_feedback_rows == len(doubtful) + len(queued)
     update = {"window": 100, "feedback_sampling_check": "off"}
     unchecked = run_monitoring(params.model_copy(update=update), db_url=url, render=False)
     assert unchecked.estimate is not None and unchecked.estimate.feedback_sampling is None
@@ -128,6 +133,7 @@ def test_the_newest_rows_labels_have_not_reached_yet_are_not_held_against_the_fe
         "created_at": [start + timedelta(seconds=i) for i in range(2000)],
         "confidence": confidence,
         "true_label": np.where(labeled, "a", None),
+        "feedback_source": np.where(labeled, "api", None),
     })  # fmt: skip
     check = Feedback(labeled=traffic[labeled], traffic=traffic).sampling()
     assert check is not None and check.random and check.unlabeled_rows < 1500

@@ -85,6 +85,10 @@ def test_classify_feedback_and_metadata_in_process(client, served):
     ids = [a["request_id"] for a in answers]
     both = client.post("/feedback", json={"items": [{"request_id": i, "label": "neg"} for i in ids]})
     assert both.status_code == 200 and both.json()["recorded"] == 2
+    from tuneloop.predlog import read_window
+
+    labeled = read_window(labeled=True)  # the client's log (TUNELOOP_DB_URL)
+    assert set(labeled["request_id"]) >= set(ids) and set(labeled["feedback_source"]) == {"api"}
     for body, status, words in (
         ({"request_id": ids[0]}, 400, "expected"),
         ({"items": []}, 400, "expected"),

@@ -51,18 +51,32 @@ SAMPLING_ROWS = 20_000  # the newest predictions of the feedback's period read t
 @dataclass(frozen=True)
 class Feedback:
     """Feedback-labeled predictions logged before the window, and the traffic of the same period they are
-    checked against (the newest SAMPLING_ROWS predictions, labeled or not, logged from the first of them)."""
+    checked against (the newest SAMPLING_ROWS predictions, labeled or not, logged from the first of them).
+
+    Only labels that should be a random sample are checked: those sent to POST /feedback (or recorded before
+    the log said where labels come from). Imported ones (`tuneloop feedback import`, usually the queue, whose
+    rows were picked by confidence) are not: selection on confidence keeps P(right | confidence), all the
+    calibration fits, and would fail the test every time."""
 
     labeled: pd.DataFrame
     traffic: pd.DataFrame
 
+    @property
+    def checked(self) -> pd.DataFrame:
+        return self.labeled[self.labeled["feedback_source"].ne("import")]
+
+    @property
+    def imported(self) -> pd.DataFrame:
+        return self.labeled[self.labeled["feedback_source"].eq("import")]
+
     def sampling(self) -> SamplingCheck | None:
-        """Labeled vs unlabeled rows logged between the first and the last labeled row `traffic` covers (labels
-        arrive late: the newest rows have none yet, and they may be other traffic); None: not checked."""
-        if self.traffic.empty or self.labeled.empty:
+        """Checked labels vs unlabeled rows logged between the first and the last labeled row `traffic` covers
+        (labels arrive late: the newest rows have none yet, and they may be other traffic); None: not checked."""
+        checked = self.checked
+        if self.traffic.empty or checked.empty:
             return None
-        start, end = self.traffic["created_at"].min(), self.labeled["created_at"].max()
-        labeled = self.labeled[self.labeled["created_at"].between(start, end)]["confidence"]
+        start, end = self.traffic["created_at"].min(), checked["created_at"].max()
+        labeled = checked[checked["created_at"].between(start, end)]["confidence"]
         traffic = self.traffic[self.traffic["created_at"].between(start, end) & self.traffic["true_label"].isna()]
         return sampling_check(labeled.to_numpy(float), traffic["confidence"].to_numpy(float))
 
@@ -98,9 +112,10 @@ def assess(
     labeled_snapshot, labeled = labeled_metrics(window)
     check = feedback.sampling() if feedback is not None else None
     excluded = check is not None and not check.random and params.feedback_sampling_check == "exclude"
-    used = feedback.labeled if feedback is not None and not excluded else None
-    calibration, rows = fit_on([reference] if used is None else [reference, used])
+    used = None if feedback is None else feedback.imported if excluded else feedback.labeled
+    calibration, rows = fit_on([reference] if used is None or used.empty else [reference, used])
     feedback_rows = sum(rows[1:])
+    sampling = None if check is None or feedback is None else _sampling(check, excluded, len(feedback.imported))
     est = estimate(
         window["predicted"].astype(str).tolist(),
         window["confidence"].to_numpy(float),
@@ -117,7 +132,7 @@ def assess(
             naive_accuracy=est.naive_accuracy,
             calibration_rows=sum(rows),
             calibration_feedback_rows=feedback_rows,
-            feedback_sampling=None if check is None else _sampling(check, excluded),
+            feedback_sampling=sampling,
         ),
         labeled=labeled if labeled.rows >= params.min_labeled_rows else LabeledMetrics(rows=labeled.rows),
         embedded_rows=0 if cur.embeddings is None else len(cur.embeddings),
@@ -125,9 +140,10 @@ def assess(
     )
 
 
-def _sampling(check: SamplingCheck, excluded: bool) -> FeedbackSampling:
+def _sampling(check: SamplingCheck, excluded: bool, imported: int) -> FeedbackSampling:
     return FeedbackSampling(
         excluded=excluded,
+        imported_rows=imported,
         labeled_rows=check.labeled_rows,
         unlabeled_rows=check.unlabeled_rows,
         ks_statistic=round(check.statistic, 4),

@@ -37,9 +37,12 @@ class SignalResult(_Frozen):
 
 class FeedbackSampling(_Frozen):
     """Whether the feedback labels before the window look like a random sample of the traffic (their rows'
-    confidences against the unlabeled rows of the same period), and whether the estimate left them out for it."""
+    confidences against the unlabeled rows of the same period), and whether the estimate left them out for it.
+    Checked: labels sent to POST /feedback (and those recorded before the log kept their source); imported ones
+    (`tuneloop feedback import`: picked by confidence, which the calibration tolerates) are used unchecked."""
 
-    labeled_rows: int
+    labeled_rows: int = Field(description="checked labels in the period")
+    imported_rows: int = Field(default=0, description="imported labels: not checked, always used")
     unlabeled_rows: int
     ks_statistic: float
     p_value: float
@@ -125,17 +128,17 @@ def summary(verdict: Verdict) -> str:
         fb = e.feedback_sampling
         if fb is not None and not fb.random:
             lines.append(
-                f"- the {fb.labeled_rows} feedback-labeled rows before the window are not a random sample of the "
-                f"traffic (mean confidence {fb.labeled_mean_confidence:.3f} vs {fb.unlabeled_mean_confidence:.3f} "
+                f"- the {fb.labeled_rows} labels sent to POST /feedback before the window are not a random sample of "
+                f"the traffic (mean confidence {fb.labeled_mean_confidence:.3f} vs {fb.unlabeled_mean_confidence:.3f} "
                 f"for the {fb.unlabeled_rows} unlabeled rows of the same period; KS {fb.ks_statistic:.2f}, p "
                 f"{fb.p_value:.2g}): "
                 + (
-                    "left out of the estimate, which uses the reference alone (monitor.feedback_sampling_check)."
+                    "left out of the estimate's calibration (monitor.feedback_sampling_check: exclude)"
                     if fb.excluded
-                    else "labels of `tuneloop feedback queue` (least confident first) look so and are harmless; "
-                    "feedback sent mostly on wrong answers makes the estimate too low: then set "
-                    "monitor.feedback_sampling_check: exclude."
+                    else "kept (monitor.feedback_sampling_check: warn); feedback sent mostly on wrong answers makes "
+                    "the estimate too low"
                 )
+                + f"; {fb.imported_rows} imported labels are not checked."
             )
     if verdict.labeled and verdict.labeled.accuracy is not None:
         lab = verdict.labeled

@@ -307,7 +307,7 @@ class TextClassifier:
 
         try:
             pairs = feedback_pairs(body, self.current.clf.labels)
-            self.predictions.record_feedback_many(pairs)
+            self.predictions.record_feedback_many(pairs, source="api")
         except ValueError as exc:
             return JSONResponse({"error": str(exc)}, status_code=400)
         except UnknownRequest as exc:
