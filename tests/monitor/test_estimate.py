@@ -121,7 +121,7 @@ def test_feedback_on_wrong_answers_only_is_told_from_a_random_share_without_labe
     rest = np.setdiff1d(np.arange(len(conf)), wrong_only)
     biased = sampling_check(conf[wrong_only], conf[rest], alpha=0.001)
     assert biased is not None and not biased.random
-    assert biased.labeled_mean_confidence < biased.unlabeled_mean_confidence and biased.statistic > 0.3
+    assert biased.labeled_mean_confidence < biased.unlabeled_mean_confidence and biased.ks_statistic > 0.3
     # a random share of the same traffic passes, again and again (false alarms at most about alpha)
     alarms = 0
     for _ in range(200):

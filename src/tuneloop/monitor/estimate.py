@@ -88,7 +88,7 @@ def fit_on(frames: Sequence[Any]) -> tuple[Calibration, list[int]]:
 # "not random" needs p < SAMPLING_ALPHA and a difference of at least MIN_SAMPLING_EFFECT (KS statistic), so a
 # large sample does not reject feedback over a difference too small to move the estimate. Selection on
 # confidence alone (`tuneloop feedback queue`) looks the same to this test and is harmless to the calibration,
-# which is why monitor.feedback_sampling_check defaults to warn.
+# which is why monitoring checks only labels sent to POST /feedback (tuneloop.monitor.run.Feedback).
 SAMPLING_ALPHA = 0.001
 MIN_SAMPLING_EFFECT = 0.1
 MIN_SAMPLING_ROWS = 30  # fewer labeled or unlabeled rows in the period: not checked
@@ -100,7 +100,7 @@ class SamplingCheck:
 
     labeled_rows: int
     unlabeled_rows: int
-    statistic: float
+    ks_statistic: float
     p_value: float
     labeled_mean_confidence: float
     unlabeled_mean_confidence: float
@@ -120,7 +120,7 @@ def sampling_check(labeled: np.ndarray, unlabeled: np.ndarray, alpha: float = SA
     return SamplingCheck(
         labeled_rows=len(labeled),
         unlabeled_rows=len(unlabeled),
-        statistic=statistic,
+        ks_statistic=statistic,
         p_value=p_value,
         labeled_mean_confidence=float(labeled.mean()),
         unlabeled_mean_confidence=float(unlabeled.mean()),

@@ -8,7 +8,7 @@ I/O: registry, prediction log, verdict files, history, HTML report and the Evide
 from __future__ import annotations
 
 import logging
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -69,6 +69,17 @@ class Feedback:
     def imported(self) -> pd.DataFrame:
         return self.labeled[self.labeled["feedback_source"].eq("import")]
 
+    def for_calibration(self, mode: str) -> tuple[pd.DataFrame, FeedbackSampling | None]:
+        """The labels the calibration fits on under monitor.feedback_sampling_check `mode`, and the check's
+        record (None: not checked). With `mode` exclude, checked labels that are not a random sample are left
+        out; imported ones stay."""
+        check = self.sampling()
+        if check is None:
+            return self.labeled, None
+        excluded = not check.random and mode == "exclude"
+        record = FeedbackSampling(**asdict(check), excluded=excluded, imported_rows=len(self.imported))
+        return (self.imported if excluded else self.labeled), record
+
     def sampling(self) -> SamplingCheck | None:
         """Checked labels vs unlabeled rows logged between the first and the last labeled row `traffic` covers
         (labels arrive late: the newest rows have none yet, and they may be other traffic); None: not checked."""
@@ -110,12 +121,9 @@ def assess(
     signals += _token_signals(reference, ref, cur, params, tokenizer)
     snapshot, distribution = distribution_signals(ref, cur, params)
     labeled_snapshot, labeled = labeled_metrics(window)
-    check = feedback.sampling() if feedback is not None else None
-    excluded = check is not None and not check.random and params.feedback_sampling_check == "exclude"
-    used = None if feedback is None else feedback.imported if excluded else feedback.labeled
-    calibration, rows = fit_on([reference] if used is None or used.empty else [reference, used])
+    used, sampling = (None, None) if feedback is None else feedback.for_calibration(params.feedback_sampling_check)
+    calibration, rows = fit_on([reference] if used is None else [reference, used])
     feedback_rows = sum(rows[1:])
-    sampling = None if check is None or feedback is None else _sampling(check, excluded, len(feedback.imported))
     est = estimate(
         window["predicted"].astype(str).tolist(),
         window["confidence"].to_numpy(float),
@@ -137,20 +145,6 @@ def assess(
         labeled=labeled if labeled.rows >= params.min_labeled_rows else LabeledMetrics(rows=labeled.rows),
         embedded_rows=0 if cur.embeddings is None else len(cur.embeddings),
         snapshots=[s for s in (snapshot, labeled_snapshot) if s is not None],
-    )
-
-
-def _sampling(check: SamplingCheck, excluded: bool, imported: int) -> FeedbackSampling:
-    return FeedbackSampling(
-        excluded=excluded,
-        imported_rows=imported,
-        labeled_rows=check.labeled_rows,
-        unlabeled_rows=check.unlabeled_rows,
-        ks_statistic=round(check.statistic, 4),
-        p_value=check.p_value,
-        labeled_mean_confidence=round(check.labeled_mean_confidence, 4),
-        unlabeled_mean_confidence=round(check.unlabeled_mean_confidence, 4),
-        random=check.random,
     )
 
 
