@@ -59,9 +59,10 @@ def import_labels(path: str | Path, labels: list[str], url: str | None = None, *
     Raises:
         DataError: the file lacks the columns, a row fails the /feedback checks (named by row), or an id is unknown.
     """
-    from tuneloop.predlog import PredictionLog, UnknownRequest
+    from tuneloop.predlog import PredictionLog, UnknownRequest, database_url, require_existing
     from tuneloop.serve.guard import feedback_pairs
 
+    url = require_existing(url or database_url())  # labels for requests of a log that is not there: refused
     rows = _annotated(path)
     items = [{"request_id": r, "label": lab} for r, lab in rows if lab]
     pairs: list[tuple[str, str]] = []

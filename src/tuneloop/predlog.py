@@ -582,7 +582,7 @@ def read_window(
     from sqlalchemy import create_engine, inspect
     from sqlalchemy.exc import SQLAlchemyError
 
-    url = url or database_url()
+    url = require_existing(url or database_url())
     engine = create_engine(url)
     try:
         if not inspect(engine).has_table("predictions"):
@@ -600,6 +600,28 @@ def read_window(
     frame = pd.DataFrame(rows, columns=WINDOW_COLUMNS + (["feedback_source"] if labeled else []))
     frame["created_at"] = pd.to_datetime(frame["created_at"], utc=True)
     return frame
+
+
+def require_existing(url: str) -> str:
+    """`url`, once it is known not to name a SQLite file that does not exist: connecting would create an empty
+    one there (a reader, or a typo in TUNELOOP_DB_URL, would leave a stray database behind and report "no
+    predictions table" instead of the path). Server databases are checked by connecting.
+
+    Raises:
+        PredictionLogError: the SQLite file is missing (its absolute path named).
+    """
+    from sqlalchemy.engine import make_url
+
+    parsed = make_url(url)
+    database = parsed.database or ""
+    if parsed.get_backend_name() == "sqlite" and database not in ("", ":memory:") and not database.startswith("file:"):
+        path = Path(database).absolute()
+        if not path.exists():
+            raise PredictionLogError(
+                f"prediction log {_shown(url)}: no such file ({path}). Point TUNELOOP_DB_URL at the database the "
+                "service writes (the service creates it when it starts)."
+            )
+    return url
 
 
 def _unusable(url: str, exc: Exception) -> PredictionLogError:

@@ -128,3 +128,22 @@ def test_new_labels_are_refused_unless_the_annotator_says_so_and_must_be_plain_n
     assert feedback_pairs({"request_id": ids[0], "label": "开户"}, ["a"], new_labels=True)
     with pytest.raises(ValueError, match="not one of this model's labels"):
         feedback_pairs({"request_id": ids[0], "label": "open_account"}, ["a"])  # the service's /feedback
+
+
+def test_reading_or_labelling_a_log_that_is_not_there_names_the_file_and_creates_none(tmp_path):
+    """A typo in TUNELOOP_DB_URL must not leave an empty database behind (SQLite creates the file it is asked to
+    open) nor answer "no predictions table" about it: each reader says the file is missing, by path."""
+    from tuneloop.predlog import PredictionLogError
+
+    missing = tmp_path / "predicitons.db"
+    url = f"sqlite:///{missing}"
+    annotated = tmp_path / "labels.csv"
+    annotated.write_text("request_id,label\n" + "0" * 32 + ",a\n")
+    for read in (lambda: read_window(url), lambda: queue(tmp_path / "q.csv", 5, url)):
+        with pytest.raises(PredictionLogError, match=f"no such file \\({missing}\\).*TUNELOOP_DB_URL"):
+            read()
+    with pytest.raises(PredictionLogError, match="no such file"):
+        import_labels(annotated, ["a"], url)
+    assert not missing.exists() and not (tmp_path / "q.csv").exists()
+    _log(url, [("one", "a", 0.6)])  # once the service has written it, the same readers work
+    assert len(read_window(url)) == 1
