@@ -48,3 +48,39 @@ def test_signals_outside_the_policy_do_not_make_drift(monitor_params):
     assert (decision.status, decision.drift, decision.consecutive) == ("ok", False, 0)
     marked = policy.with_counts([signal(True, counts=False)], monitor_params)
     assert marked[0].counts  # novelty is listed in params.yaml's monitor.signals
+
+
+def test_a_torn_or_edited_history_line_ends_the_streak_and_spoils_only_itself(tmp_path, caplog):
+    """A run killed mid-append leaves a line without its end; the next run must neither crash on it (every run
+    after it would) nor glue its own line to it."""
+    drifted = {"model_tag": "m:1", "status": "drift", "drift": True}
+    for _ in range(2):
+        policy.append_history(tmp_path, drifted)
+    with open(tmp_path / policy.HISTORY_FILE, "a") as handle:
+        handle.write('{"model_tag": "m:1", "sta')  # the kill
+    assert policy.previous_drifted(tmp_path, "m:1") == 0
+    assert "line 3 is not a monitoring run record" in caplog.text
+    policy.append_history(tmp_path, drifted)
+    policy.append_history(tmp_path, drifted)
+    lines = (tmp_path / policy.HISTORY_FILE).read_text().splitlines()
+    assert len(lines) == 5 and lines[3] == lines[4] == lines[0]  # the torn line stayed one line
+    assert policy.previous_drifted(tmp_path, "m:1") == 2
+    with open(tmp_path / policy.HISTORY_FILE, "a") as handle:
+        handle.write('{"model_tag": "m:1", "drift": "yes", "status": "drift"}\n[1, 2]\n')  # edited by hand
+    assert policy.previous_drifted(tmp_path, "m:1") == 0
+
+
+def test_a_damaged_retrain_record_is_named_and_a_naive_time_is_utc(tmp_path):
+    import pytest
+
+    from tuneloop.monitor import MonitorError
+
+    path = tmp_path / policy.RETRAINED_FILE
+    for content in ("", '{"at": "yesterday"}', '{"when": "2026-11-29T10:00:00+00:00"}', "[1]"):
+        path.write_text(content)
+        with pytest.raises(MonitorError, match=f"{path}: not a retrain record.*delete the file"):
+            policy.last_retrain(tmp_path)
+    path.write_text('{"at": "2026-11-29T10:00:00"}')  # written by hand, without a zone
+    assert policy.last_retrain(tmp_path) == NOW - timedelta(hours=2)
+    policy.record_retrain(tmp_path / "new", "m:1", at=NOW)  # the folder is created, the file replaced whole
+    assert policy.last_retrain(tmp_path / "new") == NOW
