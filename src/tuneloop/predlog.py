@@ -409,6 +409,23 @@ class PredictionLog:
 
 
 SPOOL_SUFFIX = ".jsonl"
+DAMAGED_SUFFIX = ".damaged"  # a spool file's unreadable lines, set aside beside it (not replayed)
+WINDOW_COLUMNS = [
+    "request_id",
+    "created_at",
+    "text",
+    "text_sha256",
+    "text_chars",
+    "predicted",
+    "confidence",
+    "top_k",
+    "model_tag",
+    "latency_ms",
+    "embedding",
+    "true_label",
+]
+# a spooled row holds PredictionLog._row's keys, the predictions table's columns (embedding only since v3)
+SPOOL_KEYS = frozenset(WINDOW_COLUMNS) - {"true_label"}
 
 
 def _spool_write(folder: Path, rows: list[dict[str, Any]], path: Path | None = None) -> Path:
@@ -434,12 +451,47 @@ def _spooled(row: dict[str, Any]) -> dict[str, Any]:
 
 
 def _unspooled(line: str) -> dict[str, Any]:
+    """A spooled row back as `_row` made it. Raises ValueError for a line that is not one (binascii.Error is one)."""
     row = json.loads(line)
-    embedding = row["embedding"]
+    if not isinstance(row, dict) or not SPOOL_KEYS - {"embedding"} <= set(row) <= SPOOL_KEYS:
+        raise ValueError(f"expected a JSON object with the keys {sorted(SPOOL_KEYS)}")
+    embedding = row.get("embedding")  # spooled before schema v3: none
     return row | {
         "created_at": datetime.fromisoformat(row["created_at"]),
-        "embedding": None if embedding is None else base64.b64decode(embedding),
+        "embedding": None if embedding is None else base64.b64decode(embedding, validate=True),
     }
+
+
+def _readable_rows(path: Path, lines: Iterator[str]) -> list[dict[str, Any]]:
+    """The rows of a spool file's lines; lines that are not rows (edited by hand, damaged outside tuneloop) are
+    appended to `<file>.damaged` beside it, which is never replayed, and named in an ERROR: kept, not lost, and
+    unable to hold back every row after them, as a flush that raised on them would (every flush, for good)."""
+    rows, damaged, first = [], [], ""
+    for number, line in enumerate(lines, 1):
+        if not line.strip():
+            continue
+        try:
+            rows.append(_unspooled(line))
+        except (ValueError, TypeError) as exc:
+            damaged.append(line.rstrip("\n") + "\n")
+            first = first or f"line {number}: {first_line(exc)}"
+    if damaged:
+        aside = path.with_name(path.name + DAMAGED_SUFFIX)
+        with open(aside, "a", encoding="utf-8") as handle:
+            handle.writelines(damaged)
+            handle.flush()
+            os.fsync(handle.fileno())
+        log.error(
+            "prediction log spool %s: %d line(s) are not prediction rows (%s); set aside in %s (mend them and "
+            "rename the file to end in %s for the next flush to write them), the file's %d other rows are written",
+            path,
+            len(damaged),
+            first,
+            aside,
+            SPOOL_SUFFIX,
+            len(rows),
+        )
+    return rows
 
 
 @contextmanager
@@ -457,7 +509,7 @@ def _claimed(path: Path) -> Iterator[list[dict[str, Any]] | None]:
             current = os.stat(path).st_ino == os.fstat(handle.fileno()).st_ino
         except (BlockingIOError, FileNotFoundError):
             current = False
-        yield [_unspooled(line) for line in handle if line.strip()] if current else None
+        yield _readable_rows(path, handle) if current else None
 
 
 def _refused_rows(exc: Exception) -> bool:
@@ -500,22 +552,6 @@ def _add_column(conn: Any, table: str, column: str, kind: Any) -> None:
         return
     compiled = kind.compile(dialect=conn.dialect)  # e.g. BLOB on SQLite, BYTEA on PostgreSQL
     conn.execute(text(f"ALTER TABLE {table} ADD COLUMN {column} {compiled}"))
-
-
-WINDOW_COLUMNS = [
-    "request_id",
-    "created_at",
-    "text",
-    "text_sha256",
-    "text_chars",
-    "predicted",
-    "confidence",
-    "top_k",
-    "model_tag",
-    "latency_ms",
-    "embedding",
-    "true_label",
-]
 
 
 def window_query(

@@ -300,3 +300,31 @@ def test_a_window_looks_each_label_up_by_index_instead_of_scanning_the_feedback(
     feedback_steps = [step for step in plan if "feedback" in step]
     assert feedback_steps and all(step.startswith("SEARCH feedback USING") for step in feedback_steps), plan
     assert not any("SCAN" in step and "JOIN" in step for step in plan), plan
+
+
+def test_a_damaged_spool_line_is_set_aside_and_holds_back_no_row(tmp_path, caplog):
+    """A spool file edited by hand, cut short by a full disk outside tuneloop or written by another version: its
+    readable rows are written, its unreadable lines go to a `.damaged` file beside it (kept, named in an ERROR),
+    and the log goes on. It used to raise on every flush, so no row reached the database again."""
+    import json
+
+    from tuneloop.predlog import _spool_write
+
+    spool = tmp_path / "spool"
+    plog = _sqlite(tmp_path, flush_interval_s=3600, spool_dir=spool)
+    path = _spool_write(spool, [plog._row(_prediction(i)) for i in range(3)])
+    good = path.read_text().splitlines()
+    missing_key = json.dumps({k: v for k, v in json.loads(good[0]).items() if k != "request_id"})
+    bad = ['{"request_id": "x", "created', "not json", missing_key, '{"embedding": "***", "created_at": "now"}']
+    path.write_text("\n".join([good[0], *bad, good[1], "", good[2]]) + "\n")
+    plog.log(_prediction(9))
+    assert plog.flush() == 4 and plog.count() == 4 and not path.exists()
+    aside = path.with_name(path.name + ".damaged")
+    assert aside.read_text().splitlines() == bad
+    assert f"{path}: 4 line(s) are not prediction rows (line 2:" in caplog.text and str(aside) in caplog.text
+    assert plog.flush() == 0 and aside.exists()  # set aside once, never replayed
+    older = _prediction(10)  # spooled by a tuneloop before schema v3: no embedding key, still written
+    line = json.dumps({k: v for k, v in json.loads(good[0]).items() if k != "embedding"} | {"request_id": older.request_id})
+    path.write_text(line + "\n")
+    assert plog.flush() == 1 and plog.count() == 5
+    plog.close()
