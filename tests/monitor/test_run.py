@@ -48,6 +48,15 @@ def test_a_run_writes_verdict_history_report_and_workspace_snapshot(champion, pa
     assert json.loads((state / "history.jsonl").read_text().splitlines()[-1])["status"] == "ok"
     assert verdict.report and Path(verdict.report).stat().st_size > 10_000
     assert any(Path(params.workspace).rglob("*.json"))  # the snapshot is in the Evidently workspace
+    assert verdict.workspace_error is None
+    # The workspace damaged (a project file cut short): the run still judges, writes and remembers its window.
+    (project,) = Path(params.workspace).glob("*/metadata.json")
+    project.write_text(project.read_text()[:40])
+    again = run_monitoring(params, db_url=url)
+    assert again.status == "ok" and again.report and Path(again.report).is_file()
+    assert again.workspace_error and f"{params.workspace} did not take this run's snapshot" in again.workspace_error
+    assert read_verdict(state / "verdict.json") == again and len((state / "history.jsonl").read_text().splitlines()) == 2
+    assert "Not in the monitoring UI: the Evidently workspace" in (state / "summary.md").read_text()
 
 
 def test_the_estimate_also_calibrates_on_feedback_logged_before_the_window(

@@ -318,12 +318,27 @@ def _tokenizer(tag: str) -> Any:
 def _publish(
     verdict: Verdict, assessment: Assessment, params: MonitorParams, state_dir: Path, now: datetime
 ) -> Verdict:
-    """Save the HTML report and add the snapshot to the Evidently workspace; the verdict names the report."""
+    """Save the HTML report and add the snapshot to the Evidently workspace; the verdict names the report.
+
+    The workspace only shows runs: one it cannot take (a project file cut short by a full disk or a killed
+    writer, a folder it cannot write) is named in the verdict and an ERROR, and the verdict, the history and
+    the retrain it may ask for go on, instead of every run failing until someone repairs the dashboard."""
+    from tuneloop.errors import first_line
     from tuneloop.monitor.workspace import add_snapshot
 
     reports = state_dir / "reports"
     reports.mkdir(parents=True, exist_ok=True)
     html = reports / f"{now.strftime('%Y%m%dT%H%M%SZ')}.html"
     assessment.snapshots[0].save_html(str(html))
-    add_snapshot(Path(params.workspace), verdict, assessment.snapshots[0], tuple(assessment.snapshots[1:]))
-    return verdict.model_copy(update={"report": str(html)})
+    verdict = verdict.model_copy(update={"report": str(html)})
+    try:
+        add_snapshot(Path(params.workspace), verdict, assessment.snapshots[0], tuple(assessment.snapshots[1:]))
+    except Exception as exc:  # Evidently's own files and errors: whatever it raises, the run's verdict stands
+        problem = (
+            f"the Evidently workspace {params.workspace} did not take this run's snapshot ({type(exc).__name__}: "
+            f"{first_line(exc)}); the verdict and {html} stand. Move the workspace folder aside (the next run "
+            "starts a new one) or repair it, for `tuneloop monitor ui` to show the runs after this one"
+        )
+        log.error("%s", problem)
+        verdict = verdict.model_copy(update={"workspace_error": problem})
+    return verdict

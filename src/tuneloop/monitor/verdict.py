@@ -102,6 +102,9 @@ class Verdict(_Frozen):
     estimate: Estimate | None = None
     labeled: LabeledMetrics | None = None
     report: str | None = Field(default=None, description="the Evidently HTML report of this run")
+    workspace_error: str | None = Field(
+        default=None, description="why this run is not in the Evidently workspace (the verdict stands)"
+    )
 
     def drifted_signals(self) -> list[str]:
         return [s.name for s in self.signals if s.drifted and s.counts]
@@ -150,6 +153,8 @@ def summary(verdict: Verdict) -> str:
         lines.append(f"| {s.name} | {s.method} | {value} | {rule} | {'yes' if s.drifted else 'no'} | {s.counts} |")
     if verdict.report:
         lines += ["", f"Report: {verdict.report}"]
+    if verdict.workspace_error:
+        lines += ["", f"Not in the monitoring UI: {verdict.workspace_error}."]
     return "\n".join(lines) + "\n"
 
 
