@@ -13,6 +13,7 @@ from tuneloop.monitor import MonitorError
 from tuneloop.monitor.reference import write_reference
 from tuneloop.monitor.run import run_monitoring
 from tuneloop.monitor.verdict import read_verdict
+from tuneloop.monitor.workspace import check_readable
 from tuneloop.predlog import PredictionLogError
 
 
@@ -57,6 +58,8 @@ def test_a_run_writes_verdict_history_report_and_workspace_snapshot(champion, pa
     assert again.workspace_error and f"{params.workspace} did not take this run's snapshot" in again.workspace_error
     assert read_verdict(state / "verdict.json") == again and len((state / "history.jsonl").read_text().splitlines()) == 2
     assert "Not in the monitoring UI: the Evidently workspace" in (state / "summary.md").read_text()
+    with pytest.raises(MonitorError, match=f"workspace {params.workspace} cannot be read.*Move the workspace"):
+        check_readable(Path(params.workspace))  # what `tuneloop monitor ui` says instead of starting
 
 
 def test_the_estimate_also_calibrates_on_feedback_logged_before_the_window(

@@ -81,9 +81,11 @@ def ui_cmd(
     import sys
 
     from tuneloop import procs
+    from tuneloop.monitor.workspace import check_readable
 
     workspace = Path(cli_params(params, None).monitor.workspace)
     workspace.mkdir(parents=True, exist_ok=True)
+    check_readable(workspace)  # a damaged project file: one message here, not a UI that fails page by page
     out.print(f"Evidently UI on http://{host}:{port} (workspace {workspace}); Ctrl-C stops it")
     command = [
         sys.executable,

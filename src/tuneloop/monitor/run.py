@@ -324,7 +324,7 @@ def _publish(
     writer, a folder it cannot write) is named in the verdict and an ERROR, and the verdict, the history and
     the retrain it may ask for go on, instead of every run failing until someone repairs the dashboard."""
     from tuneloop.errors import first_line
-    from tuneloop.monitor.workspace import add_snapshot
+    from tuneloop.monitor.workspace import REPAIR, add_snapshot
 
     reports = state_dir / "reports"
     reports.mkdir(parents=True, exist_ok=True)
@@ -336,8 +336,8 @@ def _publish(
     except Exception as exc:  # Evidently's own files and errors: whatever it raises, the run's verdict stands
         problem = (
             f"the Evidently workspace {params.workspace} did not take this run's snapshot ({type(exc).__name__}: "
-            f"{first_line(exc)}); the verdict and {html} stand. Move the workspace folder aside (the next run "
-            "starts a new one) or repair it, for `tuneloop monitor ui` to show the runs after this one"
+            f"{first_line(exc)}); the verdict and {html} stand. {REPAIR}, for `tuneloop monitor ui` to show the "
+            "runs after this one"
         )
         log.error("%s", problem)
         verdict = verdict.model_copy(update={"workspace_error": problem})

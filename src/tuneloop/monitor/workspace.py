@@ -8,6 +8,23 @@ from typing import Any
 
 from tuneloop.monitor.verdict import Verdict
 
+REPAIR = "Move the workspace folder aside (the next monitoring run starts a new one) or repair it"
+
+
+def check_readable(path: Path) -> None:
+    """Raise a MonitorError naming `path` when Evidently cannot list its projects (a project file cut short)."""
+    from evidently.ui.workspace import Workspace
+
+    from tuneloop.errors import first_line
+    from tuneloop.monitor import MonitorError
+
+    try:
+        Workspace.create(str(path)).list_projects()
+    except Exception as exc:  # whatever Evidently raises on its own files
+        raise MonitorError(
+            f"the Evidently workspace {path} cannot be read ({type(exc).__name__}: {first_line(exc)}). {REPAIR}."
+        ) from None
+
 
 def project_for(workspace: Any, name: str) -> Any:
     """The workspace's project called `name`, created (with its dashboard) on first use."""
