@@ -57,6 +57,7 @@ class PolicyParams(_Section):
     conflicting_labels: Policy
     encoding: Policy
     label_format: Policy = "fail"  # a params.yaml from before the check has no key for it
+    label_spelling: Policy = "fail"  # two spellings of one class name (tuneloop.text.label_key); likewise
     tokenizer_coverage: Literal["fail", "warn"] = "warn"  # corpus-level: no row is to blame, none is set aside
 
 

@@ -66,9 +66,11 @@ def import_labels(path: str | Path, labels: list[str], url: str | None = None, *
     rows = _annotated(path)
     items = [{"request_id": r, "label": lab} for r, lab in rows if lab]
     pairs: list[tuple[str, str]] = []
+    known = list(labels)  # and the new labels of earlier batches: one spelling per class across the file
     for start in range(0, len(items), 1000):  # the /feedback batch limit
         try:
-            pairs += feedback_pairs({"items": items[start : start + 1000]}, labels, new_labels=new_labels)
+            pairs += feedback_pairs({"items": items[start : start + 1000]}, known, new_labels=new_labels)
+            known += sorted({label for _, label in pairs} - set(known))
         except ValueError as exc:
             raise DataError(f"{path}: rows from {start + 2}: {exc}. Fix the file; nothing was recorded.") from None
     log = PredictionLog(url)

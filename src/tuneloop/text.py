@@ -4,6 +4,7 @@ one-typo perturbation shared by the behavioural tests (evaluate) and augmentatio
 from __future__ import annotations
 
 import random
+import re
 import unicodedata
 
 
@@ -16,6 +17,13 @@ def normalize_text(text: str, *, lowercase: bool = False) -> str:
     """
     text = " ".join(unicodedata.normalize("NFC", text).split())
     return text.lower() if lowercase else text
+
+
+def label_key(label: str) -> str:
+    """What two spellings of one class name share: NFKC, case folded, separators (white space, '_', '-', '.')
+    dropped. 'card_lost', 'Card Lost' and 'card-lost' have one key; a corpus or an annotator using two of them
+    makes two classes of one (validation's label_spelling check, `tuneloop feedback import --new-labels`)."""
+    return re.sub(r"[\s_.\-]+", "", unicodedata.normalize("NFKC", label).casefold())
 
 
 def swap_letters(text: str, rng: random.Random) -> str:

@@ -26,7 +26,7 @@ from tuneloop.config import ValidateParams, VocabParams
 from tuneloop.errors import ValidationFailed
 from tuneloop.predlog import MAX_LABEL_CHARS
 from tuneloop.tabular import LABEL, REPLACEMENT_CHAR, TEXT, Table, write_csv_atomic, write_text_atomic
-from tuneloop.text import normalize_text
+from tuneloop.text import label_key, normalize_text
 
 log = logging.getLogger(__name__)
 
@@ -34,7 +34,7 @@ VALID_FILE, QUARANTINE_FILE = "valid.csv", "quarantine.csv"
 # Helper columns the suite checks; computed here because "the earlier copy of this row" and
 # "labels seen for this text" are relations between rows, which no single GX column
 # expectation expresses. GX still evaluates them and reports the offending rows.
-_DUP, _VARIANTS = "_duplicate_of_row", "_labels_for_text"
+_DUP, _VARIANTS, _SPELLINGS = "_duplicate_of_row", "_labels_for_text", "_spellings_of_label"
 
 # check name -> (what it means, how to fix it). The policy key in params.yaml is the check name.
 CHECKS: dict[str, tuple[str, str, str]] = {
@@ -74,6 +74,11 @@ CHECKS: dict[str, tuple[str, str, str]] = {
         "label malformed",
         "fix the label (a long one is often a text in the label column: check --text-col/--label-col; ' pos' "
         "and 'pos' would be two classes)",
+    ),
+    "label_spelling": (
+        "no two labels differ only in case, white space, '_', '-' or '.'",
+        "label spelt two ways",
+        "decide the spelling and fix the rows (or list both in data.labels if they are different classes)",
     ),
     "min_rows_per_class": (
         "every class has at least min_rows_per_class rows",
@@ -228,7 +233,7 @@ def _run_row_suite(
 ) -> dict[str, CheckResult]:
     import great_expectations.expectations as gxe
 
-    rows = _with_relations(frame)
+    rows = _with_relations(frame, labels)
     suite: list[Any] = [
         gxe.ExpectColumnToExist(column=TEXT, meta={"check": "columns"}),
         gxe.ExpectColumnToExist(column=LABEL, meta={"check": "columns"}),
@@ -240,6 +245,7 @@ def _run_row_suite(
         gxe.ExpectColumnValuesToNotBeNull(column=LABEL, meta={"check": "null_label"}),
         gxe.ExpectColumnValuesToBeNull(column=_DUP, meta={"check": "duplicates"}),
         gxe.ExpectColumnValuesToBeBetween(column=_VARIANTS, max_value=1, meta={"check": "conflicting_labels"}),
+        gxe.ExpectColumnValuesToBeBetween(column=_SPELLINGS, max_value=1, meta={"check": "label_spelling"}),
         gxe.ExpectColumnValuesToNotMatchRegex(column=TEXT, regex=REPLACEMENT_CHAR, meta={"check": "encoding"}),
         gxe.ExpectColumnValuesToNotMatchRegex(column=LABEL, regex=REPLACEMENT_CHAR, meta={"check": "encoding"}),
         gxe.ExpectColumnValueLengthsToBeBetween(
@@ -264,8 +270,9 @@ def _run_row_suite(
     return checks
 
 
-def _with_relations(frame: pd.DataFrame) -> pd.DataFrame:
-    """Add the row-relation helper columns the suite checks (duplicate-of, labels-per-text)."""
+def _with_relations(frame: pd.DataFrame, labels: list[str]) -> pd.DataFrame:
+    """Add the row-relation helper columns the suite checks (duplicate-of, labels-per-text, spellings-per-label;
+    labels listed in data.labels are distinct classes by decision, so they are not counted as spellings)."""
     rows = frame[[TEXT, LABEL]].copy()
     complete = rows[TEXT].notna() & rows[LABEL].notna()
     norm = rows.loc[complete, TEXT].map(normalize_text)
@@ -274,6 +281,9 @@ def _with_relations(frame: pd.DataFrame) -> pd.DataFrame:
     first.index = keyed.index
     rows[_DUP] = (first.where(first != keyed.index.to_series()) + 1).reindex(rows.index)
     rows[_VARIANTS] = keyed.groupby("norm")[LABEL].transform("nunique").reindex(rows.index)
+    named = rows[LABEL].map(lambda v: isinstance(v, str) and v not in labels).astype(bool)
+    spelt = pd.DataFrame({"key": rows.loc[named, LABEL].map(label_key), LABEL: rows.loc[named, LABEL]})
+    rows[_SPELLINGS] = spelt.groupby("key")[LABEL].transform("nunique").reindex(rows.index)
     return rows
 
 
@@ -292,7 +302,23 @@ def _reasons(name: str, bad: list[int], rows: pd.DataFrame, params: ValidatePara
         return {i: f"label_format: {_label_problem(rows.at[i, LABEL])}" for i in bad}
     if name == "unknown_label":
         return {i: f"unknown_label: '{rows.at[i, LABEL]}' is not in data.labels" for i in bad}
+    if name == "label_spelling":
+        said = _spellings(rows.loc[bad, LABEL])
+        return {i: f"label_spelling: {said[rows.at[i, LABEL]]}" for i in bad}
     return {i: f"{name}: {CHECKS[name][1]}" for i in bad}
+
+
+def _spellings(flagged: pd.Series) -> dict[str, str]:
+    """Each flagged label -> "'Card Lost' (3 rows) and 'card_lost' (120 rows) are one class name spelt 2 ways"."""
+    counts = flagged.value_counts()
+    by_key: dict[str, list[str]] = {}
+    for name in sorted(counts.index):
+        by_key.setdefault(label_key(name), []).append(name)
+    said: dict[str, str] = {}
+    for names in by_key.values():
+        text = " and ".join(f"'{name}' ({counts[name]} rows)" for name in names)
+        said |= dict.fromkeys(names, f"{text} are one class name spelt {len(names)} ways")
+    return said
 
 
 # Control characters (PostgreSQL cannot store NUL; a newline or tab in a class name breaks every report) and

@@ -130,6 +130,23 @@ def test_new_labels_are_refused_unless_the_annotator_says_so_and_must_be_plain_n
         feedback_pairs({"request_id": ids[0], "label": "open_account"}, ["a"])  # the service's /feedback
 
 
+def test_a_new_label_that_is_a_known_one_spelt_anew_is_refused_across_the_whole_file(tmp_path):
+    """'Card Lost' for the model's 'card_lost' would teach the retrain a second class of one intent; so would
+    'open_account' and 'Open Account' as two new ones, even 1,000 rows (one /feedback batch) apart."""
+    from tuneloop.serve.guard import feedback_pairs
+
+    url = f"sqlite:///{tmp_path / 'log.db'}"
+    ids = _log(url, [(f"text {i}", "card_lost", 0.5) for i in range(1002)])
+    with pytest.raises(ValueError, match=r"new label 'Card-Lost' is 'card_lost' spelt another way.*write 'card_lost'"):
+        feedback_pairs({"request_id": ids[0], "label": "Card-Lost"}, ["card_lost", "b"], new_labels=True)
+    path = tmp_path / "new.csv"
+    labels = ["open_account"] + ["card_lost"] * 1000 + ["Open Account"]
+    pd.DataFrame({"request_id": ids, "label": labels}).to_csv(path, index=False)
+    with pytest.raises(DataError, match=r"rows from 1002: .*'Open Account' is 'open_account' spelt another way"):
+        import_labels(path, ["card_lost"], url, new_labels=True)
+    assert read_window(url)["true_label"].isna().all()  # all or nothing
+
+
 def test_reading_or_labelling_a_log_that_is_not_there_names_the_file_and_creates_none(tmp_path):
     """A typo in TUNELOOP_DB_URL must not leave an empty database behind (SQLite creates the file it is asked to
     open) nor answer "no predictions table" about it: each reader says the file is missing, by path."""

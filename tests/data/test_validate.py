@@ -51,6 +51,17 @@ def test_each_check_flags_exactly_its_rows(params):
     assert len(report.kept) == 12
 
 
+def test_one_class_name_spelt_two_ways_fails_naming_both_unless_data_labels_lists_both(params):
+    names = ("a", "A", "b", "b_", "c-d", "Ｃ d", "e")  # case, a separator, full-width letters (NFKC) and a space
+    rows = [(f"message {i} for {c}", c) for c in names for i in range(6)]
+    report = validate_table(_table(rows), params, [])
+    check = report.checks["label_spelling"]
+    assert not report.passed and check.policy == "fail" and [r + 1 for r in check.rows] == list(range(1, 37))
+    assert check.reasons[0] == "label_spelling: 'A' (6 rows) and 'a' (6 rows) are one class name spelt 2 ways"
+    assert check.reasons[35] == "label_spelling: 'c-d' (6 rows) and 'Ｃ d' (6 rows) are one class name spelt 2 ways"
+    assert validate_table(_table(rows), params, list(names)).checks["label_spelling"].success  # distinct by decision
+
+
 def test_known_label_set_rejects_unknown_labels(params):
     rows = _base() + [("new thing", "zzz")]
     report = validate_table(_table(rows), params, ["a", "b"])

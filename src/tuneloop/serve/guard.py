@@ -32,6 +32,7 @@ from typing import Any
 
 from tuneloop.predlog import MAX_LABEL_CHARS
 from tuneloop.serve.logs import log_bug
+from tuneloop.text import label_key
 
 Scope = dict[str, Any]
 Message = dict[str, Any]
@@ -173,15 +174,23 @@ def feedback_pairs(body: Any, labels: list[str], *, new_labels: bool = False) ->
     except Rejected as exc:
         raise ValueError(exc.message) from None
     where = "items[{}]: " if len(items) > 1 or (isinstance(body, dict) and "items" in body) else ""
+    spellings = {label_key(label): label for label in labels}  # a new label must not be one of them spelt anew
     for i, item in enumerate(items):
-        if item["label"] in labels:
+        label = item["label"]
+        if label in labels:
             continue
         if not new_labels:
             raise ValueError(f"{where.format(i)}label is not one of this model's labels: {', '.join(labels)}")
-        if not NEW_LABEL.fullmatch(item["label"]):
+        if not NEW_LABEL.fullmatch(label):
             raise ValueError(
                 f"{where.format(i)}a new label must be a plain name (letters, digits, '_', '-', '.', ' ' inside; "
                 f"at most {MAX_LABEL_CHARS} characters, no control or invisible characters)"
+            )
+        known = spellings.setdefault(label_key(label), label)
+        if known != label:
+            raise ValueError(
+                f"{where.format(i)}new label '{label}' is '{known}' spelt another way (case, white space, '_', '-' "
+                f"or '.'): write '{known}' for one class"
             )
     return [(item["request_id"], item["label"]) for item in items]
 
