@@ -321,6 +321,9 @@ class MonitorParams(_Section):
 
     window: int = Field(ge=1, description="rows per monitoring window (the newest N of one model)")
     min_rows: int = Field(ge=1, description="fewer rows in a window: verdict 'not enough data'")
+    max_window_rows: int = Field(
+        default=200_000, ge=1, description="a larger window (--window, a --since range) is refused, not read"
+    )
     alpha: float = Field(gt=0, lt=1, description="p-value under which a distribution test flags drift")
     signals: list[SignalName] = Field(min_length=1, description="signals that count towards a drift verdict")
     novelty_quantile: float = Field(gt=0.5, lt=1, description="reference quantile of nearest-neighbour distance")

@@ -161,6 +161,24 @@ def test_an_empty_or_small_window_is_not_enough_data(champion, params, tiny_clas
     assert (small.status, small.window.rows, small.retrain) == ("not-enough-data", 20, False)
 
 
+
+def test_a_window_over_max_window_rows_is_refused_before_it_is_read(champion, params, tiny_classifier, tmp_path):
+    """A --since range over months of traffic was read whole (memory grows with the window): it is refused, and
+    so is --window N over the cap; a window at the cap is read."""
+    from datetime import UTC, datetime, timedelta
+
+    url = f"sqlite:///{tmp_path}/log.db"
+    log_predictions(url, tiny_classifier, champion, generate(30, seed=3))
+    capped = params.model_copy(update={"max_window_rows": 29})
+    since = datetime.now(UTC) - timedelta(days=1)
+    with pytest.raises(MonitorError, match=r"since .* holds over monitor.max_window_rows \(29\) predictions"):
+        run_monitoring(capped, db_url=url, since=since)
+    with pytest.raises(MonitorError, match=r"a window of 30 rows is over monitor.max_window_rows \(29\)"):
+        run_monitoring(capped, db_url=url, last=30)
+    at_cap = run_monitoring(params.model_copy(update={"max_window_rows": 30}), db_url=url, since=since)
+    assert at_cap.window.rows == 30
+
+
 def test_an_unreachable_database_is_named(champion, params):
     with pytest.raises(PredictionLogError, match=r"127\.0\.0\.1:1"):
         run_monitoring(params, db_url="postgresql+psycopg://postgres@127.0.0.1:1/nothing")

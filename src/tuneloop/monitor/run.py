@@ -13,6 +13,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from tuneloop.monitor import MonitorError
 from tuneloop.monitor import policy as pol
 from tuneloop.monitor.estimate import SamplingCheck, estimate, fit_on, sampling_check
 from tuneloop.monitor.reference import token_ids
@@ -208,12 +209,31 @@ def monitored_tag(model_tag: str | None, task: str | None = None) -> str:
 def read_log_window(
     params: MonitorParams, tag: str, db_url: str | None, last: int | None, since: datetime | None
 ) -> pd.DataFrame:
-    """The window: rows of `tag` since `since` (a time range), else its newest `last` (or monitor.window)."""
+    """The window: rows of `tag` since `since` (a time range), else its newest `last` (or monitor.window).
+
+    Raises:
+        MonitorError: the window would hold more than monitor.max_window_rows rows (memory grows with it: a
+            --since range over months of traffic was read whole).
+    """
     from tuneloop.predlog import read_window
 
-    if since is not None:
-        return read_window(db_url, model_tag=tag, since=since)
-    return read_window(db_url, model_tag=tag, last=last or params.window)
+    cap = params.max_window_rows
+    rows = last or params.window
+    if since is None and rows > cap:
+        raise MonitorError(
+            f"a window of {rows:,} rows is over monitor.max_window_rows ({cap:,}): ask for fewer (--window N) or "
+            "raise monitor.max_window_rows where there is memory for it (100,000 rows peaked at 1.2 GB in "
+            "bench/monitor_cost.py)"
+        )
+    if since is None:
+        return read_window(db_url, model_tag=tag, last=rows)
+    frame = read_window(db_url, model_tag=tag, since=since, last=cap + 1)
+    if len(frame) > cap:
+        raise MonitorError(
+            f"the window since {since.isoformat()} holds over monitor.max_window_rows ({cap:,}) predictions of "
+            f"{tag}: give a later --since, or --window N for the newest N, or raise monitor.max_window_rows"
+        )
+    return frame
 
 
 def read_feedback(params: MonitorParams, tag: str, db_url: str | None, window: pd.DataFrame) -> Feedback | None:
