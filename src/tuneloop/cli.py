@@ -630,11 +630,14 @@ def feedback_queue(
     n: Annotated[int, typer.Option("--n", min=1, help="how many predictions to offer.")] = 200,
     out_path: Annotated[Path, typer.Option("--out", help="CSV to write.")] = Path("feedback-queue.csv"),
     model: Annotated[str | None, typer.Option("--model", help="only this model's predictions.")] = None,
+    window: Annotated[
+        int, typer.Option("--window", min=1, max=1_000_000, help="pick among the newest N predictions.")
+    ] = 50_000,
 ) -> None:
     """Export the logged predictions most worth a human label (fill in the `label` column)."""
     from tuneloop.feedback import queue
 
-    written = queue(out_path, n, model_tag=model)
+    written = queue(out_path, n, model_tag=model, window=window)
     out.print(f"wrote {written} predictions to {out_path}: fill in `label`, then `tuneloop feedback import {out_path}`")
 
 

@@ -32,12 +32,18 @@ def pick(window: pd.DataFrame, n: int) -> pd.DataFrame:
     return chosen.sort_values("confidence", kind="stable")
 
 
-def queue(out_path: str | Path, n: int, url: str | None = None, model_tag: str | None = None) -> int:
-    """Write the `n` predictions most worth a label as a CSV for annotation; returns how many were written."""
+QUEUE_WINDOW = 50_000  # predictions a queue picks from: the newest, not the whole log (read into memory)
+
+
+def queue(
+    out_path: str | Path, n: int, url: str | None = None, model_tag: str | None = None, window: int = QUEUE_WINDOW
+) -> int:
+    """Write the `n` predictions most worth a label among the newest `window` as a CSV for annotation; returns how
+    many were written."""
     from tuneloop.predlog import read_window
     from tuneloop.tabular import write_csv_atomic
 
-    chosen = pick(read_window(url, model_tag=model_tag), n)
+    chosen = pick(read_window(url, model_tag=model_tag, last=window), n)
     frame = chosen.assign(label="")[QUEUE_COLUMNS]
     write_csv_atomic(frame, out_path)
     return len(frame)

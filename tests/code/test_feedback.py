@@ -49,6 +49,9 @@ def test_queue_covers_every_predicted_class_then_the_least_confident(tmp_path):
         "model_tag",
         "label",
     ]
+    # Among the newest 3 predictions only ('b sure', 'c sure' and the last 'a'): the log is not read whole.
+    assert queue(tmp_path / "q3.csv", 6, url, window=3) == 3
+    assert set(pd.read_csv(tmp_path / "q3.csv")["request_id"]) == set(ids[-3:])
 
 
 def test_import_records_annotated_rows_and_skips_blanks(tmp_path):
