@@ -40,6 +40,8 @@ def collect_feedback(raw_path: str) -> dict[str, Any]:
 
     merged = merge_feedback_into_raw(raw_path)
     note = f"{merged.production_added} new labeled production rows ({merged.production_total} in all) -> {raw_path}"
+    if merged.production_relabeled:
+        note += f"; {merged.production_relabeled} merged before relabeled by newer feedback"
     if merged.labeled_without_text:
         note += f"; {merged.labeled_without_text} labeled rows were logged without text (serve.store_text false)"
     create_markdown_artifact(f"# Feedback for the retrain\n\n{note}.", key="retrain-data", description=note[:150])

@@ -19,7 +19,7 @@ from typing import Any
 import pandas as pd
 
 from tuneloop.errors import DataError
-from tuneloop.tabular import CORPUS, LABEL, ORIGIN, PRODUCTION, TEXT, read_table, write_csv_atomic
+from tuneloop.tabular import CORPUS, LABEL, ORIGIN, PRODUCTION, TEXT, is_missing, read_table, write_csv_atomic
 
 log = logging.getLogger(__name__)
 
@@ -35,6 +35,7 @@ class Merge:
     production_added: int
     production_total: int
     labeled_without_text: int  # feedback on rows logged with serve.store_text false: nothing to learn from
+    production_relabeled: int = 0  # rows merged before whose newest feedback label differs: now that label
 
     @property
     def rows_after(self) -> int:
@@ -58,18 +59,24 @@ def feedback_rows(url: str | None = None, *, model_tag: str | None = None, since
     return rows.reset_index(drop=True), len(labeled) - len(with_text)
 
 
-def merge_production(raw: pd.DataFrame, production: pd.DataFrame) -> tuple[pd.DataFrame, int]:
-    """The raw corpus plus the production rows it does not hold yet (by request id); pure."""
+def merge_production(raw: pd.DataFrame, production: pd.DataFrame) -> tuple[pd.DataFrame, int, int]:
+    """The raw corpus plus the production rows it does not hold yet (by request id), and the rows it holds
+    relabeled where their newest feedback label says otherwise (an annotator's correction: the latest label
+    wins, as everywhere else it is read); returns (corpus, rows added, rows relabeled). Pure."""
     base = raw.copy()
     if ORIGIN not in base.columns:
         base[ORIGIN] = CORPUS
     if REQUEST_ID not in base.columns:
         base[REQUEST_ID] = None
-    seen = set(base[REQUEST_ID].dropna().astype(str))
-    new = production[~production[REQUEST_ID].isin(seen)]
+    latest = production.set_index(REQUEST_ID)[LABEL]
+    ids = base[REQUEST_ID].map(lambda v: None if is_missing(v) else str(v))
+    newer = ids.map(latest)  # NaN where the row is not a labeled production row
+    relabel = newer.notna() & (newer != base[LABEL].astype(str))
+    base.loc[relabel, LABEL] = newer[relabel]
+    new = production[~production[REQUEST_ID].isin(set(ids.dropna()))]
     merged = pd.concat([base, new], ignore_index=True)
     first = [TEXT, LABEL]
-    return merged[first + [c for c in merged.columns if c not in first]], len(new)
+    return merged[first + [c for c in merged.columns if c not in first]], len(new), int(relabel.sum())
 
 
 def merge_feedback_into_raw(
@@ -85,10 +92,10 @@ def merge_feedback_into_raw(
         raise DataError(f"{raw_path}: no raw corpus to merge feedback into. Import one with `tuneloop data import`.")
     production, without_text = feedback_rows(url)
     raw = read_table(raw_path).frame
-    merged, added = merge_production(raw, production)
-    result = Merge(raw_path, len(raw), added, int((merged[ORIGIN] == PRODUCTION).sum()), without_text)
-    if added == 0:
-        log.info("no new labeled production rows: %s unchanged", raw_path)
+    merged, added, relabeled = merge_production(raw, production)
+    result = Merge(raw_path, len(raw), added, int((merged[ORIGIN] == PRODUCTION).sum()), without_text, relabeled)
+    if added == 0 and relabeled == 0:
+        log.info("no new or corrected labeled production rows: %s unchanged", raw_path)
         return result
     write_csv_atomic(merged, raw_path)
     if track:
@@ -98,7 +105,13 @@ def merge_feedback_into_raw(
         dvc_track(root, raw_path.resolve().parent)
         if push:
             _push(root)
-    log.info("merged %d labeled production rows into %s (%d rows now)", added, raw_path, result.rows_after)
+    log.info(
+        "merged %d labeled production rows into %s (%d rows now), relabeled %d merged before",
+        added,
+        raw_path,
+        result.rows_after,
+        relabeled,
+    )
     return result
 
 

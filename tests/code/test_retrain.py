@@ -36,11 +36,16 @@ def test_merge_adds_each_production_row_once_and_marks_origins():
     raw = pd.DataFrame({"text": ["a1", "b1"], "label": ["a", "b"], "channel": ["chat", "mail"]})
     production = pd.DataFrame({"text": ["p1", "p2"], "label": ["a", "c"], ORIGIN: "production",
                                "request_id": ["r1", "r2"]})
-    merged, added = merge_production(raw, production)
-    assert added == 2 and len(merged) == 4 and list(merged.columns[:2]) == ["text", "label"]
+    merged, added, relabeled = merge_production(raw, production)
+    assert (added, relabeled) == (2, 0) and len(merged) == 4 and list(merged.columns[:2]) == ["text", "label"]
     assert merged[ORIGIN].tolist() == ["corpus", "corpus", "production", "production"]
-    again, added_again = merge_production(merged, production)  # the same feedback a second time
-    assert added_again == 0 and len(again) == 4
+    again, added_again, relabeled_again = merge_production(merged, production)  # the same feedback a second time
+    assert (added_again, relabeled_again) == (0, 0) and again.equals(merged)
+    # An annotator corrects r2 after the last retrain: the corpus row follows the newest label, once.
+    corrected = production.assign(label=["a", "b"])
+    fixed, added_fixed, relabeled_fixed = merge_production(merged, corrected)
+    assert (added_fixed, relabeled_fixed) == (0, 1) and fixed["label"].tolist() == ["a", "b", "a", "b"]
+    assert merge_production(fixed, corrected)[1:] == (0, 0)
 
 
 def test_split_holds_out_production_rows_like_corpus_rows():
