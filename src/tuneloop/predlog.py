@@ -619,7 +619,10 @@ def read_window(
     from sqlalchemy.exc import SQLAlchemyError
 
     url = require_existing(url or database_url())
-    engine = create_engine(url)
+    try:
+        engine = create_engine(url)
+    except SQLAlchemyError as exc:  # no such dialect or driver
+        raise _unusable(url, exc) from None
     try:
         if not inspect(engine).has_table("predictions"):
             raise PredictionLogError(
@@ -647,8 +650,12 @@ def require_existing(url: str) -> str:
         PredictionLogError: the SQLite file is missing (its absolute path named).
     """
     from sqlalchemy.engine import make_url
+    from sqlalchemy.exc import ArgumentError
 
-    parsed = make_url(url)
+    try:
+        parsed = make_url(url)
+    except ArgumentError:
+        raise PredictionLogError(f"prediction log {_shown(url)}. Check TUNELOOP_DB_URL.") from None
     database = parsed.database or ""
     if parsed.get_backend_name() == "sqlite" and database not in ("", ":memory:") and not database.startswith("file:"):
         path = Path(database).absolute()
@@ -673,9 +680,14 @@ def _utc(moment: datetime) -> datetime:
 
 
 def _shown(url: str) -> str:
+    """`url` without its password; a string SQLAlchemy cannot parse is not echoed (it may hold one)."""
     from sqlalchemy.engine import make_url
+    from sqlalchemy.exc import ArgumentError
 
-    return make_url(url).render_as_string(hide_password=True)
+    try:
+        return make_url(url).render_as_string(hide_password=True)
+    except ArgumentError:
+        return "(not a database URL: e.g. sqlite:///predictions.db or postgresql+psycopg://user@host/db)"
 
 
 def new_request_id() -> str:

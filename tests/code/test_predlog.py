@@ -328,3 +328,19 @@ def test_a_damaged_spool_line_is_set_aside_and_holds_back_no_row(tmp_path, caplo
     path.write_text(line + "\n")
     assert plog.flush() == 1 and plog.count() == 5
     plog.close()
+
+
+@pytest.mark.parametrize(
+    ("url", "said"),
+    [
+        ("not a url :secret", r"not a database URL: e\.g\. sqlite:///predictions\.db"),  # not echoed: it may hold one
+        ("foo://user:secret@host/db", r"foo://user:\*\*\*@host/db: Can't load plugin"),
+    ],
+)
+def test_a_log_url_sqlalchemy_cannot_use_is_one_error_for_readers_and_the_writer(url, said):
+    from tuneloop.predlog import read_window
+
+    for use in (lambda: read_window(url), lambda: PredictionLog(url)):
+        with pytest.raises(PredictionLogError, match=said) as caught:
+            use()
+        assert "secret" not in str(caught.value) and "TUNELOOP_DB_URL" in str(caught.value)
