@@ -94,11 +94,11 @@ def merge_feedback_into_raw(
     raw = read_table(raw_path).frame
     merged, added, relabeled = merge_production(raw, production)
     result = Merge(raw_path, len(raw), added, int((merged[ORIGIN] == PRODUCTION).sum()), without_text, relabeled)
-    if added == 0 and relabeled == 0:
+    if added or relabeled:
+        write_csv_atomic(merged, raw_path)
+    else:
         log.info("no new or corrected labeled production rows: %s unchanged", raw_path)
-        return result
-    write_csv_atomic(merged, raw_path)
-    if track:
+    if track:  # unchanged too: a run killed after writing the corpus left data.dvc behind it (`dvc add` is a no-op)
         from tuneloop.ingest import dvc_track, find_dvc_root
 
         root = find_dvc_root(raw_path)

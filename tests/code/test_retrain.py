@@ -70,3 +70,27 @@ def test_merging_production_rows_never_moves_a_champion_training_row_into_the_te
     kept = {t: name for name, part in before.items() for t in part["text"]}
     moved = [t for name, part in after.items() for t in part["text"] if t in kept and kept[t] != name]
     assert len(moved) <= 10  # only rows at a cut point move (val <-> test, train <-> val), out of 495
+
+
+def test_a_merge_killed_before_dvc_add_is_tracked_by_the_next_one(project, tmp_path):
+    """The corpus is written, then `dvc add` records it as a data version; a run killed in between left data.dvc
+    naming the old corpus, and the next merge (nothing new to add) returned early, so it stayed behind."""
+    from tuneloop.ingest import dvc_track
+    from tuneloop.retrain import merge_feedback_into_raw
+    from tuneloop.tabular import read_table, write_csv_atomic
+
+    raw = project / "data" / "raw" / "corpus.csv"
+    write_csv_atomic(pd.DataFrame({"text": ["a1", "b1"], "label": ["a", "b"]}), raw)
+    dvc_track(project, raw.parent)
+    url = f"sqlite:///{tmp_path / 'log.db'}"
+    plog = PredictionLog(url)
+    rid = _logged(plog, "where is my card")
+    plog.record_feedback_many([(rid, "a")])
+    plog.close()
+    version = (project / "data.dvc").read_text()
+    merged, _, _ = merge_production(read_table(raw).frame, feedback_rows(url)[0])
+    write_csv_atomic(merged, raw)  # the killed run got this far
+    again = merge_feedback_into_raw(raw, url, push=False)
+    assert (again.production_added, again.production_relabeled) == (0, 0)
+    assert (project / "data.dvc").read_text() != version  # the corpus on disk is the tracked version now
+    assert merge_feedback_into_raw(raw, url, push=False).production_added == 0
