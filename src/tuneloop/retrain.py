@@ -100,11 +100,12 @@ def merge_feedback_into_raw(
         log.info("no new or corrected labeled production rows: %s unchanged", raw_path)
     if track:  # unchanged too: a run killed after writing the corpus left data.dvc behind it (`dvc add` is a no-op)
         from tuneloop.ingest import dvc_track, find_dvc_root
+        from tuneloop.provenance import DATA_DVC
 
         root = find_dvc_root(raw_path)
-        dvc_track(root, raw_path.resolve().parent)
-        if push:
-            _push(root)
+        before = _read_if_there(root / DATA_DVC)
+        if dvc_track(root, raw_path.resolve().parent).read_text(encoding="utf-8") != before and push:
+            _push(root)  # a new data version only: an unchanged one needs no remote (nor fails on one that is down)
     log.info(
         "merged %d labeled production rows into %s (%d rows now), relabeled %d merged before",
         added,
@@ -113,6 +114,10 @@ def merge_feedback_into_raw(
         relabeled,
     )
     return result
+
+
+def _read_if_there(path: Path) -> str | None:
+    return path.read_text(encoding="utf-8") if path.is_file() else None
 
 
 def _push(root: Path) -> None:

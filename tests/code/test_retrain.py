@@ -90,7 +90,10 @@ def test_a_merge_killed_before_dvc_add_is_tracked_by_the_next_one(project, tmp_p
     version = (project / "data.dvc").read_text()
     merged, _, _ = merge_production(read_table(raw).frame, feedback_rows(url)[0])
     write_csv_atomic(merged, raw)  # the killed run got this far
-    again = merge_feedback_into_raw(raw, url, push=False)
+    remote = project.parent / "remote"
+    assert not any(remote.rglob("*.*"))
+    again = merge_feedback_into_raw(raw, url)
     assert (again.production_added, again.production_relabeled) == (0, 0)
-    assert (project / "data.dvc").read_text() != version  # the corpus on disk is the tracked version now
-    assert merge_feedback_into_raw(raw, url, push=False).production_added == 0
+    assert (project / "data.dvc").read_text() != version  # the corpus on disk is the tracked version now ...
+    assert any(remote.rglob("*.*"))  # ... and pushed
+    assert merge_feedback_into_raw(raw, url).production_added == 0  # unchanged: no push, no remote needed
