@@ -441,7 +441,9 @@ TaskOpt = Annotated[str | None, typer.Option("--task", help="the task (default: 
 def _task(task: str | None, params: Path = Path("params.yaml")) -> str:
     """--task, else params.yaml's task.name, else the default task (outside a project)."""
     if task:
-        return task
+        from tuneloop.config import check_task_name
+
+        return check_task_name(task)
     if params.is_file():
         return str(cli_params(params, None).task.name)
     from tuneloop.registry import DEFAULT_TASK

@@ -30,9 +30,29 @@ class _Section(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True, strict=True)
 
 
+# A task name becomes a registry model name, a folder and a service name: lower case, digits and inner '-'.
+TASK_NAME = r"^[a-z0-9]([a-z0-9-]{0,38}[a-z0-9])?$"
+
+
+def is_task_name(name: str) -> bool:
+    import re
+
+    return re.fullmatch(TASK_NAME, name) is not None
+
+
+def check_task_name(name: str) -> str:
+    """`name` when it is a task name (TASK_NAME); a ConfigError naming it otherwise (a --task such as '../x'
+    would name a folder outside the registry)."""
+    if not is_task_name(name):
+        raise ConfigError(
+            f"task {name!r}: a task name is 1-40 lower-case letters, digits and inner '-' (e.g. intent, sentiment-en)"
+        )
+    return name
+
+
 class TaskParams(_Section):
     name: str = Field(
-        pattern=r"^[a-z0-9]([a-z0-9-]{0,38}[a-z0-9])?$",
+        pattern=TASK_NAME,
         description="one classifier: its registry model name, champion pointer, Bento and service",
     )
 

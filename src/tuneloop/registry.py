@@ -83,7 +83,9 @@ def bentoml_home() -> Path:
 
 
 def _state_dir(task: str) -> Path:
-    return bentoml_home() / "tuneloop" / task
+    from tuneloop.config import check_task_name
+
+    return bentoml_home() / "tuneloop" / check_task_name(task)
 
 
 @contextmanager
@@ -163,14 +165,22 @@ def _models(task: str | None) -> list[Any]:
     """The store's tuneloop models: one task's, or every task's (None)."""
     import bentoml
 
-    wanted = (lambda name: name == model_name(task)) if task else (lambda name: name.startswith(PREFIX))
+    from tuneloop.config import is_task_name
+
+    def every_task(name: str) -> bool:  # `tuneloop-<not a task name>`: put in the store by something else
+        return name.startswith(PREFIX) and is_task_name(name[len(PREFIX) :])
+
+    wanted = (lambda name: name == model_name(task)) if task else every_task
     return [m for m in bentoml.models.list() if wanted(m.tag.name)]
 
 
 def tasks() -> list[str]:
     """Every task with a model in the store or a champion pointer beside it."""
+    from tuneloop.config import is_task_name
+
     pointers = bentoml_home() / "tuneloop"
     with_pointer = {p.parent.name for p in pointers.glob("*/champion.json")} if pointers.is_dir() else set()
+    with_pointer = {name for name in with_pointer if is_task_name(name)}
     return sorted({task_of(str(m.tag)) for m in _models(None)} | with_pointer)
 
 

@@ -1,6 +1,8 @@
 """Tasks in the registry: each classifier has its own champion, history and Bento; the gate never compares
 models whose label sets differ (the new user's six question types against the demo's intents)."""
 
+from pathlib import Path
+
 import pytest
 
 from tests.conftest import LOOSE_GATE, REPO, TINY_TRAIN, sentiment_rows, write
@@ -133,3 +135,24 @@ def test_a_class_production_feedback_brought_is_compared_and_any_other_new_class
     refused = release(params, tmp_path / "model", corpus_only, eval_dir=tmp_path / "eval_corpus", register=False)
     check = next(c for c in refused.report.checks if c.name == "label_set")
     assert not check.passed and "new task" in check.why and registry.champion().tag == first.champion
+
+
+def test_a_task_name_that_is_not_one_is_refused_and_foreign_store_entries_are_left_out(store, cli):
+    """--task reaches a folder name (the champion pointer): '../x' would write outside the registry. A model put
+    in the store as `tuneloop-<not a task name>` by something else must not break the listing of every task."""
+    import bentoml
+
+    for bad in ("../../etc", "Sentiment", "a_b", "-x", "x" * 41):
+        result = cli("models", "list", "--task", bad)
+        assert result.exit_code == 1 and f"task {bad!r}: a task name is" in result.stderr, result.output
+        with pytest.raises(Exception, match="a task name is"):
+            registry.champion(bad)
+    assert not (store / "etc").exists()
+    with bentoml.models.create("tuneloop-not_a.task") as foreign:
+        (Path(foreign.path) / "x").write_text("y")
+    write(store / "tuneloop" / "Bad.Name" / "champion.json", '{"champion": null, "history": []}')
+    try:
+        assert registry.tasks() == [] and registry.entries() == []
+        assert cli("models", "list").exit_code == 0
+    finally:
+        bentoml.models.delete(foreign.tag)
