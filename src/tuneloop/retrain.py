@@ -96,6 +96,13 @@ def merge_feedback_into_raw(
     result = Merge(raw_path, len(raw), added, int((merged[ORIGIN] == PRODUCTION).sum()), without_text, relabeled)
     if added or relabeled:
         write_csv_atomic(merged, raw_path)
+        log.info(
+            "merged %d labeled production rows into %s (%d rows now), relabeled %d merged before",
+            added,
+            raw_path,
+            result.rows_after,
+            relabeled,
+        )
     else:
         log.info("no new or corrected labeled production rows: %s unchanged", raw_path)
     if track:  # unchanged too: a run killed after writing the corpus left data.dvc behind it (`dvc add` is a no-op)
@@ -106,13 +113,6 @@ def merge_feedback_into_raw(
         before = _read_if_there(root / DATA_DVC)
         if dvc_track(root, raw_path.resolve().parent).read_text(encoding="utf-8") != before and push:
             _push(root)  # a new data version only: an unchanged one needs no remote (nor fails on one that is down)
-    log.info(
-        "merged %d labeled production rows into %s (%d rows now), relabeled %d merged before",
-        added,
-        raw_path,
-        result.rows_after,
-        relabeled,
-    )
     return result
 
 

@@ -281,7 +281,8 @@ def _with_relations(frame: pd.DataFrame, labels: list[str]) -> pd.DataFrame:
     first.index = keyed.index
     rows[_DUP] = (first.where(first != keyed.index.to_series()) + 1).reindex(rows.index)
     rows[_VARIANTS] = keyed.groupby("norm")[LABEL].transform("nunique").reindex(rows.index)
-    named = rows[LABEL].map(lambda v: isinstance(v, str) and v not in labels).astype(bool)
+    listed = set(labels)
+    named = rows[LABEL].map(lambda v: isinstance(v, str) and v not in listed).astype(bool)
     spelt = pd.DataFrame({"key": rows.loc[named, LABEL].map(label_key), LABEL: rows.loc[named, LABEL]})
     rows[_SPELLINGS] = spelt.groupby("key")[LABEL].transform("nunique").reindex(rows.index)
     return rows
