@@ -1,6 +1,9 @@
 """`dvc repro` runs validate -> prepare -> pretrain -> train -> evaluate on demo data (tiny random BERT), a second
-repro does nothing, and `dvc metrics show`, `dvc plots show` and `dvc exp run -S` work."""
+repro does nothing, a forced one writes the same bytes, `dvc exp run -S` switching pre-training on re-runs only
+pretrain, train and evaluate, and `dvc metrics show` and `dvc plots show` work."""
 
+import csv
+import io
 import json
 import subprocess
 import sys
@@ -45,26 +48,23 @@ def test_full_pipeline_is_reproducible_and_cached(project, cli, tiny_model):
     assert (project / "dvc.lock").read_text() == lock
     assert json.loads((project / "models/pretrained/pretrain.json").read_text())["enabled"] is False
 
-    # Pre-training switched on: the pretrain stage runs and train re-runs from its checkpoint; validate and
-    # prepare do not.
-    params["pretrain"] = {"enabled": True, "epochs": 0.2, "lr": 1.0e-3}
-    (project / "params.yaml").write_text(yaml.safe_dump(params))
-    chained = dvc("repro")
-    assert "Running stage 'pretrain'" in chained and "Running stage 'train'" in chained
-    assert "Running stage 'prepare'" not in chained and "Running stage 'validate'" not in chained
+    subprocess.run(["git", "add", "-A"], check=True)
+    subprocess.run(
+        ["git", "-c", "user.name=t", "-c", "user.email=t@t.invalid", "commit", "-qm", "baseline"], check=True
+    )
+    # An experiment that switches pre-training on (`dvc exp run -S`, applied to the workspace): the pretrain
+    # stage runs and train re-runs from its checkpoint; validate and prepare do not.
+    experiment = dvc("exp", "run", "-S", "pretrain.enabled=true", "-S", "pretrain.epochs=0.2", "-S", "pretrain.lr=1e-3")
+    assert "Running stage 'pretrain'" in experiment and "Running stage 'train'" in experiment
+    assert "Running stage 'prepare'" not in experiment and "Running stage 'validate'" not in experiment
     meta = json.loads((project / "models/candidate/tuneloop.json").read_text())
     assert meta["base_model"] == "models/pretrained" and meta["pretrained"]["steps"] > 0
+    rows = list(csv.DictReader(io.StringIO(dvc("exp", "show", "--csv"))))
+    by_rev = {row["rev"]: row["pretrain.enabled"] for row in rows}
+    assert by_rev["workspace"] == "True" and "False" in by_rev.values()  # the experiment beside its baseline
+    assert any(row["Experiment"] and row["pretrain.enabled"] == "True" for row in rows)  # recorded as one
 
     shown = dvc("metrics", "show", "--json")
     assert "macro_f1" in shown and "rows_kept" in shown
     dvc("plots", "show", "-o", "plots-html")
     assert (project / "plots-html" / "index.html").stat().st_size > 0
-
-    subprocess.run(["git", "add", "-A"], check=True)
-    subprocess.run(
-        ["git", "-c", "user.name=t", "-c", "user.email=t@t.invalid", "commit", "-qm", "baseline"], check=True
-    )
-    experiment = dvc("exp", "run", "-S", "train.lr=0.01")
-    assert "Running stage 'train'" in experiment and "Running stage 'prepare'" not in experiment
-    table = dvc("exp", "show", "--csv")
-    assert "0.01" in table

@@ -42,7 +42,7 @@ def test_scheduled_deployment_runs_on_a_real_worker(database, project, cli, tiny
     env.pop("PREFECT_API_URL", None)
     if database == "postgres":
         env["PREFECT_API_DATABASE_CONNECTION_URL"] = fresh_postgres_db("tuneloop_scheduled_test", driver="asyncpg")
-    client = {**env, "PREFECT_API_URL": api}
+    client = {**env, "PREFECT_API_URL": api, "PREFECT_WORKER_QUERY_SECONDS": "1"}  # picks runs up in 1 s, not 10
     client.pop("PREFECT_API_DATABASE_CONNECTION_URL", None)
     with open(tmp_path / "server.log", "w") as server_log, open(tmp_path / "worker.log", "w") as worker_log:
         with process_group(
