@@ -31,7 +31,7 @@ from typing import Any
 import pandas as pd
 
 from tuneloop.config import AugmentParams, Params
-from tuneloop.model import ModelError, device, resolve_base_model
+from tuneloop.model import ModelError, device, load_tokenizer, resolve_base_model
 from tuneloop.tabular import AUGMENTED, CORPUS, ORIGIN, TEXT
 from tuneloop.text import normalize_text, swap_letters
 
@@ -152,7 +152,7 @@ def load_mlm(name: str, key: str) -> MaskedLM:
             encoder only), because a random head would fill masks with random words.
     """
     from safetensors import SafetensorError
-    from transformers import AutoModelForMaskedLM, AutoTokenizer
+    from transformers import AutoModelForMaskedLM
 
     try:
         path = resolve_base_model(name)
@@ -162,7 +162,7 @@ def load_mlm(name: str, key: str) -> MaskedLM:
         with _quiet_loading():
             # safetensors only, as train loads a base: never a pickled pytorch_model.bin (torch.load)
             model, info = AutoModelForMaskedLM.from_pretrained(path, output_loading_info=True, use_safetensors=True)
-            tokenizer = AutoTokenizer.from_pretrained(path)
+            tokenizer = load_tokenizer(path)
     except (OSError, ValueError, SafetensorError) as exc:
         # A missing local folder reaches from_pretrained as a hub id ("models/pretrained" is one in form).
         cause = f"no folder {name} and no cached hub model of that name" if not Path(name).exists() else exc

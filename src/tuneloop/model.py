@@ -90,6 +90,31 @@ def resolve_base_model(name: str) -> str:
     return name  # a hub id: from_pretrained finds it in the cache or fails (handled by the caller)
 
 
+# One word the vocabulary cannot hold whole: a tokenizer without a usable [UNK] fails on it at once.
+TOKENIZER_PROBE = "tuneloop probe \u2603 \u0fcf"
+
+
+def load_tokenizer(source: str | Path) -> Any:
+    """AutoTokenizer.from_pretrained(source), proven on one text. A damaged tokenizer.json or vocabulary (no
+    [UNK] in it, say) fails at load or at the first text it cannot read with the `tokenizers` library's bare
+    Exception and a traceback; here it is a ModelError naming the folder and the fix. OSError and ValueError
+    (no such folder, an uncached hub id) pass on to the caller, whose message names the setting."""
+    from transformers import AutoTokenizer
+
+    try:
+        tokenizer = AutoTokenizer.from_pretrained(source)
+        tokenizer([TOKENIZER_PROBE], add_special_tokens=True)
+    except (OSError, ValueError):
+        raise
+    except Exception as exc:  # tokenizers raises Exception itself for a damaged file
+        cause = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+        raise ModelError(
+            f"{source}: its tokenizer cannot be used ({cause}). Restore the folder's tokenizer files (tokenizer.json, "
+            "vocab.txt, tokenizer_config.json) from where it came, or re-save them with save_pretrained."
+        ) from None
+    return tokenizer
+
+
 def device() -> torch.device:
     """CUDA when present, else CPU."""
     import torch
@@ -133,12 +158,12 @@ def load_classifier(model_dir: str | Path) -> Classifier:
         )
     meta = read_meta(meta_path)
     from safetensors import SafetensorError
-    from transformers import AutoModelForSequenceClassification, AutoTokenizer
+    from transformers import AutoModelForSequenceClassification
 
     try:
         # safetensors only: a pytorch_model.bin dropped into the folder is a pickle, never loaded
         model = AutoModelForSequenceClassification.from_pretrained(path, use_safetensors=True)
-        tokenizer = AutoTokenizer.from_pretrained(path)
+        tokenizer = load_tokenizer(path)
     except (OSError, ValueError, SafetensorError) as exc:  # SafetensorError: truncated or damaged weights
         raise ModelError(f"{path}: cannot load the model ({exc}). Re-train or restore the folder.") from None
     id2label = {int(k): v for k, v in model.config.id2label.items()}

@@ -29,7 +29,7 @@ import pandas as pd
 
 from tuneloop.config import Params
 from tuneloop.errors import DataError
-from tuneloop.model import ModelError, resolve_base_model, write_model_folder
+from tuneloop.model import ModelError, load_tokenizer, resolve_base_model, write_model_folder
 from tuneloop.provenance import RUN_FILE, data_version, file_digest, utc_now
 from tuneloop.tabular import TEXT, read_labeled, write_text_atomic
 
@@ -81,12 +81,12 @@ def run(params: Params, splits: list[Path], out_dir: str | Path, max_steps: int 
 
 
 def _load(base: str, seed: int) -> tuple[Any, Any]:
-    from transformers import AutoModelForMaskedLM, AutoTokenizer, set_seed
+    from transformers import AutoModelForMaskedLM, set_seed
 
     set_seed(seed)  # an MLM head the base lacks is initialised from it
     try:
         source = resolve_base_model(base)
-        return AutoTokenizer.from_pretrained(source), AutoModelForMaskedLM.from_pretrained(source, use_safetensors=True)
+        return load_tokenizer(source), AutoModelForMaskedLM.from_pretrained(source, use_safetensors=True)
     except (OSError, ValueError) as exc:
         raise ModelError(
             f"cannot load base model '{base}' for masked-language-model pre-training: {str(exc).splitlines()[0]}. "

@@ -33,7 +33,7 @@ from transformers import TrainerCallback  # this module is only imported to trai
 
 from tuneloop.config import Params
 from tuneloop.errors import DataError
-from tuneloop.model import META_FILE, ModelError, resolve_base_model, write_model_folder
+from tuneloop.model import META_FILE, ModelError, load_tokenizer, resolve_base_model, write_model_folder
 from tuneloop.provenance import RUN_FILE, data_version, git_revision, utc_now
 from tuneloop.tabular import LABEL, ORIGIN, PRODUCTION, TEXT, read_labeled
 
@@ -480,12 +480,12 @@ def starting_point(params: Params, pretrained: str | Path | None) -> str:
 
 def load_base_model(base: str, labels: list[str], seed: int) -> tuple[Any, Any, str]:
     """Tokenizer and a sequence classifier with a fresh head for `labels`, from safetensors only."""
-    from transformers import AutoModelForSequenceClassification, AutoTokenizer, set_seed
+    from transformers import AutoModelForSequenceClassification, set_seed
 
     source = resolve_base_model(base)
     set_seed(seed)  # the new classifier head's init depends on it
     try:
-        tokenizer = AutoTokenizer.from_pretrained(source)
+        tokenizer = load_tokenizer(source)
         model = AutoModelForSequenceClassification.from_pretrained(
             source,
             num_labels=len(labels),

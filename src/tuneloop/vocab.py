@@ -68,16 +68,12 @@ def load_tokenizer(base: str) -> Any | None:
     since training then fails with the message that names the fix. A BERT-family folder's tokenizer.json
     is run by the `tokenizers` library itself (what transformers' fast tokenizer runs, without importing
     transformers and torch: `data validate` starts ~2.4 s sooner, measured); anything else by AutoTokenizer."""
+    from tuneloop.model import load_tokenizer as load_auto_tokenizer
     from tuneloop.model import resolve_base_model
 
     try:
         resolved = resolve_base_model(base)
-        found = rust_tokenizer(Path(resolved))
-        if found is not None:
-            return found
-        from transformers import AutoTokenizer
-
-        return AutoTokenizer.from_pretrained(resolved)
+        return rust_tokenizer(Path(resolved)) or load_auto_tokenizer(resolved)
     except (OSError, ValueError, TuneloopError) as exc:
         log.warning("tokenizer_coverage not checked: cannot load the tokenizer of %s (%s)", base, exc)
         return None
@@ -134,7 +130,13 @@ def rust_tokenizer(folder: Path) -> RustTokenizer | None:
         return None
     from tokenizers import Tokenizer
 
-    found = RustTokenizer(Tokenizer.from_str(json.dumps(spec)), unk)
+    from tuneloop.model import TOKENIZER_PROBE
+
+    try:
+        found = RustTokenizer(Tokenizer.from_str(json.dumps(spec)), unk)
+        found(TOKENIZER_PROBE)
+    except Exception:  # tokenizers raises Exception itself; AutoTokenizer then names the cause
+        return None
     return found if found.unk_token_id is not None else None
 
 

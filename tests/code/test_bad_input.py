@@ -132,3 +132,50 @@ def test_every_format_imports_to_the_same_canonical_file(project, cli, fmt):
     result = cli("data", "import", src.name, "--text-col", "utterance", "--label-col", "intent", "--no-dvc")
     assert result.exit_code == 0, result.output
     assert RAW.read_text() == 'text,label,channel\nhello there,1,chat\nNA,0,app\n"a, quoted ""one""",1,email\n'
+
+
+def _damage_tokenizer(folder: Path, how: str) -> None:
+    """A tokenizer.json whose vocabulary lost [UNK] (valid JSON), or one the tokenizers library cannot parse."""
+    import json
+
+    spec = json.loads((folder / "tokenizer.json").read_text())
+    if how == "no-unk":
+        spec["model"]["vocab"] = {t: i for t, i in spec["model"]["vocab"].items() if t != "[UNK]"}
+    else:
+        spec["model"]["vocab"] = ["not", "a", "map"]
+    (folder / "tokenizer.json").write_text(json.dumps(spec))
+    (folder / "vocab.txt").write_text("".join(f"{t}\n" for t in ("[PAD]", "[CLS]", "[SEP]", "hello")))
+
+
+@pytest.mark.parametrize("how", ["no-unk", "unparseable"])
+def test_a_damaged_tokenizer_is_one_message_naming_the_folder(project, cli, tiny_model, tmp_path, caplog, how):
+    """A base model whose tokenizer files are damaged: train stops with one line naming the folder and the fix (the
+    tokenizers library raised a bare Exception with a traceback at the first text); validate skips
+    tokenizer_coverage with that reason. A model dir's loader (evaluate, serve): the next test."""
+    import shutil
+
+    from tuneloop.model import ModelError, load_tokenizer
+
+    base = Path(shutil.copytree(tiny_model, tmp_path / "base"))
+    _damage_tokenizer(base, how)
+    with pytest.raises(ModelError, match=r"(?s)base: its tokenizer cannot be used.*save_pretrained"):
+        load_tokenizer(base)
+    write(project / "in.csv", labeled_csv(8))
+    trained = cli("train", "--train", "in.csv", "--val", "in.csv", "--out", "m", "--base", base, "--max-samples", 24)
+    assert trained.exit_code == 1 and f"{base}: its tokenizer cannot be used" in trained.output, trained.output
+    checked = cli(
+        "data", "validate", "in.csv", "--set", f"train.base_model={base}", "--set", "validate.min_rows_per_class=1"
+    )
+    assert checked.exit_code == 0, checked.output
+    assert "tokenizer_coverage not checked" in caplog.text and "its tokenizer cannot be used" in caplog.text
+
+
+def test_a_model_dir_with_a_damaged_tokenizer_is_refused_on_load(tiny_classifier, tmp_path):
+    import shutil
+
+    from tuneloop.model import ModelError, load_classifier
+
+    model = Path(shutil.copytree(tiny_classifier, tmp_path / "model"))
+    _damage_tokenizer(model, "no-unk")
+    with pytest.raises(ModelError, match="model: its tokenizer cannot be used"):
+        load_classifier(model)

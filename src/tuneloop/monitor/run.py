@@ -328,11 +328,10 @@ def judged(
 
 
 def _tokenizer(tag: str) -> Any:
-    from transformers import AutoTokenizer
-
     from tuneloop import registry
+    from tuneloop.model import load_tokenizer
 
-    return AutoTokenizer.from_pretrained(registry.get(tag).path)
+    return load_tokenizer(registry.get(tag).path)
 
 
 def _publish(
