@@ -19,7 +19,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from tuneloop.errors import TuneloopError
+from tuneloop.errors import TuneloopError, first_line
 
 if TYPE_CHECKING:
     import numpy as np
@@ -90,6 +90,10 @@ def resolve_base_model(name: str) -> str:
     return name  # a hub id: from_pretrained finds it in the cache or fails (handled by the caller)
 
 
+RESTORE = (
+    "Restore the folder's files (config.json, model.safetensors, tokenizer.json, vocab.txt, tokenizer_config.json) "
+    "from where they came, or re-save the model with save_pretrained."
+)
 # One word the vocabulary cannot hold whole: a tokenizer without a usable [UNK] fails on it at once.
 TOKENIZER_PROBE = "tuneloop probe \u2603 \u0fcf"
 
@@ -107,11 +111,7 @@ def load_tokenizer(source: str | Path) -> Any:
     except (OSError, ValueError):
         raise
     except Exception as exc:  # tokenizers raises Exception itself for a damaged file
-        cause = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
-        raise ModelError(
-            f"{source}: its tokenizer cannot be used ({cause}). Restore the folder's tokenizer files (tokenizer.json, "
-            "vocab.txt, tokenizer_config.json) from where it came, or re-save them with save_pretrained."
-        ) from None
+        raise ModelError(f"{source}: cannot read its tokenizer ({first_line(exc)}). {RESTORE}") from None
     return tokenizer
 
 
@@ -157,15 +157,18 @@ def load_classifier(model_dir: str | Path) -> Classifier:
             f"{path}` to get one tuneloop can evaluate and serve."
         )
     meta = read_meta(meta_path)
-    from safetensors import SafetensorError
     from transformers import AutoModelForSequenceClassification
 
     try:
         # safetensors only: a pytorch_model.bin dropped into the folder is a pickle, never loaded
         model = AutoModelForSequenceClassification.from_pretrained(path, use_safetensors=True)
         tokenizer = load_tokenizer(path)
-    except (OSError, ValueError, SafetensorError) as exc:  # SafetensorError: truncated or damaged weights
-        raise ModelError(f"{path}: cannot load the model ({exc}). Re-train or restore the folder.") from None
+    except TuneloopError:
+        raise
+    except Exception as exc:  # the loaders' own types: SafetensorError for truncated weights, a config validation error
+        raise ModelError(
+            f"{path}: cannot load the model ({first_line(exc)}). Re-train or restore the folder."
+        ) from None
     id2label = {int(k): v for k, v in model.config.id2label.items()}
     labels = [id2label[i] for i in range(len(id2label))]
     if labels != meta.get("labels", labels):

@@ -28,8 +28,8 @@ from typing import Any
 import pandas as pd
 
 from tuneloop.config import Params
-from tuneloop.errors import DataError
-from tuneloop.model import ModelError, load_tokenizer, resolve_base_model, write_model_folder
+from tuneloop.errors import DataError, TuneloopError, first_line
+from tuneloop.model import RESTORE, ModelError, load_tokenizer, resolve_base_model, write_model_folder
 from tuneloop.provenance import RUN_FILE, data_version, file_digest, utc_now
 from tuneloop.tabular import TEXT, read_labeled, write_text_atomic
 
@@ -92,6 +92,10 @@ def _load(base: str, seed: int) -> tuple[Any, Any]:
             f"cannot load base model '{base}' for masked-language-model pre-training: {str(exc).splitlines()[0]}. "
             "train.base_model must be a local BERT-family folder with model.safetensors."
         ) from None
+    except TuneloopError:
+        raise
+    except Exception as exc:  # the loaders' own types: SafetensorError for truncated weights, a config validation error
+        raise ModelError(f"cannot load base model '{base}' for pre-training ({first_line(exc)}). {RESTORE}") from None
 
 
 class _Texts:

@@ -32,8 +32,8 @@ import pandas as pd
 from transformers import TrainerCallback  # this module is only imported to train
 
 from tuneloop.config import Params
-from tuneloop.errors import DataError
-from tuneloop.model import META_FILE, ModelError, load_tokenizer, resolve_base_model, write_model_folder
+from tuneloop.errors import DataError, TuneloopError, first_line
+from tuneloop.model import META_FILE, RESTORE, ModelError, load_tokenizer, resolve_base_model, write_model_folder
 from tuneloop.provenance import RUN_FILE, data_version, git_revision, utc_now
 from tuneloop.tabular import LABEL, ORIGIN, PRODUCTION, TEXT, read_labeled
 
@@ -509,6 +509,10 @@ def load_base_model(base: str, labels: list[str], seed: int) -> tuple[Any, Any, 
             f"base model '{base}' is not classifier-compatible ({str(exc).splitlines()[0]}). Use a "
             "BERT-family encoder that AutoModelForSequenceClassification supports."
         ) from None
+    except TuneloopError:
+        raise
+    except Exception as exc:  # the loaders' own types: SafetensorError for truncated weights, a config validation error
+        raise ModelError(f"cannot load base model '{base}' ({first_line(exc)}). {RESTORE}") from None
     return tokenizer, model, source
 
 

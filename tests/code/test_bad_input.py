@@ -135,9 +135,18 @@ def test_every_format_imports_to_the_same_canonical_file(project, cli, fmt):
 
 
 def _damage_tokenizer(folder: Path, how: str) -> None:
-    """A tokenizer.json whose vocabulary lost [UNK] (valid JSON), or one the tokenizers library cannot parse."""
+    """A tokenizer.json whose vocabulary lost [UNK] (valid JSON), or one the tokenizers library cannot parse; or
+    (for the loaders' other failures) weights cut in half, or a config.json value of the wrong type."""
     import json
 
+    if how == "truncated-weights":
+        weights = (folder / "model.safetensors").read_bytes()
+        (folder / "model.safetensors").write_bytes(weights[: len(weights) // 2])
+        return
+    if how == "config-value":
+        config = json.loads((folder / "config.json").read_text())
+        (folder / "config.json").write_text(json.dumps(config | {"hidden_size": "big"}))
+        return
     spec = json.loads((folder / "tokenizer.json").read_text())
     if how == "no-unk":
         spec["model"]["vocab"] = {t: i for t, i in spec["model"]["vocab"].items() if t != "[UNK]"}
@@ -145,6 +154,24 @@ def _damage_tokenizer(folder: Path, how: str) -> None:
         spec["model"]["vocab"] = ["not", "a", "map"]
     (folder / "tokenizer.json").write_text(json.dumps(spec))
     (folder / "vocab.txt").write_text("".join(f"{t}\n" for t in ("[PAD]", "[CLS]", "[SEP]", "hello")))
+
+
+@pytest.mark.parametrize("how", ["truncated-weights", "config-value"])
+def test_a_damaged_base_model_is_one_message_naming_it(project, cli, tiny_model, tmp_path, how):
+    """Truncated weights or a config value of the wrong type in train.base_model: train and pretrain stop with one
+    line naming the folder and the fix (the loaders raised SafetensorError or a validation error, a traceback)."""
+    import shutil
+
+    base = Path(shutil.copytree(tiny_model, tmp_path / "base"))
+    _damage_tokenizer(base, how)
+    write(project / "in.csv", labeled_csv(8))
+    trained = cli("train", "--train", "in.csv", "--val", "in.csv", "--out", "m", "--base", base, "--max-samples", 24)
+    assert trained.exit_code == 1 and str(base) in trained.output and "save_pretrained" in trained.output
+    pretrained = cli(
+        "pretrain", "--train", "in.csv", "--val", "in.csv", "--out", "p", "--max-steps", 2,
+        "--set", f"train.base_model={base}", "--set", "pretrain.enabled=true",
+    )  # fmt: skip
+    assert pretrained.exit_code == 1 and str(base) in pretrained.output and "save_pretrained" in pretrained.output
 
 
 @pytest.mark.parametrize("how", ["no-unk", "unparseable"])
@@ -158,16 +185,16 @@ def test_a_damaged_tokenizer_is_one_message_naming_the_folder(project, cli, tiny
 
     base = Path(shutil.copytree(tiny_model, tmp_path / "base"))
     _damage_tokenizer(base, how)
-    with pytest.raises(ModelError, match=r"(?s)base: its tokenizer cannot be used.*save_pretrained"):
+    with pytest.raises(ModelError, match=r"(?s)base: cannot read its tokenizer.*save_pretrained"):
         load_tokenizer(base)
     write(project / "in.csv", labeled_csv(8))
     trained = cli("train", "--train", "in.csv", "--val", "in.csv", "--out", "m", "--base", base, "--max-samples", 24)
-    assert trained.exit_code == 1 and f"{base}: its tokenizer cannot be used" in trained.output, trained.output
+    assert trained.exit_code == 1 and f"{base}: cannot read its tokenizer" in trained.output, trained.output
     checked = cli(
         "data", "validate", "in.csv", "--set", f"train.base_model={base}", "--set", "validate.min_rows_per_class=1"
     )
     assert checked.exit_code == 0, checked.output
-    assert "tokenizer_coverage not checked" in caplog.text and "its tokenizer cannot be used" in caplog.text
+    assert "tokenizer_coverage not checked" in caplog.text and "cannot read its tokenizer" in caplog.text
 
 
 def test_a_model_dir_with_a_damaged_tokenizer_is_refused_on_load(tiny_classifier, tmp_path):
@@ -177,5 +204,8 @@ def test_a_model_dir_with_a_damaged_tokenizer_is_refused_on_load(tiny_classifier
 
     model = Path(shutil.copytree(tiny_classifier, tmp_path / "model"))
     _damage_tokenizer(model, "no-unk")
-    with pytest.raises(ModelError, match="model: its tokenizer cannot be used"):
+    with pytest.raises(ModelError, match="model: cannot read its tokenizer"):
+        load_classifier(model)
+    _damage_tokenizer(model, "config-value")
+    with pytest.raises(ModelError, match="model: cannot load the model"):
         load_classifier(model)
