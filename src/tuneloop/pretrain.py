@@ -31,7 +31,7 @@ from tuneloop.config import Params
 from tuneloop.errors import DataError, TuneloopError, first_line
 from tuneloop.model import RESTORE, ModelError, load_tokenizer, resolve_base_model, write_model_folder
 from tuneloop.provenance import RUN_FILE, data_version, file_digest, utc_now
-from tuneloop.tabular import TEXT, read_labeled, write_text_atomic
+from tuneloop.tabular import TEXT, decode_file, read_labeled, read_rows, write_text_atomic
 
 log = logging.getLogger(__name__)
 
@@ -44,13 +44,14 @@ def read_extra_text(path: str | Path) -> list[str]:
     path = Path(path)
     if not path.is_file():
         raise DataError(f"pretrain.extra_text names {path}, which does not exist. Fix the path or remove it.")
-    if path.suffix.lower() in (".csv", ".tsv"):
-        frame = pd.read_csv(path, sep="\t" if path.suffix.lower() == ".tsv" else ",", dtype=str, keep_default_na=False)
+    if path.suffix.lower() in (".csv", ".tsv"):  # the corpus' reader: its encoding, quoting and size checks
+        frame, _ = read_rows(path, (TEXT,))
         if TEXT not in frame:
             raise DataError(f"{path}: no '{TEXT}' column (columns: {list(frame.columns)[:10]}). Name the text column "
                             f"'{TEXT}', or give a plain .txt file with one text per line.")  # fmt: skip
-        return frame[TEXT].astype(str).tolist()
-    return [line.strip() for line in path.read_text(encoding="utf-8").splitlines() if line.strip()]
+        return frame[TEXT].fillna("").astype(str).tolist()
+    text, _ = decode_file(path, strict=True)
+    return [line.strip() for line in text.splitlines() if line.strip()]
 
 
 def corpus(params: Params, splits: list[Path]) -> list[str]:

@@ -100,7 +100,7 @@ def read_rows(
     if fmt == "parquet":
         frame = _read_parquet(path)
     else:
-        text, bad_lines = _decode(path, strict_encoding)
+        text, bad_lines = decode_file(path, strict_encoding)
         frame = _read_jsonl(path, text) if fmt == "jsonl" else _read_delimited(path, text, fmt)
     if frame.empty:
         raise DataError(f"{path}: has a header but no data rows. Add rows of {named}.")
@@ -123,7 +123,9 @@ def read_labeled(path: str | Path) -> pd.DataFrame:
     return frame
 
 
-def _decode(path: Path, strict: bool) -> tuple[str, list[int]]:
+def decode_file(path: Path, strict: bool) -> tuple[str, list[int]]:
+    """A text file's content (UTF-8, or what its byte-order mark says) and the lines that held undecodable bytes;
+    `strict`: a DataError naming the line, the byte and the fix instead."""
     data = path.read_bytes()
     encoding = _bom_encoding(data)
     try:

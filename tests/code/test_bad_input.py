@@ -209,3 +209,23 @@ def test_a_model_dir_with_a_damaged_tokenizer_is_refused_on_load(tiny_classifier
     _damage_tokenizer(model, "config-value")
     with pytest.raises(ModelError, match="model: cannot load the model"):
         load_classifier(model)
+
+
+@pytest.mark.parametrize("suffix", [".txt", ".csv"])
+def test_extra_pretraining_text_that_is_not_utf8_is_one_message_naming_the_line(project, cli, tiny_model, suffix):
+    """pretrain.extra_text read with the corpus' decoder: a Latin-1 byte on line 3 names the file, the line and
+    the fix (it was a UnicodeDecodeError traceback); the same file in UTF-8 is read whole."""
+    from tuneloop.pretrain import read_extra_text
+
+    head = "text\n" if suffix == ".csv" else ""
+    extra = write(project / f"extra{suffix}", (head + "first line\nsecond line\ncaf\xe9 au lait\n").encode("latin-1"))
+    write(project / "in.csv", labeled_csv(8))
+    ran = cli(
+        "pretrain", "--train", "in.csv", "--val", "in.csv", "--out", "p", "--max-steps", 2,
+        "--set", f"train.base_model={tiny_model}", "--set", "pretrain.enabled=true",
+        "--set", f"pretrain.extra_text=[{extra.name}]",
+    )  # fmt: skip
+    line = 4 if suffix == ".csv" else 3
+    assert ran.exit_code == 1 and f"extra{suffix}: line {line}" in ran.output and "UTF-8" in ran.output, ran.output
+    write(project / f"extra{suffix}", head + "first line\nsecond line\ncafé au lait\n")
+    assert read_extra_text(project / f"extra{suffix}") == ["first line", "second line", "café au lait"]
