@@ -29,11 +29,11 @@ help:
 	@echo "make loop-demo  after make demo: drift -> monitor -> retrain -> gate -> promote -> the service switches"
 	@echo "make lock   re-resolve requirements.lock from pyproject.toml"
 
-# uv installs the locked set in 47-59 s where pip took 2.5 minutes (one 2-core box; most of CI's set-up);
-# pip stays the fallback where uv cannot be installed. uv does not read pip's configuration: the machine's
-# find-links (where a CPU torch wheel may lie) and index URL are passed on. --compile-bytecode as pip does: where
-# PYTHONDONTWRITEBYTECODE is set (these machines set it) every process would otherwise compile each module it
-# imports from source, every time (transformers + torch + GX + Prefect: 18 s to import instead of 9 s).
+# uv installs the locked set in 47-59 s where pip took 2.5 minutes (one 2-core box; most of CI's set-up); pip
+# stays the fallback where uv cannot be installed or cannot install the set. uv does not read pip's configuration:
+# the machine's find-links (where a CPU torch wheel may lie) and index URL are passed on. --compile-bytecode as
+# pip does: where PYTHONDONTWRITEBYTECODE is set (these machines set it) every process would otherwise compile
+# each module it imports from source, every time (transformers + torch + GX + Prefect: 18 s to import, not 9 s).
 UV_VERSION ?= 0.13.9
 PIP_CONFIG  = $(shell $(PYTHON) -m pip config get global.$(1) 2>/dev/null)
 FIND_LINKS ?= $(or $(PIP_FIND_LINKS),$(call PIP_CONFIG,find-links))
@@ -46,10 +46,9 @@ PIP_INSTALL = $(BIN)/python -m pip install -q -c requirements.lock
 # installed would pull a multi-GB CUDA build.
 $(VENV)/.installed: pyproject.toml requirements.lock
 	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
-	if $(BIN)/python -m pip install -q "uv==$(UV_VERSION)"; then \
-	  $(UV_INSTALL) "torch==2.13.0" && $(UV_INSTALL) -e ".[dev,postgres]"; \
-	else \
-	  echo "uv could not be installed: installing with pip (minutes)"; \
+	if $(BIN)/python -m pip install -q "uv==$(UV_VERSION)" && \
+	   $(UV_INSTALL) "torch==2.13.0" && $(UV_INSTALL) -e ".[dev,postgres]"; then :; else \
+	  echo "uv could not install the locked set (see above): installing with pip (minutes)"; \
 	  $(PIP_INSTALL) "torch==2.13.0" && $(PIP_INSTALL) -e ".[dev,postgres]"; \
 	fi
 	@touch $@
