@@ -15,6 +15,7 @@ import logging
 import os
 import shutil
 from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -98,6 +99,21 @@ RESTORE = (
 TOKENIZER_PROBE = "tuneloop probe \u2603 \u0fcf"
 
 
+@contextmanager
+def loader_errors(what: str, fix: str, keep: tuple[type[Exception], ...] = ()) -> Iterator[None]:
+    """Around transformers/safetensors/tokenizers loading a folder a user or another tool wrote: their own
+    exception types (SafetensorError for truncated weights, a config validation error, the tokenizers library's
+    bare Exception) become one ModelError, "`what` (cause). `fix`"; a TuneloopError and the types in `keep`
+    (which the caller words itself) pass on."""
+    passed_on: tuple[type[Exception], ...] = (TuneloopError, *keep)
+    try:
+        yield
+    except Exception as exc:
+        if isinstance(exc, passed_on):
+            raise
+        raise ModelError(f"{what} ({first_line(exc)}). {fix}") from None
+
+
 def load_tokenizer(source: str | Path) -> Any:
     """AutoTokenizer.from_pretrained(source), proven on one text. A damaged tokenizer.json or vocabulary (no
     [UNK] in it, say) fails at load or at the first text it cannot read with the `tokenizers` library's bare
@@ -105,13 +121,9 @@ def load_tokenizer(source: str | Path) -> Any:
     (no such folder, an uncached hub id) pass on to the caller, whose message names the setting."""
     from transformers import AutoTokenizer
 
-    try:
+    with loader_errors(f"{source}: cannot read its tokenizer", RESTORE, keep=(OSError, ValueError)):
         tokenizer = AutoTokenizer.from_pretrained(source)
         tokenizer([TOKENIZER_PROBE], add_special_tokens=True)
-    except (OSError, ValueError):
-        raise
-    except Exception as exc:  # tokenizers raises Exception itself for a damaged file
-        raise ModelError(f"{source}: cannot read its tokenizer ({first_line(exc)}). {RESTORE}") from None
     return tokenizer
 
 
@@ -159,16 +171,10 @@ def load_classifier(model_dir: str | Path) -> Classifier:
     meta = read_meta(meta_path)
     from transformers import AutoModelForSequenceClassification
 
-    try:
+    with loader_errors(f"{path}: cannot load the model", "Re-train or restore the folder."):
         # safetensors only: a pytorch_model.bin dropped into the folder is a pickle, never loaded
         model = AutoModelForSequenceClassification.from_pretrained(path, use_safetensors=True)
         tokenizer = load_tokenizer(path)
-    except TuneloopError:
-        raise
-    except Exception as exc:  # the loaders' own types: SafetensorError for truncated weights, a config validation error
-        raise ModelError(
-            f"{path}: cannot load the model ({first_line(exc)}). Re-train or restore the folder."
-        ) from None
     id2label = {int(k): v for k, v in model.config.id2label.items()}
     labels = [id2label[i] for i in range(len(id2label))]
     if labels != meta.get("labels", labels):

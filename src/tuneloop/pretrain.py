@@ -28,8 +28,8 @@ from typing import Any
 import pandas as pd
 
 from tuneloop.config import Params
-from tuneloop.errors import DataError, TuneloopError, first_line
-from tuneloop.model import RESTORE, ModelError, load_tokenizer, resolve_base_model, write_model_folder
+from tuneloop.errors import DataError
+from tuneloop.model import RESTORE, ModelError, load_tokenizer, loader_errors, resolve_base_model, write_model_folder
 from tuneloop.provenance import RUN_FILE, data_version, file_digest, utc_now
 from tuneloop.tabular import TEXT, decode_file, read_labeled, read_rows, write_text_atomic
 
@@ -87,16 +87,13 @@ def _load(base: str, seed: int) -> tuple[Any, Any]:
     set_seed(seed)  # an MLM head the base lacks is initialised from it
     try:
         source = resolve_base_model(base)
-        return load_tokenizer(source), AutoModelForMaskedLM.from_pretrained(source, use_safetensors=True)
+        with loader_errors(f"cannot load base model '{base}' for pre-training", RESTORE, keep=(OSError, ValueError)):
+            return load_tokenizer(source), AutoModelForMaskedLM.from_pretrained(source, use_safetensors=True)
     except (OSError, ValueError) as exc:
         raise ModelError(
             f"cannot load base model '{base}' for masked-language-model pre-training: {str(exc).splitlines()[0]}. "
             "train.base_model must be a local BERT-family folder with model.safetensors."
         ) from None
-    except TuneloopError:
-        raise
-    except Exception as exc:  # the loaders' own types: SafetensorError for truncated weights, a config validation error
-        raise ModelError(f"cannot load base model '{base}' for pre-training ({first_line(exc)}). {RESTORE}") from None
 
 
 class _Texts:

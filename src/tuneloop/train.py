@@ -32,8 +32,16 @@ import pandas as pd
 from transformers import TrainerCallback  # this module is only imported to train
 
 from tuneloop.config import Params
-from tuneloop.errors import DataError, TuneloopError, first_line
-from tuneloop.model import META_FILE, RESTORE, ModelError, load_tokenizer, resolve_base_model, write_model_folder
+from tuneloop.errors import DataError
+from tuneloop.model import (
+    META_FILE,
+    RESTORE,
+    ModelError,
+    load_tokenizer,
+    loader_errors,
+    resolve_base_model,
+    write_model_folder,
+)
 from tuneloop.provenance import RUN_FILE, data_version, git_revision, utc_now
 from tuneloop.tabular import LABEL, ORIGIN, PRODUCTION, TEXT, read_labeled
 
@@ -485,18 +493,19 @@ def load_base_model(base: str, labels: list[str], seed: int) -> tuple[Any, Any, 
     source = resolve_base_model(base)
     set_seed(seed)  # the new classifier head's init depends on it
     try:
-        tokenizer = load_tokenizer(source)
-        model = AutoModelForSequenceClassification.from_pretrained(
-            source,
-            num_labels=len(labels),
-            id2label=dict(enumerate(labels)),
-            label2id={label: i for i, label in enumerate(labels)},
-            problem_type="single_label_classification",
-            ignore_mismatched_sizes=True,
-            use_safetensors=True,  # never a pickled pytorch_model.bin (torch.load) from a base folder
-            # attention: transformers picks SDPA (flash / memory-efficient kernels on CUDA) for every model
-            # that supports it (MiniLM loads as "sdpa"); forcing it would refuse older custom architectures
-        )
+        with loader_errors(f"cannot load base model '{base}'", RESTORE, keep=(OSError, ValueError)):
+            tokenizer = load_tokenizer(source)
+            model = AutoModelForSequenceClassification.from_pretrained(
+                source,
+                num_labels=len(labels),
+                id2label=dict(enumerate(labels)),
+                label2id={label: i for i, label in enumerate(labels)},
+                problem_type="single_label_classification",
+                ignore_mismatched_sizes=True,
+                use_safetensors=True,  # never a pickled pytorch_model.bin (torch.load) from a base folder
+                # attention: transformers picks SDPA (flash / memory-efficient kernels on CUDA) for every model
+                # that supports it (MiniLM loads as "sdpa"); forcing it would refuse older custom architectures
+            )
     except OSError as exc:
         raise ModelError(
             f"cannot load base model '{base}': {str(exc).splitlines()[0]} Offline, a base model must "
@@ -509,10 +518,6 @@ def load_base_model(base: str, labels: list[str], seed: int) -> tuple[Any, Any, 
             f"base model '{base}' is not classifier-compatible ({str(exc).splitlines()[0]}). Use a "
             "BERT-family encoder that AutoModelForSequenceClassification supports."
         ) from None
-    except TuneloopError:
-        raise
-    except Exception as exc:  # the loaders' own types: SafetensorError for truncated weights, a config validation error
-        raise ModelError(f"cannot load base model '{base}' ({first_line(exc)}). {RESTORE}") from None
     return tokenizer, model, source
 
 

@@ -534,9 +534,9 @@ def validate_file(
     table = read_table(path, text_col, label_col, strict_encoding=False)
     tokenizer = None
     if base_model is not None:
-        from tuneloop.vocab import load_tokenizer
+        from tuneloop.vocab import coverage_tokenizer
 
-        tokenizer = load_tokenizer(base_model)
+        tokenizer = coverage_tokenizer(base_model)
     report = validate_table(table, params, labels, tokenizer, vocab)
     write_report(report, Path(out_dir) if out_dir else None, Path(report_dir) if report_dir else None)
     if not report.passed:

