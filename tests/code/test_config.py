@@ -111,3 +111,19 @@ def test_train_pool_takes_gpu_cpu_or_inline_and_defaults_to_gpu(tmp_path):
     assert load_params(REPO / "params.yaml", ["deploy.train_pool=inline"]).deploy.train_pool == "inline"
     with pytest.raises(ConfigError, match=r"deploy\.train_pool = 'tpu'.*'gpu', 'cpu' or 'inline'"):
         load_params(REPO / "params.yaml", ["deploy.train_pool=tpu"])
+
+
+def test_libyaml_and_the_python_parser_read_params_alike(tmp_path):
+    """params.yaml is parsed with libyaml for speed; its values must be the pure-Python parser's, `1e-4` included,
+    and a syntax error still shows the offending line with a caret (the Python parser's message)."""
+    from tuneloop.config import _CLoader, _PyLoader
+
+    text = (REPO / "params.yaml").read_text(encoding="utf-8") + "extra:\n  lr: 1e-4\n  big: 2.5E+3\n  word: é中\n"
+    assert _CLoader is not _PyLoader and yaml.__with_libyaml__
+    fast, slow = yaml.load(text, Loader=_CLoader), yaml.load(text, Loader=_PyLoader)
+    assert fast == slow and fast["extra"]["lr"] == 1e-4 and fast["extra"]["big"] == 2500.0
+    bad = tmp_path / "params.yaml"
+    bad.write_text("base:\n  model: [a\ntrain: 1\n", encoding="utf-8")
+    with pytest.raises(ConfigError) as err:
+        load_params(bad)
+    assert "model: [a" in str(err.value) and "^" in str(err.value) and "Fix the syntax" in str(err.value)
