@@ -49,18 +49,21 @@ def pytest_collection_finish(session: pytest.Session) -> None:
     """Keep the libraries' ~850,000 objects out of the cyclic garbage collector's way.
 
     transformers' Trainer calls gc.collect() at the start of every training (accelerate's free_memory): 0.45 s each
-    with torch, transformers, GX, Prefect and Evidently loaded, ~20 trainings in `make test-fast`. Frozen objects are
-    never scanned again (they are still freed when their reference count drops). Only for runs of many tests: a
-    single test should not pay for importing everything.
+    with the libraries below loaded (every one is loaded by some test anyway), ~20 trainings in `make test-fast`.
+    Frozen objects are never scanned again (they are still freed when their reference count drops). Only for runs
+    of many tests: a single test should not pay for importing everything.
     """
     if len(session.items) < 50:
         return
+    import bentoml  # noqa: F401
+    import dvc.repo  # noqa: F401
     import evidently  # noqa: F401
     import great_expectations  # noqa: F401
+    import onnxruntime  # noqa: F401
     import prefect  # noqa: F401
+    import sklearn.metrics  # noqa: F401
     import torch  # noqa: F401
-    import transformers  # noqa: F401
-    from transformers import Trainer  # noqa: F401
+    from transformers import AutoTokenizer, BertForSequenceClassification, Trainer  # noqa: F401
 
     gc.collect()
     gc.freeze()
