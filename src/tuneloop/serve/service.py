@@ -354,6 +354,35 @@ class TextClassifier:
         }
 
 
+def tracing_collects() -> bool:
+    """Whether BentoML's configuration sends traces anywhere: an exporter and a sample rate above 0
+    (`tracing.exporter_type`, `tracing.sample_rate`; both unset by default)."""
+    from bentoml._internal.configuration.containers import BentoMLContainer
+
+    tracing = BentoMLContainer.config.tracing
+    return bool(tracing.exporter_type.get()) and float(tracing.sample_rate.get() or 0) > 0
+
+
+def _untraced(factory: type) -> type:
+    """BentoML's app factory without OpenTelemetry's ASGI middleware, for when no trace is collected.
+
+    BentoML adds that middleware whatever its tracing configuration: with no exporter and sample rate 0 it
+    still made and ended spans around every request and every message sent, for nothing. At 32 clients on 2
+    cores (onnx-int8, the demo champion, alternating rounds of 2,000 requests in one run) the service answered
+    491 vs 376 req/s without it (server CPU 3.31 vs 3.90 ms per request). Configure an exporter and a sample
+    rate (BentoML's `tracing:` settings) and the middleware is there, as BentoML builds it.
+    """
+
+    class Untraced(factory):
+        @property
+        def middlewares(self) -> list[Any]:
+            from opentelemetry.instrumentation.asgi import OpenTelemetryMiddleware
+
+            return [m for m in super().middlewares if m.cls is not OpenTelemetryMiddleware]
+
+    return Untraced
+
+
 def admit_first(service: Any, settings: ServeParams) -> None:
     """Put admission control in front of everything, BentoML's own middleware included.
 
@@ -373,7 +402,7 @@ def admit_first(service: Any, settings: ServeParams) -> None:
             from _bentoml_impl.server.app import ServiceAppFactory
 
             self.inject_config()  # what bentoml.Service.to_asgi does, in this order (BentoML 1.4)
-            factory = ServiceAppFactory(self, is_main=is_main)
+            factory = (ServiceAppFactory if tracing_collects() else _untraced(ServiceAppFactory))(self, is_main=is_main)
             on_idle = functools.partial(forget_learnt_waits, list(factory.dispatchers.values()))
             return Admission(
                 factory(),
