@@ -119,7 +119,7 @@ def test_libyaml_and_the_python_parser_read_params_alike(tmp_path):
     from tuneloop.config import _CLoader, _PyLoader
 
     text = (REPO / "params.yaml").read_text(encoding="utf-8") + "extra:\n  lr: 1e-4\n  big: 2.5E+3\n  word: é中\n"
-    assert _CLoader is not _PyLoader and yaml.__with_libyaml__
+    assert not yaml.__with_libyaml__ or issubclass(_CLoader, yaml.CSafeLoader)  # libyaml where PyYAML has it
     fast, slow = yaml.load(text, Loader=_CLoader), yaml.load(text, Loader=_PyLoader)
     assert fast == slow and fast["extra"]["lr"] == 1e-4 and fast["extra"]["big"] == 2500.0
     bad = tmp_path / "params.yaml"
