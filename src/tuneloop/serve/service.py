@@ -36,6 +36,7 @@ from tuneloop.config import ServeParams
 from tuneloop.errors import TuneloopError
 from tuneloop.serve.admission import Admission, forget_learnt_waits
 from tuneloop.serve.guard import Guard, Limits, feedback_pairs
+from tuneloop.serve.tracing import app_factory
 
 log = logging.getLogger(__name__)
 FEEDBACK_RETRY_AFTER_S = 5  # a /feedback the log's database could not take: when to send it again
@@ -354,66 +355,6 @@ class TextClassifier:
         }
 
 
-def tracing_collects() -> bool:
-    """Whether BentoML's configuration sends traces anywhere: an exporter and a sample rate above 0
-    (`services.tracing.exporter_type` and `services.tracing.sample_rate`; both unset by default)."""
-    from bentoml._internal.configuration.containers import BentoMLContainer
-
-    tracing = BentoMLContainer.config.tracing
-    return bool(tracing.exporter_type.get()) and float(tracing.sample_rate.get() or 0) > 0
-
-
-class RequestIds:
-    """ASGI middleware: what BentoML's tracing middleware gave every request when no trace is collected, and no more:
-    random trace and span ids as the current (non-recording) OpenTelemetry span, and the span id as BentoML's
-    request id. So the `X-BentoML-Request-ID` answer header and the `(trace=..., span=...)` on BentoML's log lines
-    (its access log included) are there as before, and an answer can still be found in the server log."""
-
-    def __init__(self, app: Any) -> None:
-        import random
-
-        from bentoml._internal.context import trace_context
-        from opentelemetry import context, trace
-
-        self.app, self._bits = app, random.getrandbits
-        self._bentoml, self._otel, self._trace = trace_context, context, trace
-
-    async def __call__(self, scope: Any, receive: Any, send: Any) -> None:
-        if scope["type"] != "http":
-            await self.app(scope, receive, send)
-            return
-        trace = self._trace
-        ids = trace.SpanContext(self._bits(128) or 1, self._bits(64) or 1, False, trace.TraceFlags(0))
-        token = self._otel.attach(trace.set_span_in_context(trace.NonRecordingSpan(ids)))
-        self._bentoml.request_id = ids.span_id
-        try:
-            await self.app(scope, receive, send)
-        finally:
-            self._otel.detach(token)
-
-
-def _untraced(factory: type) -> type:
-    """BentoML's app factory with `RequestIds` in place of OpenTelemetry's ASGI middleware, for when no trace is
-    collected.
-
-    BentoML adds that middleware whatever its tracing configuration: with no exporter and sample rate 0 it
-    still made and ended spans around every request and every message sent, for nothing. At 32 clients on 2
-    cores (onnx-int8, the demo champion, alternating rounds of 2,000 requests in one run) the service answered
-    491 vs 376 req/s without it (server CPU 3.31 vs 3.90 ms per request). Configure an exporter and a sample
-    rate (BentoML's `tracing:` settings) and the middleware is there, as BentoML builds it.
-    """
-
-    class Untraced(factory):
-        @property
-        def middlewares(self) -> list[Any]:
-            from opentelemetry.instrumentation.asgi import OpenTelemetryMiddleware
-            from starlette.middleware import Middleware
-
-            return [Middleware(RequestIds) if m.cls is OpenTelemetryMiddleware else m for m in super().middlewares]
-
-    return Untraced
-
-
 def admit_first(service: Any, settings: ServeParams) -> None:
     """Put admission control in front of everything, BentoML's own middleware included.
 
@@ -433,7 +374,7 @@ def admit_first(service: Any, settings: ServeParams) -> None:
             from _bentoml_impl.server.app import ServiceAppFactory
 
             self.inject_config()  # what bentoml.Service.to_asgi does, in this order (BentoML 1.4)
-            factory = (ServiceAppFactory if tracing_collects() else _untraced(ServiceAppFactory))(self, is_main=is_main)
+            factory = app_factory(ServiceAppFactory)(self, is_main=is_main)
             on_idle = functools.partial(forget_learnt_waits, list(factory.dispatchers.values()))
             return Admission(
                 factory(),
