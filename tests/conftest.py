@@ -13,6 +13,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+import typer.testing
 
 REPO = Path(__file__).resolve().parents[1]
 SHARED_DATA = Path(os.environ.get("TUNELOOP_SHARED_DATA", REPO.parent / "shared" / "data"))
@@ -69,6 +70,11 @@ def pytest_collection_finish(session: pytest.Session) -> None:
     gc.freeze()
 
 
+# Typer builds the click command anew on every invoke (~40 ms with ~30 commands; ~150 tests call run_cli): build it
+# once. The command holds no state between runs (each run makes its own click Context).
+typer.testing._get_command = functools.cache(typer.testing._get_command)
+
+
 @dataclass
 class CliResult:
     exit_code: int
@@ -82,14 +88,8 @@ class CliResult:
 
 def run_cli(*args: str) -> CliResult:
     """Run `tuneloop ARGS` in-process and capture its exit code, stdout and stderr."""
-    import typer.testing
-
     from tuneloop.cli import app
 
-    # Typer builds the click command anew on every invoke (~40 ms with ~30 commands; ~150 tests call this): build it
-    # once. The command holds no state between runs (each run makes its own click Context).
-    if not hasattr(typer.testing._get_command, "cache_info"):
-        typer.testing._get_command = functools.cache(typer.testing._get_command)
     result = typer.testing.CliRunner().invoke(app, [str(a) for a in args])
     if result.exception is not None and not isinstance(result.exception, SystemExit):
         raise result.exception  # an unexpected crash: let pytest show it

@@ -28,7 +28,7 @@ from typing import Any
 import pandas as pd
 
 from tuneloop.config import Params
-from tuneloop.errors import DataError
+from tuneloop.errors import DataError, first_line
 from tuneloop.model import RESTORE, ModelError, load_tokenizer, loader_errors, resolve_base_model, write_model_folder
 from tuneloop.provenance import RUN_FILE, data_version, file_digest, utc_now
 from tuneloop.tabular import TEXT, decode_file, read_labeled, read_rows, write_text_atomic
@@ -91,7 +91,7 @@ def _load(base: str, seed: int) -> tuple[Any, Any]:
             return load_tokenizer(source), AutoModelForMaskedLM.from_pretrained(source, use_safetensors=True)
     except (OSError, ValueError) as exc:
         raise ModelError(
-            f"cannot load base model '{base}' for masked-language-model pre-training: {str(exc).splitlines()[0]}. "
+            f"cannot load base model '{base}' for masked-language-model pre-training: {first_line(exc)}. "
             "train.base_model must be a local BERT-family folder with model.safetensors."
         ) from None
 

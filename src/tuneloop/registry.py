@@ -30,7 +30,7 @@ from pathlib import Path
 from typing import Any
 
 from tuneloop import provenance
-from tuneloop.errors import TuneloopError
+from tuneloop.errors import TuneloopError, first_line
 from tuneloop.model import META_FILE
 from tuneloop.provenance import read_run_facts, utc_now
 
@@ -108,7 +108,7 @@ def _read_state(task: str) -> dict[str, Any]:
             raise ValueError('expected {"champion": ..., "history": [...]}')
     except (ValueError, UnicodeDecodeError) as exc:
         raise RegistryError(
-            f"{path}: damaged champion pointer ({str(exc).splitlines()[0]}). Restore it from a "
+            f"{path}: damaged champion pointer ({first_line(exc)}). Restore it from a "
             "backup, or delete it to start the task with no champion (the models stay in the "
             "store; `tuneloop models promote TAG` picks one again)."
         ) from None
@@ -324,7 +324,7 @@ def _model_meta(model_dir: Path) -> dict[str, Any]:
     except FileNotFoundError:
         raise RegistryError(f"{path}: not found. Register a folder written by `tuneloop train`.") from None
     except (ValueError, UnicodeDecodeError) as exc:
-        raise RegistryError(f"{path}: damaged ({str(exc).splitlines()[0]}). Re-run `tuneloop train`.") from None
+        raise RegistryError(f"{path}: damaged ({first_line(exc)}). Re-run `tuneloop train`.") from None
     if not isinstance(meta, dict):
         raise RegistryError(f"{path}: expected a JSON object. Re-run `tuneloop train`.")
     return meta

@@ -20,7 +20,7 @@ from typing import Any
 
 from pydantic import BaseModel, ConfigDict, ValidationError
 
-from tuneloop.errors import TuneloopError
+from tuneloop.errors import TuneloopError, first_line
 
 REPORT_VERSION = 4  # 1: one metrics.json with everything; 2: served.json named quantize, not backend; 3: no baseline
 METRICS, PER_CLASS, SERVED, BEHAVIOUR = "metrics.json", "per_class.json", "served.json", "behaviour.json"
@@ -163,8 +163,7 @@ class EvalReport(_Strict):
             )
         except (ValidationError, AttributeError) as exc:
             raise ReportError(
-                f"{folder}: damaged evaluation report ({str(exc).splitlines()[0]}). "
-                f"Re-run `tuneloop evaluate --out {folder}`."
+                f"{folder}: damaged evaluation report ({first_line(exc)}). Re-run `tuneloop evaluate --out {folder}`."
             ) from None
 
 

@@ -18,7 +18,7 @@ from typing import Any
 
 import pandas as pd
 
-from tuneloop.errors import DataError
+from tuneloop.errors import DataError, first_line
 from tuneloop.tabular import CORPUS, LABEL, ORIGIN, PRODUCTION, TEXT, is_missing, read_table, write_csv_atomic
 
 log = logging.getLogger(__name__)
@@ -133,6 +133,6 @@ def _push(root: Path) -> None:
             repo.push(targets=[str(root / DATA_DVC)])
     except DvcException as exc:
         raise DataError(
-            f"dvc push of the merged corpus failed ({str(exc).splitlines()[0]}). Configure a DVC remote "
+            f"dvc push of the merged corpus failed ({first_line(exc)}). Configure a DVC remote "
             "(`dvc remote add -d NAME URL`) or retrain with push disabled."
         ) from None

@@ -32,7 +32,7 @@ import pandas as pd
 from transformers import TrainerCallback  # this module is only imported to train
 
 from tuneloop.config import Params
-from tuneloop.errors import DataError
+from tuneloop.errors import DataError, first_line
 from tuneloop.model import (
     META_FILE,
     RESTORE,
@@ -508,14 +508,14 @@ def load_base_model(base: str, labels: list[str], seed: int) -> tuple[Any, Any, 
             )
     except OSError as exc:
         raise ModelError(
-            f"cannot load base model '{base}': {str(exc).splitlines()[0]} Offline, a base model must "
+            f"cannot load base model '{base}': {first_line(exc)} Offline, a base model must "
             "be a local folder (or already in the Hugging Face cache) with model.safetensors weights "
             "(pickled pytorch_model.bin is refused: re-save it with save_pretrained); 'minilm' is the "
             "packaged one."
         ) from None
     except ValueError as exc:
         raise ModelError(
-            f"base model '{base}' is not classifier-compatible ({str(exc).splitlines()[0]}). Use a "
+            f"base model '{base}' is not classifier-compatible ({first_line(exc)}). Use a "
             "BERT-family encoder that AutoModelForSequenceClassification supports."
         ) from None
     return tokenizer, model, source

@@ -229,3 +229,19 @@ def test_extra_pretraining_text_that_is_not_utf8_is_one_message_naming_the_line(
     assert ran.exit_code == 1 and f"extra{suffix}: line {line}" in ran.output and "UTF-8" in ran.output, ran.output
     write(project / f"extra{suffix}", head + "first line\nsecond line\ncafé au lait\n")
     assert read_extra_text(project / f"extra{suffix}") == ["first line", "second line", "café au lait"]
+
+
+def test_a_loader_error_without_a_message_is_still_one_line(tiny_model, monkeypatch):
+    """`str(exc).splitlines()[0]` raised IndexError on an exception with no message (an OSError() from a loader):
+    every such message now goes through errors.first_line, which names the exception's type instead."""
+    import transformers
+
+    from tuneloop.model import ModelError
+    from tuneloop.train import load_base_model
+
+    def fail(*_args, **_kwargs):
+        raise OSError()
+
+    monkeypatch.setattr(transformers.AutoModelForSequenceClassification, "from_pretrained", fail)
+    with pytest.raises(ModelError, match=r"cannot load base model '.*': OSError Offline"):
+        load_base_model(str(tiny_model), ["a", "b"], seed=0)
