@@ -2,8 +2,8 @@
 
 Fast defaults rather than textbook ones (see params.yaml `train:` for the why of each value):
 texts are tokenised once, without padding, and reused every epoch; batches are grouped by length
-and padded only to their own longest text (dynamic padding); CUDA gets bf16 + TF32 (fp16 before Ampere), fused AdamW
-and a large batch; CPU gets every core. Early stopping on validation macro-F1 restores the best
+and padded only to their own longest text (dynamic padding); fused AdamW everywhere; CUDA gets bf16 + TF32 (fp16
+before Ampere) and a large batch; CPU gets every core. Early stopping on validation macro-F1 restores the best
 checkpoint; checkpoints are written every evaluation so `--resume` continues after a crash with
 optimizer, scheduler, RNG and data order restored (all Trainer's own resume logic).
 
@@ -291,7 +291,10 @@ def device_arguments(params: Params, cuda: bool) -> dict[str, Any]:
         "bf16": ampere,
         "fp16": cuda and not ampere,
         "tf32": ampere,
-        "optim": "adamw_torch_fused" if cuda else "adamw_torch",
+        # Fused AdamW on the CPU too (torch >= 2.4): one kernel over all parameters. MiniLM-L6 (105 tensors, 22.7M
+        # parameters), 2 cores: 17 ms an optimizer step vs 110 ms for the per-tensor loop "adamw_torch" runs, and
+        # 30 training steps at batch 32 went 47.7-66.7 -> 59.7-76.5 samples/s (interleaved runs), same losses.
+        "optim": "adamw_torch_fused",
         "dataloader_pin_memory": cuda,
         # CPU: the data is pre-tokenised and workers would only steal cores from the model. CUDA: collating
         # (padding) the next batches in two workers keeps the host off the step's critical path.
