@@ -240,3 +240,17 @@ def test_not_classifier_compatible_base_is_refused(project, cli, tiny_splits):
     )
     assert result.exit_code == 1 and "Traceback" not in result.output
     assert "weird" in result.stderr and ("not classifier-compatible" in result.stderr or "cannot load" in result.stderr)
+
+
+def test_the_cpu_optimizer_is_fused_adamw(project, tiny_model, tiny_splits):
+    # The per-tensor AdamW loop took 110 of MiniLM's ~500 ms a step on 2 cores, the fused kernel 17 ms (train.py).
+    import torch
+
+    from tuneloop.train import build_trainer
+
+    params = load_params(REPO / "params.yaml", TINY_TRAIN)
+    trainer, _ = build_trainer(params, *tiny_splits, str(tiny_model), project / "ckpt", max_steps=1)
+    optimizer = trainer.create_optimizer()
+    optimizer = getattr(optimizer, "optimizer", optimizer)  # accelerate may wrap it
+    assert isinstance(optimizer, torch.optim.AdamW) and optimizer.defaults["fused"] is True
+    assert all(p.device.type == "cpu" for group in optimizer.param_groups for p in group["params"])
