@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 
-def first_line(exc: BaseException) -> str:
-    """The first line of an exception's message (its type's name when it has none), for one-line errors and logs."""
-    text = str(exc).strip() or type(exc).__name__
+def first_line(exc: BaseException, message: str | None = None) -> str:
+    """The first line of an exception's message (its type's name when it has none), for one-line errors and logs.
+
+    `message`: the text to use instead of `str(exc)`, for a caller that cleaned the message first."""
+    text = (str(exc) if message is None else message).strip() or type(exc).__name__
     return text.splitlines()[0]
 
 

@@ -181,6 +181,18 @@ def test_a_model_that_does_not_export_is_served_by_torch(tiny_classifier, tmp_pa
     assert build_variants(tiny_classifier, "torch-int8", tmp_path / "v") is None  # nothing to build
 
 
+def test_an_export_error_is_told_by_its_cause_in_one_line():
+    from tuneloop.compress.onnx import _first_line
+
+    dynamo = RuntimeError(
+        "\x1b[1mTorch export failed\x1b[0m\n## Exception summary\n\n\x1b[31mUnsupported: aten::weird_op\x1b[0m\nmore"
+    )
+    assert _first_line(dynamo) == "Unsupported: aten::weird_op"
+    assert _first_line(RuntimeError("one\ntwo")) == "one"
+    assert _first_line(ValueError("")) == _first_line(ValueError("## Exception summary\n")) == "ValueError"
+    assert len(_first_line(RuntimeError("x" * 1000))) == 300
+
+
 def test_a_legacy_quantize_key_still_reads():
     from tests.conftest import REPO
     from tuneloop.config import ServeParams, load_params

@@ -254,6 +254,5 @@ def test_the_cpu_optimizer_is_fused_adamw(project, tiny_model, tiny_splits):
     params = load_params(REPO / "params.yaml", TINY_TRAIN)
     trainer, _ = build_trainer(params, *tiny_splits, str(tiny_model), project / "ckpt", max_steps=1)
     optimizer = trainer.create_optimizer()
-    optimizer = getattr(optimizer, "optimizer", optimizer)  # accelerate may wrap it
     assert isinstance(optimizer, torch.optim.AdamW) and optimizer.defaults["fused"] is True
     assert all(p.device.type == "cpu" for group in optimizer.param_groups for p in group["params"])

@@ -42,7 +42,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from tuneloop.compress import MANIFEST
-from tuneloop.errors import TuneloopError
+from tuneloop.errors import TuneloopError, first_line
 from tuneloop.provenance import file_digest, weights_digest
 from tuneloop.tabular import write_text_atomic
 
@@ -370,5 +370,5 @@ def _small_agrees(runner: Runner, clf: Classifier) -> bool:
 
 def _first_line(exc: BaseException) -> str:
     text = re.sub(r"\x1b\[[0-9;]*m", "", str(exc)).strip()  # the exporter colours its messages
-    summary = text.split("## Exception summary", 1)[-1].strip()  # torch.onnx puts the cause there
-    return summary.splitlines()[0][:300] if summary else type(exc).__name__
+    summary = text.split("## Exception summary", 1)[-1]  # torch.onnx puts the cause there
+    return first_line(exc, summary)[:300]
