@@ -350,6 +350,9 @@ class MonitorParams(_Section):
     min_label_shift: float = Field(
         ge=0, le=1, description="predicted_label: total variation distance the window must also reach"
     )
+    label_shift_alpha: float = Field(
+        default=0.02, gt=0, lt=1, description="predicted_label's p-value threshold (a two-sample test)"
+    )
     token_shift_alpha: float = Field(gt=0, lt=1, description="token_shift's p-value threshold (an exact test)")
     min_token_share_gain: float = Field(
         ge=0, le=1, description="token_shift: a token must gain this share of window texts over the reference"

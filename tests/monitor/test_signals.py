@@ -130,3 +130,61 @@ def test_predicted_label_needs_a_shift_worth_acting_on_as_well_as_a_p_value():
     assert _label_shift_floor(significant, ref, mixed, params).drifted
     other = significant.model_copy(update={"name": "confidence"})
     assert _label_shift_floor(other, ref, slight, params) == other  # only predicted_label has this floor
+
+
+def _label_samples(rng, shares, rows: int):
+    import pandas as pd
+
+    return pd.Series(rng.choice(len(shares), rows, p=shares)).map(lambda k: f"intent_{k}")
+
+
+def test_the_label_test_is_two_sample_where_evidentlys_chisquare_takes_the_reference_as_exact():
+    """77 intents, a 360-row reference and 200-row windows of the same population: Evidently's one-sample chisquare
+    (the reference's shares as the truth; a label the reference lacks makes p = 0) flags most windows even at
+    alpha 0.001; the two-sample test flags about as many as its threshold says. A shifted mix still flags."""
+    import warnings
+
+    from evidently.legacy.calculations.stattests.chisquare_stattest import _chi_stat_test
+    from evidently.legacy.core import ColumnType
+
+    from tuneloop.monitor.signals import label_homogeneity
+
+    rng = np.random.default_rng(0)
+    shares = rng.dirichlet(np.ones(77) * 5)
+    reference = _label_samples(rng, shares, 360)
+    windows = [_label_samples(rng, shares, 200) for _ in range(200)]
+    ours = np.array([label_homogeneity(reference, w) for w in windows])
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # scipy on zero expected counts
+        theirs = np.array([_chi_stat_test(reference, w, ColumnType.Categorical, 0.001)[0] for w in windows])
+    assert (theirs < 0.001).mean() > 0.5
+    assert (ours < 0.02).mean() <= 0.05 and (ours < 0.001).mean() <= 0.01
+    moved = shares.copy()
+    moved[:10] += 0.05  # a third of the traffic more onto ten intents
+    moved /= moved.sum()
+    assert all(label_homogeneity(reference, _label_samples(rng, moved, 200)) < 0.001 for _ in range(5))
+    assert label_homogeneity(reference[:1].map(lambda _: "x"), reference[:3].map(lambda _: "x")) == 1.0
+
+
+def test_evidently_runs_the_two_sample_label_test_under_its_own_threshold():
+    """The predicted_label ValueDrift in the report is the registered two-sample test, at monitor.label_shift_alpha."""
+    import pandas as pd
+    from evidently import DataDefinition, Dataset, Report
+
+    from tuneloop.monitor.signals import Features, label_homogeneity, value_drift_metrics
+
+    params = load_params(REPO / "params.yaml").monitor
+    assert params.label_shift_alpha != params.alpha
+    rng = np.random.default_rng(1)
+    reference = _label_samples(rng, np.full(5, 0.2), 300)
+    window = _label_samples(rng, np.array([0.3, 0.3, 0.2, 0.1, 0.1]), 200)
+    metric = value_drift_metrics(Features(pd.DataFrame({"predicted": window}), None, ()), False, params)[
+        "predicted_label"
+    ]
+    definition = DataDefinition(categorical_columns=["predicted"])
+    snapshot = Report([metric]).run(
+        Dataset.from_pandas(pd.DataFrame({"predicted": window}), data_definition=definition),
+        Dataset.from_pandas(pd.DataFrame({"predicted": reference}), data_definition=definition),
+    )
+    assert metric.threshold == params.label_shift_alpha
+    assert float(snapshot.metric_results[metric.metric_id].value) == pytest.approx(label_homogeneity(reference, window))

@@ -22,6 +22,7 @@ texts at least one (typos); vocabulary and length drift put new tokens in every 
 
 from __future__ import annotations
 
+import functools
 import json
 import math
 from dataclasses import dataclass
@@ -39,7 +40,13 @@ if TYPE_CHECKING:
 
 NUMERIC_TEST = "ks"  # Evidently's default for numerical columns under 1000 rows; p-value
 COUNT_TEST = "t_test"  # new_tokens: a shift of the mean count, carried by a share of texts with several
-CATEGORICAL_TEST = "chisquare"
+# predicted_label: Pearson's chi-square test of homogeneity on the 2 x K table (reference, window) x label,
+# registered with Evidently as a stattest (`_register_label_test`). Evidently's own `chisquare` is a goodness-of-fit
+# test that takes the reference's label shares as exact, though a reference of a few hundred rows is a sample too:
+# simulated windows of 200 drawn from the reference's own population, at alpha 0.001, it flagged 5.8% of windows for
+# 10 classes (360 reference rows) and 97.8% for 77 classes (a label the window has and the reference lacks gives
+# p = 0); this test 0.0% for both (tests/monitor/test_signals.py holds the second).
+CATEGORICAL_TEST = "chi2_two_sample"
 BINARY_TEST = "z"  # two-proportion z-test: Evidently's choice for a binary category
 NOVEL, USUAL = "novel", "usual"
 
@@ -239,16 +246,50 @@ def embedding_signal(ref: np.ndarray, cur: np.ndarray, params: MonitorParams) ->
     )
 
 
-def value_drift_metrics(features: Features, with_novelty: bool, alpha: float) -> dict[str, Any]:
-    """One Evidently ValueDrift per signal column, keyed by signal name."""
+def label_homogeneity(reference: pd.Series, current: pd.Series) -> float:
+    """p-value of Pearson's chi-square test that two samples of labels come from one distribution (no continuity
+    correction; 1.0 when both hold one and the same label)."""
+    import pandas as pd
+    from scipy.stats import chi2_contingency
+
+    table = pd.concat([reference.value_counts(), current.value_counts()], axis=1).fillna(0).to_numpy().T
+    return float(chi2_contingency(table, correction=False).pvalue)
+
+
+@functools.cache
+def _register_label_test() -> None:
+    """Make CATEGORICAL_TEST a stattest Evidently's ValueDrift finds by name (its registry; once per process)."""
+    from evidently.legacy.calculations.stattests.registry import StatTest, register_stattest
+    from evidently.legacy.core import ColumnType
+
+    def test(reference: pd.Series, current: pd.Series, feature_type: Any, threshold: float) -> tuple[float, bool]:
+        p_value = label_homogeneity(reference, current)
+        return p_value, p_value < threshold
+
+    stattest = StatTest(
+        name=CATEGORICAL_TEST,
+        display_name="chi-square test of homogeneity (two samples) p_value",
+        allowed_feature_types=[ColumnType.Categorical],
+    )
+    register_stattest(stattest, default_impl=test)
+
+
+def value_drift_metrics(features: Features, with_novelty: bool, params: MonitorParams) -> dict[str, Any]:
+    """One Evidently ValueDrift per signal column, keyed by signal name; each flags under its own threshold
+    (`monitor.alpha`, `monitor.label_shift_alpha` for predicted_label)."""
     from evidently.metrics import ValueDrift
+
+    _register_label_test()
+    alpha = params.alpha
 
     metrics: dict[str, Any] = {
         c: ValueDrift(column=c, method=NUMERIC_TEST, threshold=alpha) for c in features.descriptors
     }
     if "new_tokens" in features.frame:
         metrics["new_tokens"] = ValueDrift(column="new_tokens", method=COUNT_TEST, threshold=alpha)
-    metrics["predicted_label"] = ValueDrift(column="predicted", method=CATEGORICAL_TEST, threshold=alpha)
+    metrics["predicted_label"] = ValueDrift(
+        column="predicted", method=CATEGORICAL_TEST, threshold=params.label_shift_alpha
+    )
     metrics["confidence"] = ValueDrift(column="confidence", method=NUMERIC_TEST, threshold=alpha)
     if with_novelty:
         metrics["novelty"] = ValueDrift(column="novelty", method=BINARY_TEST, threshold=alpha)
@@ -271,7 +312,7 @@ def distribution_signals(
     from evidently import Dataset, Report
 
     with_novelty = "novelty" in window.frame
-    metrics = value_drift_metrics(window, with_novelty, params.alpha)
+    metrics = value_drift_metrics(window, with_novelty, params)
     definition = data_definition(window.descriptors, with_novelty, "new_tokens" in window.frame)
     columns = list(definition.numerical_columns or []) + list(definition.categorical_columns or [])
     current = Dataset.from_pandas(window.frame[columns], data_definition=definition)
@@ -285,9 +326,9 @@ def distribution_signals(
                 name=name,
                 method=f"evidently ValueDrift {metric.method}",
                 value=None if math.isnan(p_value) else p_value,
-                threshold=params.alpha,
+                threshold=metric.threshold,
                 rule="value < threshold",
-                drifted=p_value < params.alpha,  # NaN (one value on both sides: nothing to compare) is False
+                drifted=p_value < metric.threshold,  # NaN (one value on both sides: nothing to compare) is False
                 counts=False,
                 detail="one value on both sides" if math.isnan(p_value) else "",
             )
