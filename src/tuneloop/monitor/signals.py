@@ -42,10 +42,10 @@ NUMERIC_TEST = "ks"  # Evidently's default for numerical columns under 1000 rows
 COUNT_TEST = "t_test"  # new_tokens: a shift of the mean count, carried by a share of texts with several
 # predicted_label: Pearson's chi-square test of homogeneity on the 2 x K table (reference, window) x label,
 # registered with Evidently as a stattest (`_register_label_test`). Evidently's own `chisquare` is a goodness-of-fit
-# test that takes the reference's label shares as exact, though a reference of a few hundred rows is a sample too:
-# simulated windows of 200 drawn from the reference's own population, at alpha 0.001, it flagged 5.8% of windows for
-# 10 classes (360 reference rows) and 97.8% for 77 classes (a label the window has and the reference lacks gives
-# p = 0); this test 0.0% for both (tests/monitor/test_signals.py holds the second).
+# test that takes the reference's label shares as exact, though a reference of a few hundred rows is a sample too
+# (a label the window has and the reference lacks gives p = 0). Undrifted 200-row windows, 360-row references
+# (bench/label_test.py): at alpha 0.001 it flagged 5.5% with 10 labels and 93.5% with 77; this test at
+# monitor.label_shift_alpha (0.02) 1.5% and 1.0% (tests/monitor/test_signals.py holds the 77-label case).
 CATEGORICAL_TEST = "chi2_two_sample"
 BINARY_TEST = "z"  # two-proportion z-test: Evidently's choice for a binary category
 NOVEL, USUAL = "novel", "usual"
