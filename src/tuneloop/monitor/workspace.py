@@ -50,8 +50,8 @@ def add_dashboard(project: Any) -> None:
     from evidently.sdk.models import PanelMetric
     from evidently.sdk.panels import line_plot_panel, text_panel
 
-    title = "tuneloop monitoring: drift p-values per run (drifted below alpha; predicted labels: label_shift_alpha)"
-    project.dashboard.add_panel(text_panel(title=title))
+    heading = "tuneloop monitoring: drift p-values per run (drifted below alpha; predicted labels: label_shift_alpha)"
+    project.dashboard.add_panel(text_panel(title=heading))
     for title, columns in PANEL_COLUMNS.items():
         values = [
             PanelMetric(legend=column, metric="evidently:metric_v2:ValueDrift", metric_labels={"column": column})
