@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 from transformers import AutoTokenizer
 
 from tests.monitor.conftest import log_predictions
@@ -188,3 +190,23 @@ def test_evidently_runs_the_two_sample_label_test_under_its_own_threshold():
     )
     assert metric.threshold == params.label_shift_alpha
     assert float(snapshot.metric_results[metric.metric_id].value) == pytest.approx(label_homogeneity(reference, window))
+
+
+@settings(max_examples=200, deadline=None)
+@given(
+    reference=st.lists(st.sampled_from("abcdefgh"), min_size=1, max_size=60),
+    window=st.lists(st.sampled_from("abcdefghij"), min_size=1, max_size=60),
+)
+def test_the_label_test_is_a_p_value_for_any_two_samples(reference, window):
+    """Any two non-empty samples, labels shared or not: a finite p in [0, 1], the same whichever side is which and
+    whatever the labels are called; 1 when the window has the reference's very shares."""
+    import pandas as pd
+
+    from tuneloop.monitor.signals import label_homogeneity
+
+    ref, cur = pd.Series(reference), pd.Series(window)
+    p = label_homogeneity(ref, cur)
+    assert 0.0 <= p <= 1.0
+    assert p == pytest.approx(label_homogeneity(cur, ref))
+    assert p == pytest.approx(label_homogeneity(ref.map(str.upper), cur.map(str.upper)))
+    assert label_homogeneity(ref, pd.concat([ref, ref])) == pytest.approx(1.0)
