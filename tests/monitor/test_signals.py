@@ -8,8 +8,8 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from transformers import AutoTokenizer
 
-from tests.monitor.conftest import log_predictions
 from tests.conftest import REPO
+from tests.monitor.conftest import log_predictions
 from tuneloop.config import load_params
 from tuneloop.demo import generate
 from tuneloop.monitor.run import assess
