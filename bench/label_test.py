@@ -33,12 +33,11 @@ def flagged(pairs: list[tuple[pd.Series, pd.Series]], alpha: float, label_alpha:
     from evidently.legacy.calculations.stattests.chisquare_stattest import _chi_stat_test
     from evidently.legacy.core import ColumnType
 
-    from tuneloop.monitor.signals import label_homogeneity
+    from tuneloop.monitor.signals import label_distance, label_homogeneity
 
     evidently = two_sample = 0
     for reference, window in pairs:
-        shares = reference.value_counts(normalize=True)
-        far = window.value_counts(normalize=True).sub(shares, fill_value=0).abs().sum() / 2 >= floor
+        far = label_distance(reference, window) >= floor
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")  # scipy on zero expected counts
             evidently += far and _chi_stat_test(reference, window, ColumnType.Categorical, alpha)[0] < alpha

@@ -256,6 +256,12 @@ def label_homogeneity(reference: pd.Series, current: pd.Series) -> float:
     return float(chi2_contingency(table, correction=False).pvalue)
 
 
+def label_distance(reference: pd.Series, current: pd.Series) -> float:
+    """Total variation distance between two samples' label shares (0: the same shares, 1: no label in common)."""
+    shares = current.value_counts(normalize=True).sub(reference.value_counts(normalize=True), fill_value=0)
+    return float(shares.abs().sum() / 2)
+
+
 @functools.cache
 def _register_label_test() -> None:
     """Make CATEGORICAL_TEST a stattest Evidently's ValueDrift finds by name (its registry; once per process)."""
@@ -344,9 +350,7 @@ def _label_shift_floor(
     would retrain for, such as the reference (deduplicated data) against traffic that repeats itself."""
     if result.name != "predicted_label":
         return result
-    cur = window.frame["predicted"].value_counts(normalize=True)
-    ref = reference.frame["predicted"].value_counts(normalize=True)
-    distance = float(cur.sub(ref, fill_value=0).abs().sum() / 2)
+    distance = label_distance(reference.frame["predicted"], window.frame["predicted"])
     floor = params.min_label_shift
     return result.model_copy(
         update={
