@@ -30,7 +30,7 @@ sys.path.insert(0, str(REPO / "src"))
 
 def flagged(pairs: list[tuple[pd.Series, pd.Series]], alpha: float, label_alpha: float, floor: float) -> dict:
     """Share of (reference, window) pairs each test flags (both with the total-variation floor)."""
-    from evidently.legacy.calculations.stattests.chisquare_stattest import _chi_stat_test
+    from evidently.legacy.calculations.stattests import chi_stat_test
     from evidently.legacy.core import ColumnType
 
     from tuneloop.monitor.signals import label_distance, label_homogeneity
@@ -40,7 +40,7 @@ def flagged(pairs: list[tuple[pd.Series, pd.Series]], alpha: float, label_alpha:
         far = label_distance(reference, window) >= floor
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")  # scipy on zero expected counts
-            evidently += far and _chi_stat_test(reference, window, ColumnType.Categorical, alpha)[0] < alpha
+            evidently += far and chi_stat_test(reference, window, ColumnType.Categorical, alpha).drift_score < alpha
         two_sample += far and label_homogeneity(reference, window) < label_alpha
     return {"evidently_chisquare": evidently / len(pairs), "two_sample": two_sample / len(pairs)}
 
