@@ -210,3 +210,31 @@ def test_the_label_test_is_a_p_value_for_any_two_samples(reference, window):
     assert p == pytest.approx(label_homogeneity(cur, ref))
     assert p == pytest.approx(label_homogeneity(ref.map(str.upper), cur.map(str.upper)))
     assert label_homogeneity(ref, pd.concat([ref, ref])) == pytest.approx(1.0)
+
+
+@settings(max_examples=60, deadline=None)
+@given(
+    rows=st.lists(
+        st.tuples(st.sampled_from(["refund", "spam", "0", "1", "ham"]), st.sampled_from(["refund", "spam", "0", "1"])),
+        min_size=1,
+        max_size=40,
+    )
+)
+def test_labeled_metrics_equal_sklearn_for_any_label_set(rows):
+    """One, two or many labels, words or digits: the feedback rows' accuracy, macro-F1 and per-class recall are
+    scikit-learn's. Two labels made Evidently 0.7 run a binary task looking up positive label 1 (KeyError), so a
+    two-class model's monitoring failed whenever feedback had arrived."""
+    import pandas as pd
+    from sklearn.metrics import accuracy_score, f1_score, recall_score
+
+    from tuneloop.monitor.signals import labeled_metrics
+
+    true, predicted = (list(column) for column in zip(*rows))
+    window = pd.DataFrame({"true_label": [*true, None], "predicted": [*predicted, "spam"]})  # an unlabeled row too
+    _, result = labeled_metrics(window)
+    labels = sorted(set(true) | set(predicted))
+    assert result.rows == len(rows)
+    assert result.accuracy == pytest.approx(accuracy_score(true, predicted))
+    assert result.macro_f1 == pytest.approx(f1_score(true, predicted, average="macro", zero_division=0))
+    recalls = recall_score(true, predicted, labels=labels, average=None, zero_division=0)
+    assert result.per_class_recall == pytest.approx(dict(zip(labels, recalls)))

@@ -234,15 +234,16 @@ def embedding_signal(ref: np.ndarray, cur: np.ndarray, params: MonitorParams) ->
         threshold, rule = 0.015, "value > threshold"  # Evidently's MMD default
         method = MMDDriftMethod(threshold=threshold)
     score, drifted, name = method(pd.DataFrame(cur), pd.DataFrame(ref))
+    judged = math.isfinite(score)  # a window of a row or two leaves the classifier's held-out half one class
     return SignalResult(
         name="embedding",
         method=f"evidently {name} drift",
-        value=float(score),
+        value=float(score) if judged else None,
         threshold=threshold,
         rule=rule,
-        drifted=bool(drifted),
+        drifted=bool(drifted) and judged,
         counts=False,
-        detail=f"{len(cur)} window rows vs {len(ref)} reference rows",
+        detail=f"{len(cur)} window rows vs {len(ref)} reference rows" + ("" if judged else ": too few to judge"),
     )
 
 
@@ -362,26 +363,38 @@ def _label_shift_floor(
 
 
 def labeled_metrics(window: pd.DataFrame) -> tuple[Any, LabeledMetrics]:
-    """Accuracy, macro-F1 and per-class recall on the rows with feedback labels (Evidently report)."""
-    from evidently import DataDefinition, Dataset, MulticlassClassification, Report
-    from evidently.metrics import Accuracy, F1Score, RecallByLabel
+    """Accuracy, macro-F1 and per-class recall on the rows with feedback labels (Evidently report).
+
+    Evidently 0.7 takes any data with exactly two labels (true and predicted together) for a binary task and then
+    looks up its positive label, 1 unless told: string labels raised KeyError, so every window of a two-class
+    model (sentiment, spam) with feedback, and a many-class window whose few labeled rows held two labels, failed.
+    Such data is declared binary with a positive label of its own; F1 and recall are read per label, so both task
+    kinds give the same numbers (scikit-learn's: macro-F1 over the labels seen, true or predicted; a label never
+    true has F1 and recall 0, which Evidently's binary task leaves out)."""
+    from evidently import BinaryClassification, DataDefinition, Dataset, MulticlassClassification, Report
+    from evidently.metrics import Accuracy, F1ByLabel, RecallByLabel
 
     rows = window[window["true_label"].notna()]
     if rows.empty:
         return None, LabeledMetrics(rows=0)
     frame = rows[["true_label", "predicted"]].astype(str).reset_index(drop=True)
-    definition = DataDefinition(
-        categorical_columns=["true_label", "predicted"],
-        classification=[MulticlassClassification(target="true_label", prediction_labels="predicted")],
+    labels = sorted(set(frame["true_label"]) | set(frame["predicted"]))
+    columns = {"target": "true_label", "prediction_labels": "predicted"}
+    task = (
+        BinaryClassification(**columns, pos_label=labels[1])
+        if len(labels) == 2
+        else MulticlassClassification(**columns)
     )
-    accuracy, f1, recall = Accuracy(), F1Score(), RecallByLabel()
+    definition = DataDefinition(categorical_columns=["true_label", "predicted"], classification=[task])
+    accuracy, f1, recall = Accuracy(), F1ByLabel(), RecallByLabel()
     snapshot = Report([accuracy, f1, recall]).run(Dataset.from_pandas(frame, data_definition=definition), None)
-    by_label = snapshot.metric_results[recall.metric_id].values
+    by_label = {str(k): float(v.value) for k, v in snapshot.metric_results[f1.metric_id].values.items()}
+    recalls = {str(k): float(v.value) for k, v in snapshot.metric_results[recall.metric_id].values.items()}
     return snapshot, LabeledMetrics(
         rows=len(frame),
         accuracy=float(snapshot.metric_results[accuracy.metric_id].value),
-        macro_f1=float(snapshot.metric_results[f1.metric_id].value),
-        per_class_recall={str(k): float(v.value) for k, v in by_label.items()},
+        macro_f1=sum(by_label.get(label, 0.0) for label in labels) / len(labels),
+        per_class_recall={label: recalls.get(label, 0.0) for label in labels},
     )
 
 
