@@ -25,7 +25,7 @@ help:
 	@echo "make test   set up and run the tests (what CI runs, after make lint)"
 	@echo "make test-fast  the inner loop: no DVC, Prefect or BentoML servers, no shared data, no kill or load tests (66-177 s of tests on the 2-core boxes measured before 2026-12-06's speed-ups, 64-118 s since)"
 	@echo "make lint   ruff (lint + format) and mypy on src/ and flows/"
-	@echo "make fuzz   the fuzz tests: the service's (Schemathesis + hostile requests, 2000 examples each), monitoring's hostile windows (666)"
+	@echo "make fuzz   the fuzz tests: the service's (Schemathesis + hostile requests, 2000 examples each), monitoring's hostile windows (333)"
 	@echo "make loop-demo  after make demo: drift -> monitor -> retrain -> gate -> promote -> the service switches"
 	@echo "make lock   re-resolve requirements.lock from pyproject.toml"
 
@@ -93,7 +93,7 @@ test-fast: install
 	$(BIN)/python -m pytest -q --durations=10 -m "not integration and not system and not heavy and not slow"
 
 # The fuzz tests of tests/serve/test_service_asgi.py (60 seeded examples each in CI, 2000 unseeded here) and
-# tests/monitor/test_hostile_windows.py (a third of those: each example runs a whole monitoring assessment). Minutes.
+# tests/monitor/test_hostile_windows.py (a sixth of those: each example runs a whole monitoring assessment). Minutes.
 fuzz: install
 	TUNELOOP_FUZZ_EXAMPLES=2000 $(BIN)/python -m pytest -q tests/serve/test_service_asgi.py -k fuzz
 	TUNELOOP_FUZZ_EXAMPLES=2000 $(BIN)/python -m pytest -q tests/monitor/test_hostile_windows.py -k any_window

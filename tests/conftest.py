@@ -195,15 +195,18 @@ def tiny_model(tmp_path_factory: pytest.TempPathFactory) -> Path:
 @pytest.fixture(scope="session")
 def tiny_classifier(tiny_model: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
     """The tiny random BERT as a tuneloop model dir with the demo's labels."""
+    from tuneloop.demo import INTENTS
+
+    return classifier_dir(tiny_model, tmp_path_factory.mktemp("tiny-classifier"), list(INTENTS))
+
+
+def classifier_dir(tiny_model: Path, path: Path, labels: list[str]) -> Path:
+    """The tiny random BERT with a classification head over `labels`, as a tuneloop model dir at `path`."""
     import json
 
     import torch
     from transformers import BertForSequenceClassification
 
-    from tuneloop.demo import INTENTS
-
-    labels = list(INTENTS)
-    path = tmp_path_factory.mktemp("tiny-classifier")
     torch.manual_seed(0)
     model = BertForSequenceClassification.from_pretrained(
         tiny_model,

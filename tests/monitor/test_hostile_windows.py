@@ -2,7 +2,7 @@
 empty or 20,000 characters long, a handful of rows, feedback of one, two or new labels, confidences at 0 and 1.
 
 Found by this test: a window whose feedback rows held exactly two labels made Evidently's classification
-metrics fail (tuneloop.monitor.signals.labeled_metrics). `make fuzz` runs it with 2000 / 3 new examples."""
+metrics fail (tuneloop.monitor.signals.labeled_metrics). CI runs 10 seeded examples, `make fuzz` 333 new ones."""
 
 from __future__ import annotations
 
@@ -25,7 +25,7 @@ TEXTS = st.text(st.characters(blacklist_categories=("Cs",)), max_size=300) | st.
 LABELS = st.sampled_from(["card_lost", "refund_request", "app_bug"]) | st.from_regex(NEW_LABEL, fullmatch=True)
 
 
-@settings(FUZZ, max_examples=max(EXAMPLES // 3, 10), phases=[Phase.explicit, Phase.generate])
+@settings(FUZZ, max_examples=max(EXAMPLES // 6, 10), phases=[Phase.explicit, Phase.generate])
 @given(data=st.data())
 def test_any_window_the_log_can_hold_is_judged(tiny_classifier, reference, windows, params, data):  # noqa: F811
     tokenizer = AutoTokenizer.from_pretrained(tiny_classifier)

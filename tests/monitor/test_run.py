@@ -202,3 +202,28 @@ def test_cli_prints_the_verdict_or_the_cause(cli, champion, tiny_classifier, tmp
     assert (tmp_path / "monitoring" / "state" / "tuneloop-classifier" / "verdict.json").is_file()
     failed = cli("monitor", "run", "--db", "postgresql+psycopg://postgres@127.0.0.1:1/x")
     assert failed.exit_code == 1 and "127.0.0.1:1" in failed.stderr
+
+
+def test_a_two_class_model_with_feedback_gets_a_verdict_report_and_snapshot(tiny_model, params, tmp_path, store):
+    """A sentiment or spam model: every window with feedback holds two labels, which Evidently runs as a binary
+    task (the labeled metrics failed with a KeyError there). The whole run: verdict, HTML report, workspace."""
+    from tests.conftest import classifier_dir
+    from tuneloop import registry
+    from tuneloop.monitor.reference import build_reference
+
+    labels = ["ham", "spam"]
+    model_dir = classifier_dir(tiny_model, tmp_path / "two-class", labels)
+    rows = generate(200, seed=7).assign(label=lambda f: ["spam" if i % 3 == 0 else "ham" for i in range(len(f))])
+    reference = build_reference(model_dir, rows.iloc[:120], backend="torch")
+    entry = registry.register(model_dir, reference=write_reference(reference, tmp_path / "ref.parquet"))
+    registry.promote(entry.tag, reason="test")
+    url = f"sqlite:///{tmp_path}/log.db"
+    log_predictions(url, model_dir, entry.tag, rows.iloc[120:].reset_index(drop=True), feedback_share=0.5)
+
+    verdict = run_monitoring(params, db_url=url)
+
+    assert verdict.window.rows == 80 and verdict.window.labeled_rows == 40
+    assert verdict.labeled is not None and verdict.labeled.rows == 40
+    assert set(verdict.labeled.per_class_recall) <= set(labels)
+    assert verdict.report and Path(verdict.report).stat().st_size > 10_000
+    assert verdict.workspace_error is None and any(Path(params.workspace).rglob("*.json"))

@@ -212,7 +212,7 @@ def test_the_label_test_is_a_p_value_for_any_two_samples(reference, window):
     assert label_homogeneity(ref, pd.concat([ref, ref])) == pytest.approx(1.0)
 
 
-@settings(max_examples=60, deadline=None)
+@settings(max_examples=30, deadline=None)
 @given(
     rows=st.lists(
         st.tuples(st.sampled_from(["refund", "spam", "0", "1", "ham"]), st.sampled_from(["refund", "spam", "0", "1"])),
