@@ -15,7 +15,7 @@ from pathlib import Path
 import pandas as pd
 
 from tuneloop.errors import DataError
-from tuneloop.tabular import is_missing, read_rows
+from tuneloop.tabular import is_missing, read_rows, refuse_repeated
 
 QUEUE_COLUMNS = ["request_id", "text", "predicted", "confidence", "model_tag", "label"]
 
@@ -103,6 +103,7 @@ def _annotated(path: str | Path) -> list[tuple[str, str]]:
             raise DataError(f"{path}: not found. Write one with `tuneloop feedback queue --out {path}`.") from None
         raise exc
     frame.columns = [str(c).strip() for c in frame.columns]
+    refuse_repeated(path, frame, {"request id": "request_id", "label": "label"})
     missing = {"request_id", "label"} - set(frame.columns)
     if missing:
         raise DataError(

@@ -31,7 +31,7 @@ from tuneloop.config import Params
 from tuneloop.errors import DataError, first_line
 from tuneloop.model import RESTORE, ModelError, load_tokenizer, loader_errors, resolve_base_model, write_model_folder
 from tuneloop.provenance import RUN_FILE, data_version, file_digest, utc_now
-from tuneloop.tabular import TEXT, decode_file, read_labeled, read_rows, write_text_atomic
+from tuneloop.tabular import TEXT, decode_file, read_labeled, read_rows, refuse_repeated, write_text_atomic
 
 log = logging.getLogger(__name__)
 
@@ -46,6 +46,7 @@ def read_extra_text(path: str | Path) -> list[str]:
         raise DataError(f"pretrain.extra_text names {path}, which does not exist. Fix the path or remove it.")
     if path.suffix.lower() in (".csv", ".tsv"):  # the corpus' reader: its encoding, quoting and size checks
         frame, _ = read_rows(path, (TEXT,))
+        refuse_repeated(path, frame, {TEXT: TEXT})
         if TEXT not in frame:
             raise DataError(f"{path}: no '{TEXT}' column (columns: {list(frame.columns)[:10]}). Name the text column "
                             f"'{TEXT}', or give a plain .txt file with one text per line.")  # fmt: skip

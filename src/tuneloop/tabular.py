@@ -263,6 +263,21 @@ def _read_parquet(path: Path) -> pd.DataFrame:
         raise DataError(f"{path}: not a readable Parquet file ({exc}). Re-export it.") from None
 
 
+def refuse_repeated(path: str | Path, frame: pd.DataFrame, roles: dict[str, str]) -> None:
+    """A DataError when the header names a column the caller reads (role -> column name) more than once: pandas
+    would read the first and rename the others `name.1`, so a second label column would be dropped unsaid.
+    Names that became equal once the caller stripped them count too.
+    """
+    names = [str(c) for c in frame.columns]
+    repeated = set(frame.attrs.get(REPEATED, [])) | {name for name in names if names.count(name) > 1}
+    for role, col in roles.items():
+        if col in repeated:
+            raise DataError(
+                f"{path}: the header names column '{col}' more than once, so which one holds the {role} is "
+                "ambiguous. Rename or remove the other copies."
+            )
+
+
 def _canonical_columns(path: Path, frame: pd.DataFrame, text_col: str, label_col: str) -> pd.DataFrame:
     columns = [str(c) for c in frame.columns]
     frame.columns = columns
@@ -278,12 +293,7 @@ def _canonical_columns(path: Path, frame: pd.DataFrame, text_col: str, label_col
             raise DataError(f"{path}: no {role} column '{col}' (columns found: {shown}). {fix}.")
     if text_col == label_col:
         raise DataError(f"{path}: --text-col and --label-col are both '{text_col}'; they must differ.")
-    for role, col in ((TEXT, text_col), (LABEL, label_col)):
-        if col in frame.attrs.get(REPEATED, []):
-            raise DataError(
-                f"{path}: the header names column '{col}' more than once, so which one holds the {role} is "
-                "ambiguous. Rename or remove the other copies."
-            )
+    refuse_repeated(path, frame, {TEXT: text_col, LABEL: label_col})
     clash = [c for c in (TEXT, LABEL) if c in columns and c not in (text_col, label_col)]
     if clash:
         raise DataError(

@@ -96,6 +96,8 @@ def test_an_annotated_queue_saved_by_a_spreadsheet_imports(tmp_path, name, encod
         ("request_id,label\n{id},a\n{id},b\n", "repeats"),  # one id twice: the /feedback rule
         ("id,label\n{id},a\n", "needs request_id and label"),
         ('request_id,label\n"{id},a\n', "broken quote"),
+        ("request_id,label,label\n{id},a,b\n", "names column 'label' more than once"),  # was: the first, unsaid
+        ("request_id, label,label\n{id},a,b\n", "names column 'label' more than once"),  # was: a traceback
     ],
 )
 def test_bad_annotation_files_record_nothing(tmp_path, content, message):

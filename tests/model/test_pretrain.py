@@ -85,6 +85,8 @@ def test_extra_text_files_are_read_or_refused_with_the_fix(project):
     assert read_extra_text(write(project / "u.csv", "id,text\n1,first\n2,second\n")) == ["first", "second"]
     with pytest.raises(DataError, match="no 'text' column"):
         read_extra_text(write(project / "bad.csv", "id,body\n1,x\n"))
+    with pytest.raises(DataError, match="names column 'text' more than once"):  # was: the first column, unsaid
+        read_extra_text(write(project / "twice.csv", "text,text\nfirst,other\n"))
     params = load_params(REPO / "params.yaml", ["pretrain.extra_text=[missing.txt]"])
     with pytest.raises(DataError, match="missing.txt, which does not exist"):
         corpus(params, [])
