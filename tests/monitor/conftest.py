@@ -32,6 +32,24 @@ def monitor_params():
     return load_params(REPO / "params.yaml").monitor
 
 
+@pytest.fixture
+def windows(tiny_classifier, tmp_path):
+    """Two windows of the tiny model's logged predictions: demo traffic with feedback on half, and length drift."""
+    from tuneloop.demo import generate
+    from tuneloop.predlog import read_window
+
+    url = f"sqlite:///{tmp_path}/log.db"
+    log_predictions(url, tiny_classifier, "m:ref", generate(300, seed=5), feedback_share=0.5)
+    log_predictions(url, tiny_classifier, "m:long", generate(300, seed=6, drift="length"))
+    return {tag: read_window(url, model_tag=tag) for tag in ("m:ref", "m:long")}
+
+
+@pytest.fixture
+def params(monitor_params):
+    # The tiny model is random: its accuracy says nothing, so the estimate must not decide here.
+    return monitor_params.model_copy(update={"min_estimated_accuracy": 0.0})
+
+
 def log_predictions(url: str, model_dir: Path, tag: str, frame, feedback_share: float = 0.0, start=None) -> None:
     """Classify `frame.text` with the model and log each prediction (with its embedding) as the
     service does; a share of rows gets its true label as feedback."""

@@ -13,7 +13,6 @@ from hypothesis import Phase, given, settings
 from hypothesis import strategies as st
 from transformers import AutoTokenizer
 
-from tests.monitor.test_signals import params, windows  # noqa: F401  (fixtures)
 from tests.serve.fuzzing import EXAMPLES, FUZZ
 from tuneloop.monitor.run import assess
 from tuneloop.serve.guard import NEW_LABEL
@@ -27,7 +26,7 @@ LABELS = st.sampled_from(["card_lost", "refund_request", "app_bug"]) | st.from_r
 
 @settings(FUZZ, max_examples=max(EXAMPLES // 6, 10), phases=[Phase.explicit, Phase.generate])
 @given(data=st.data())
-def test_any_window_the_log_can_hold_is_judged(tiny_classifier, reference, windows, params, data):  # noqa: F811
+def test_any_window_the_log_can_hold_is_judged(tiny_classifier, reference, windows, params, data):
     tokenizer = AutoTokenizer.from_pretrained(tiny_classifier)
     window = windows["m:ref"].iloc[: data.draw(st.integers(1, 300), label="rows")].copy()
     hostile = window.index[: data.draw(st.integers(0, len(window)), label="hostile rows")]
@@ -53,7 +52,7 @@ def test_any_window_the_log_can_hold_is_judged(tiny_classifier, reference, windo
 
 
 @pytest.mark.parametrize("first, second", [("spam", "ham"), ("card_lost", "refund_request")])
-def test_feedback_of_two_labels_is_judged(tiny_classifier, reference, windows, params, first, second):  # noqa: F811
+def test_feedback_of_two_labels_is_judged(tiny_classifier, reference, windows, params, first, second):
     """The case the fuzzing found, as a plain example: a two-class model's every window with feedback, or a
     many-class window whose few labeled rows hold two labels. It was a KeyError."""
     window = windows["m:ref"].assign(true_label=None)

@@ -9,25 +9,8 @@ from hypothesis import strategies as st
 from transformers import AutoTokenizer
 
 from tests.conftest import REPO
-from tests.monitor.conftest import log_predictions
 from tuneloop.config import load_params
-from tuneloop.demo import generate
 from tuneloop.monitor.run import assess
-from tuneloop.predlog import read_window
-
-
-@pytest.fixture
-def windows(tiny_classifier, tmp_path):
-    url = f"sqlite:///{tmp_path}/log.db"
-    log_predictions(url, tiny_classifier, "m:ref", generate(300, seed=5), feedback_share=0.5)
-    log_predictions(url, tiny_classifier, "m:long", generate(300, seed=6, drift="length"))
-    return {tag: read_window(url, model_tag=tag) for tag in ("m:ref", "m:long")}
-
-
-@pytest.fixture
-def params(monitor_params):
-    # The tiny model is random: its accuracy says nothing, so the estimate must not decide here.
-    return monitor_params.model_copy(update={"min_estimated_accuracy": 0.0})
 
 
 def test_a_reference_window_does_not_flag_and_a_drifted_one_does(tiny_classifier, reference, windows, params):
