@@ -14,7 +14,8 @@ runs on --baseline-windows windows per case (the same first windows the platform
 each case. Prints JSON.
 
     PYTHONPATH=src .venv/bin/python bench/drift_power.py --model /tmp/mon-demo/models/candidate \\
-        --data /tmp/mon-demo/data/prepared/val.csv /tmp/mon-demo/data/prepared/test.csv
+        --data /tmp/mon-demo/data/prepared/val.csv /tmp/mon-demo/data/prepared/test.csv \\
+        --corpus /tmp/mon-demo/data/raw/corpus.csv
 """
 
 from __future__ import annotations
@@ -60,23 +61,38 @@ def baseline_flags(reference, window) -> bool:
     raise RuntimeError("DataDriftPreset gave no DriftedColumnsCount")
 
 
-def platform(reference, window, params, tokenizer) -> tuple[bool, list[str]]:
+def platform(reference, window, params, tokenizer) -> tuple[bool, list[str], bool | None]:
+    """The verdict's flag and the signals that drifted; with a reference that expects the corpus' label mix, also
+    the flag the same window gets when predicted_label is the two-sample test against the reference's own
+    predicted labels (the test before tuneloop.monitor.label_mix; every other signal the same), else None."""
     from tuneloop.monitor.run import assess
+    from tuneloop.monitor.signals import label_distance, label_homogeneity
 
     signals = assess(reference, window, params, tokenizer).signals
     flagged = [s.name for s in signals if s.drifted]
-    return any(s.drifted and s.counts for s in signals), flagged
+    counted = any(s.drifted and s.counts for s in signals)
+    if "corpus_labels" not in reference.attrs["tuneloop_reference"]:
+        return counted, flagged, None
+    ref, cur = reference["predicted"].astype(str), window["predicted"].astype(str)
+    label = next(s for s in signals if s.name == "predicted_label")
+    two_sample = (
+        label_homogeneity(ref, cur) < params.label_shift_alpha and label_distance(ref, cur) >= params.min_label_shift
+    )
+    others = any(s.drifted and s.counts for s in signals if s.name != "predicted_label")
+    return counted, flagged, others or (two_sample and label.counts)
 
 
 def run_case(kind, share, ref, scored, params, tokenizer, args, rng) -> dict:
     base, drifted = scored["none"], None if kind == "none" else scored[kind]
-    flags, baseline, per_signal, seconds = [], [], {}, []
+    flags, baseline, per_signal, seconds, two_sample = [], [], {}, [], []
     for i in range(args.windows):
         window = pools.window(base, drifted, args.size, share, rng)
         started = time.perf_counter()
-        flagged, names = platform(ref, window, params, tokenizer)
+        flagged, names, plain = platform(ref, window, params, tokenizer)
         seconds.append(time.perf_counter() - started)
         flags.append(flagged)
+        if plain is not None:
+            two_sample.append(plain)
         for name in names:
             per_signal[name] = per_signal.get(name, 0) + 1
         if i < args.baseline_windows:
@@ -86,6 +102,7 @@ def run_case(kind, share, ref, scored, params, tokenizer, args, rng) -> dict:
         "drifted_share": share,
         "windows": len(flags),
         "platform_flagged": round(float(np.mean(flags)), 3),
+        "platform_two_sample_label_test_flagged": round(float(np.mean(two_sample)), 3) if two_sample else None,
         "baseline_windows": len(baseline),
         "baseline_flagged": round(float(np.mean(baseline)), 3) if baseline else None,
         "per_signal_flagged": {k: round(v / len(flags), 3) for k, v in sorted(per_signal.items())},
@@ -118,6 +135,9 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--model", type=Path, required=True, help="the champion's model dir")
     parser.add_argument("--data", type=Path, nargs="+", required=True, help="its val and test files (the reference)")
+    parser.add_argument("--corpus", type=Path, default=None,
+                        help="the raw corpus (data/raw/corpus.csv), as the pipeline registers the reference (the "
+                        "label test expects the corpus' mix); also reports the two-sample label test beside it")
     parser.add_argument("--params", type=Path, default=Path("params.yaml"))
     parser.add_argument("--backend", default="torch-int8")
     parser.add_argument("--size", type=int, default=200)
@@ -133,7 +153,7 @@ def main() -> None:
 
     params = load_params(args.params).monitor
     tokenizer = AutoTokenizer.from_pretrained(args.model)
-    ref = pools.reference(args.model, args.data, args.backend)
+    ref = pools.reference(args.model, args.data, args.backend, args.corpus)
     scored = {name: pools.scored_pool(args.model, name, args.backend) for name in pools.POOLS}
     cases = [(c.split(":")[0], float(c.split(":")[1])) for c in args.cases] if args.cases else CASES
     rng = np.random.default_rng(args.seed)

@@ -69,12 +69,15 @@ def scored_pool_rows(model_dir: Path, name: str, backend: str, rows: int, seed: 
     return scored_pool(model_dir, f"{name}-{rows}-{seed}", backend)
 
 
-def reference(model_dir: Path, data: list[Path], backend: str) -> pd.DataFrame:
-    """The champion's reference from its held-out files (val + test), as registration builds it."""
+def reference(model_dir: Path, data: list[Path], backend: str, corpus: Path | None = None) -> pd.DataFrame:
+    """The champion's reference from its held-out files (val + test), as registration builds it (with the raw
+    corpus' rows per label when `corpus` is given, as the pipeline registers it)."""
+    from tuneloop.monitor.label_mix import corpus_label_counts
     from tuneloop.tabular import read_labeled
 
     frame = pd.concat([read_labeled(p) for p in data], ignore_index=True)
-    return build_reference(model_dir, frame, backend=backend, recheck_margin=MARGIN)
+    counts = corpus_label_counts(corpus) if corpus else None
+    return build_reference(model_dir, frame, backend=backend, recheck_margin=MARGIN, corpus_labels=counts)
 
 
 def window(base: pd.DataFrame, drifted: pd.DataFrame | None, size: int, share: float, rng: np.random.Generator):

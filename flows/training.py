@@ -172,6 +172,7 @@ def release(params: Any) -> dict[str, Any]:
         publish=_publish,
         reason="passed the gate in the training pipeline",
         reference_data=[VAL_DATA, TEST_DATA],  # the monitoring reference: held-out rows, never trained on
+        corpus=Path(params.data.raw_path),  # its label mix (repeats included) is what undrifted traffic shows
     )
     done.raise_if_refused()
     if done.outcome == "no-new-model":

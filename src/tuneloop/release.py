@@ -77,12 +77,13 @@ def _register(
     report: GateReport,
     reference_files: list[Path],
     scratch: str,
+    corpus: Path | None = None,
 ) -> registry.Entry:
     """Register a challenger that passed: its serving variants (serve.backend) and monitoring reference with it."""
     from tuneloop.compress import build_variants
 
     variants = build_variants(challenger_dir, params.serve.backend, Path(scratch) / "onnx")
-    reference = build_reference(params, challenger_dir, reference_files, Path(scratch), variants)
+    reference = build_reference(params, challenger_dir, reference_files, Path(scratch), variants, corpus)
     evaluated = EvalReport.load(evaluation)
     return registry.register(
         challenger_dir,
@@ -108,6 +109,7 @@ def release(
     reason: str = "passed the gate",
     publish: Publish | None = None,
     reference_data: list[Path] | None = None,
+    corpus: Path | None = None,
 ) -> Release:
     """Judge `challenger_dir` on `data_path` against the champion, then register and promote it if it passes.
 
@@ -118,6 +120,8 @@ def release(
         register / promote: stop after the verdict (`tuneloop gate`) or after registering.
         publish: called after each step with its name and result.
         reference_data: labeled files the monitoring reference is built from (default: `data_path`).
+        corpus: the raw corpus those files were prepared from (data.raw_path): its rows per label let the
+            predicted-label test expect the corpus' mix (tuneloop.monitor.label_mix). None: not known.
     """
     task, challenger_dir = params.task.name, Path(challenger_dir)
     current = champion_for(champion, task)
@@ -133,7 +137,8 @@ def release(
         _publish(publish, gate_dir, "verdict", report)
         if not report.passed or not register:
             return Release("passed" if report.passed else "refused", report, _path_and_tag(current)[1])
-        entry = _register(params, challenger_dir, evaluation, report, reference_data or [Path(data_path)], scratch)
+        held_out = reference_data or [Path(data_path)]
+        entry = _register(params, challenger_dir, evaluation, report, held_out, scratch, corpus)
     _publish(publish, None, "registered", entry)
     if not promote:
         return Release("passed", report, _path_and_tag(current)[1], entry)
@@ -154,11 +159,18 @@ def _path_and_tag(entry: Entry | None) -> tuple[Path | None, str | None]:
 
 
 def build_reference(
-    params: Params, model_dir: Path, files: list[Path], scratch: Path, variants: Path | None = None
+    params: Params,
+    model_dir: Path,
+    files: list[Path],
+    scratch: Path,
+    variants: Path | None = None,
+    corpus: Path | None = None,
 ) -> Path:
-    """The monitoring reference of the model (its held-out rows, scored by the variant the service runs)."""
+    """The monitoring reference of the model (its held-out rows, scored by the variant the service runs; with
+    the raw corpus' rows per label when `corpus` is given)."""
     import pandas as pd
 
+    from tuneloop.monitor.label_mix import corpus_label_counts
     from tuneloop.monitor.reference import build_reference as build
     from tuneloop.monitor.reference import write_reference
     from tuneloop.tabular import read_labeled
@@ -171,6 +183,7 @@ def build_reference(
         variants=variants,
         batch_size=params.evaluate.batch_size,
         recheck_margin=params.serve.int8_recheck_margin,
+        corpus_labels=None if corpus is None else corpus_label_counts(corpus),
     )
     return write_reference(reference, scratch / "reference.parquet")
 

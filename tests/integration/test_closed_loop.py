@@ -38,7 +38,11 @@ def test_drift_with_feedback_retrains_and_the_running_service_switches(
     monkeypatch,
     tmp_path,
 ):
+    import pandas as pd
+
     from tuneloop import orchestration
+    from tuneloop.monitor.label_mix import CORPUS_LABELS
+    from tuneloop.monitor.reference import reference_for
     from tuneloop.monitor.simulate import drifted_rows, replay
 
     assert cli("data", "demo", "--out", "build/demo.csv", "--rows", "300").exit_code == 0
@@ -47,6 +51,8 @@ def test_drift_with_feedback_retrains_and_the_running_service_switches(
     first = _load_flow()()
     old = registry.champion()
     assert old is not None and old.tag == first["champion"] and old.metadata.get("reference_sha256")
+    corpus = reference_for(old.tag).attrs["tuneloop_reference"][CORPUS_LABELS]  # the raw corpus' label mix
+    assert sum(corpus.values()) == 300 and set(corpus) == set(pd.read_csv("build/demo.csv")["label"])
     data_before = yaml.safe_load((project / "data.dvc").read_text())["outs"][0]["md5"]
 
     db = f"sqlite:///{tmp_path / 'loop.db'}"

@@ -20,9 +20,16 @@ pytestmark = pytest.mark.integration
 REPO = Path(__file__).resolve().parents[2]
 
 
-def test_ui_lists_the_task_project_with_its_runs(tiny_classifier, reference, monitor_params, tmp_path, store):
-    from tuneloop import registry
+def test_ui_lists_the_task_project_with_its_runs(tiny_classifier, reference_rows, monitor_params, tmp_path, store):
+    """A run against a reference with its corpus' label counts (the predicted-label test Evidently knows by a name
+    registered per reference) is listed, and the UI's own process renders its snapshot."""
+    from collections import Counter
 
+    from tuneloop import registry
+    from tuneloop.monitor.reference import build_reference
+
+    counts = dict(Counter(reference_rows["label"].tolist() * 3))
+    reference = build_reference(tiny_classifier, reference_rows, backend="torch", corpus_labels=counts)
     entry = registry.register(tiny_classifier, reference=write_reference(reference, tmp_path / "ref.parquet"))
     registry.promote(entry.tag, reason="test")
     params = monitor_params.model_copy(
@@ -48,6 +55,8 @@ def test_ui_lists_the_task_project_with_its_runs(tiny_classifier, reference, mon
         project = next(p for p in projects if p["name"] == "tuneloop-classifier")
         runs = httpx.get(f"http://127.0.0.1:{port}/api/projects/{project['id']}/snapshots").json()
         assert len(runs) >= 1
+        shown = httpx.get(f"http://127.0.0.1:{port}/api/projects/{project['id']}/{runs[0]['id']}/data", timeout=60)
+        assert shown.status_code == 200 and "predicted" in shown.text
     finally:
         server.terminate()
         server.wait(timeout=30)

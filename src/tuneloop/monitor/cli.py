@@ -48,19 +48,32 @@ def reference_cmd(
     model_dir: Annotated[Path, typer.Argument(help="model dir written by `tuneloop train`.")],
     data: Annotated[list[Path], typer.Option("--data", help="labeled held-out file(s): val and test splits.")],
     out_path: Annotated[Path, typer.Option("--out", help="Parquet file to write.")] = Path("reports/reference.parquet"),
+    corpus: Annotated[
+        Path | None,
+        typer.Option(
+            "--corpus",
+            help="the raw corpus the --data rows were prepared from (data.raw_path): the predicted-label test then "
+            "expects its label mix. Leave out for held-out rows of other origin.",
+        ),
+    ] = None,
     params: ParamsOpt = Path("params.yaml"),
     set_: SetOpt = None,
 ) -> None:
     """Build the monitoring reference of a model (register it with `tuneloop models register --reference`)."""
     import pandas as pd
 
+    from tuneloop.monitor.label_mix import corpus_label_counts
     from tuneloop.monitor.reference import build_reference, write_reference
     from tuneloop.tabular import read_labeled
 
     cfg = cli_params(params, set_)
     frame = pd.concat([read_labeled(p) for p in data], ignore_index=True)
     reference = build_reference(
-        model_dir, frame, backend=cfg.serve.backend, recheck_margin=cfg.serve.int8_recheck_margin
+        model_dir,
+        frame,
+        backend=cfg.serve.backend,
+        recheck_margin=cfg.serve.int8_recheck_margin,
+        corpus_labels=corpus_label_counts(corpus) if corpus else None,
     )
     write_reference(reference, out_path)
     settings = reference.attrs["tuneloop_reference"]

@@ -3,8 +3,9 @@
 One row per held-out text (validation + test): the text descriptors, true and predicted labels,
 raw and calibrated confidences, the top-k scores and the projected embedding from the model's own
 encoder (`tuneloop.model.predict_with_embedding`, the same projection the service logs). The
-calibration and the settings it was built with travel in the Parquet file's metadata, so the file
-alone is enough to monitor against; the registry keeps it content-hashed in the model's entry.
+calibration, the settings it was built with and (registered by the pipeline) the raw corpus' rows per
+label travel in the Parquet file's metadata, so the file alone is enough to
+monitor against; the registry keeps it content-hashed in the model's entry.
 """
 
 from __future__ import annotations
@@ -17,6 +18,7 @@ import numpy as np
 
 from tuneloop.monitor import MonitorError
 from tuneloop.monitor.estimate import fit_calibration
+from tuneloop.monitor.label_mix import CORPUS_LABELS
 from tuneloop.registry import REFERENCE_FILE  # the registry owns the file name
 
 if TYPE_CHECKING:
@@ -75,12 +77,16 @@ def build_reference(
     variants: Path | None = None,
     batch_size: int = 64,
     recheck_margin: float = 0.0,
+    corpus_labels: dict[str, int] | None = None,
 ) -> pd.DataFrame:
     """The monitoring reference for the model in `model_dir`, from labeled held-out rows.
 
     `backend` and `recheck_margin` must be what the service runs (`serve.backend`, `serve.int8_recheck_margin`;
     ONNX variants read from `variants`, else the model dir's `onnx/`): the reference's confidences and
     embeddings then come from the same variant as production's, so they compare like for like.
+    `corpus_labels`: rows per label of the raw corpus the rows were prepared from (`label_mix.corpus_label_counts`),
+    kept in the metadata so the predicted-label test expects the corpus' mix (tuneloop.monitor.label_mix); None
+    for held-out rows of any other origin.
     """
     from tuneloop.compress import for_serving
     from tuneloop.model import load_classifier, predict_with_embedding
@@ -90,11 +96,18 @@ def build_reference(
     clf = for_serving(load_classifier(model_dir), backend, variants, recheck_margin=recheck_margin)
     texts = frame[text_col].astype(str).tolist()
     probs, embeddings = predict_with_embedding(clf, texts, batch_size=batch_size)
-    return reference_frame(texts, frame[label_col].astype(str).tolist(), probs, embeddings, clf, clf.backend)
+    labels = frame[label_col].astype(str).tolist()
+    return reference_frame(texts, labels, probs, embeddings, clf, clf.backend, corpus_labels)
 
 
 def reference_frame(
-    texts: list[str], labels: list[str], probs: np.ndarray, embeddings: np.ndarray, clf: Any, backend: str
+    texts: list[str],
+    labels: list[str],
+    probs: np.ndarray,
+    embeddings: np.ndarray,
+    clf: Any,
+    backend: str,
+    corpus_labels: dict[str, int] | None = None,
 ) -> pd.DataFrame:
     """Assemble the reference rows and fit the calibration on them (pure; see `build_reference`)."""
     import pandas as pd
@@ -120,6 +133,8 @@ def reference_frame(
         "rows": len(texts),
         "accuracy": float(correct.mean()),
     }
+    if corpus_labels is not None:
+        frame.attrs["tuneloop_reference"][CORPUS_LABELS] = dict(corpus_labels)
     return frame
 
 

@@ -30,6 +30,7 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
+from tuneloop.monitor.label_mix import LabelMix, expected_label_mix
 from tuneloop.monitor.reference import DESCRIPTORS, EMBEDDING_PREFIX, text_descriptors, token_ids
 from tuneloop.monitor.verdict import LabeledMetrics, SignalResult
 
@@ -46,7 +47,10 @@ COUNT_TEST = "t_test"  # new_tokens: a shift of the mean count, carried by a sha
 # (a label the window has and the reference lacks gives p = 0). Undrifted 200-row windows, 360-row references
 # (bench/label_test.py): at alpha 0.001 it flagged 5.5% with 10 labels and 93.5% with 77; this test at
 # monitor.label_shift_alpha (0.02) 1.5% and 1.0% (tests/monitor/test_signals.py holds the 77-label case).
+# A reference registered with the label counts of the data it was split from is judged against the mix those
+# imply instead (tuneloop.monitor.label_mix), registered per mix as EXPECTED_MIX_TEST + its digest.
 CATEGORICAL_TEST = "chi2_two_sample"
+EXPECTED_MIX_TEST = "chi2_expected_mix"
 BINARY_TEST = "z"  # two-proportion z-test: Evidently's choice for a binary category
 NOVEL, USUAL = "novel", "usual"
 
@@ -59,13 +63,15 @@ class Features:
     embeddings: np.ndarray | None  # (rows with an embedding, dim) or None
     descriptors: tuple[str, ...]
     token_ids: list[list[int]] | None = None  # each text's wordpiece ids, when texts were logged
+    label_mix: LabelMix | None = None  # the reference's expected predicted-label mix, when it has one
 
 
 def reference_features(reference: pd.DataFrame) -> Features:
-    """The reference's feature columns and embedding matrix."""
+    """The reference's feature columns, embedding matrix and expected label mix."""
     columns = [c for c in reference.columns if c.startswith(EMBEDDING_PREFIX)]
     frame = reference[[*DESCRIPTORS, "predicted", "confidence"]].copy()
-    return Features(frame, reference[columns].to_numpy(np.float32), DESCRIPTORS)
+    embeddings = reference[columns].to_numpy(np.float32)
+    return Features(frame, embeddings, DESCRIPTORS, label_mix=expected_label_mix(reference))
 
 
 def window_features(window: pd.DataFrame, tokenizer: Any, dim: int) -> Features:
@@ -250,43 +256,64 @@ def embedding_signal(ref: np.ndarray, cur: np.ndarray, params: MonitorParams) ->
 def label_homogeneity(reference: pd.Series, current: pd.Series) -> float:
     """p-value of Pearson's chi-square test that two samples of labels come from one distribution (no continuity
     correction; 1.0 when both hold one and the same label)."""
+    return _homogeneity(reference.value_counts(), current)
+
+
+def label_mix_fit(mix: LabelMix, current: pd.Series) -> float:
+    """p-value of the same test with the expected mix as the reference side, at the rows it is worth."""
+    import pandas as pd
+
+    return _homogeneity(pd.Series(mix.as_dict()) * mix.rows, current)
+
+
+def _homogeneity(reference_counts: pd.Series, current: pd.Series) -> float:
     import pandas as pd
     from scipy.stats import chi2_contingency
 
-    table = pd.concat([reference.value_counts(), current.value_counts()], axis=1).fillna(0).to_numpy().T
+    table = pd.concat([reference_counts, current.value_counts()], axis=1).fillna(0).to_numpy(float).T
+    table = table[:, table.sum(axis=0) > 0]
     return float(chi2_contingency(table, correction=False).pvalue)
 
 
 def label_distance(reference: pd.Series, current: pd.Series) -> float:
     """Total variation distance between two samples' label shares (0: the same shares, 1: no label in common)."""
-    shares = current.value_counts(normalize=True).sub(reference.value_counts(normalize=True), fill_value=0)
+    return _distance(reference.value_counts(normalize=True), current)
+
+
+def _distance(reference_shares: pd.Series, current: pd.Series) -> float:
+    shares = current.value_counts(normalize=True).sub(reference_shares, fill_value=0)
     return float(shares.abs().sum() / 2)
 
 
 @functools.cache
-def _register_label_test() -> None:
-    """Make CATEGORICAL_TEST a stattest Evidently's ValueDrift finds by name (its registry; once per process)."""
+def _register_label_test(mix: LabelMix | None = None) -> str:
+    """Register the label test as a stattest Evidently's ValueDrift finds by name (its registry; once per process
+    and mix) and return the name: the two-sample test, or the expected-mix test of one reference."""
     from evidently.legacy.calculations.stattests.registry import StatTest, register_stattest
     from evidently.legacy.core import ColumnType
 
     def test(reference: pd.Series, current: pd.Series, feature_type: Any, threshold: float) -> tuple[float, bool]:
-        p_value = label_homogeneity(reference, current)
+        p_value = label_homogeneity(reference, current) if mix is None else label_mix_fit(mix, current)
         return p_value, p_value < threshold
 
-    stattest = StatTest(
-        name=CATEGORICAL_TEST,
-        display_name="chi-square test of homogeneity (two samples) p_value",
-        allowed_feature_types=[ColumnType.Categorical],
+    name, display = (
+        (CATEGORICAL_TEST, "chi-square test of homogeneity (two samples) p_value")
+        if mix is None
+        else (f"{EXPECTED_MIX_TEST}_{mix.key()}", f"chi-square test against the {mix.describe()} p_value")
     )
+    stattest = StatTest(name=name, display_name=display, allowed_feature_types=[ColumnType.Categorical])
     register_stattest(stattest, default_impl=test)
+    return name
 
 
-def value_drift_metrics(features: Features, with_novelty: bool, params: MonitorParams) -> dict[str, Any]:
+def value_drift_metrics(
+    features: Features, with_novelty: bool, params: MonitorParams, label_mix: LabelMix | None = None
+) -> dict[str, Any]:
     """One Evidently ValueDrift per signal column, keyed by signal name; each flags under its own threshold
-    (`monitor.alpha`, `monitor.label_shift_alpha` for predicted_label)."""
+    (`monitor.alpha`, `monitor.label_shift_alpha` for predicted_label, against `label_mix` when given)."""
     from evidently.metrics import ValueDrift
 
-    _register_label_test()
+    label_test = _register_label_test(label_mix)
     alpha = params.alpha
 
     metrics: dict[str, Any] = {
@@ -294,9 +321,7 @@ def value_drift_metrics(features: Features, with_novelty: bool, params: MonitorP
     }
     if "new_tokens" in features.frame:
         metrics["new_tokens"] = ValueDrift(column="new_tokens", method=COUNT_TEST, threshold=alpha)
-    metrics["predicted_label"] = ValueDrift(
-        column="predicted", method=CATEGORICAL_TEST, threshold=params.label_shift_alpha
-    )
+    metrics["predicted_label"] = ValueDrift(column="predicted", method=label_test, threshold=params.label_shift_alpha)
     metrics["confidence"] = ValueDrift(column="confidence", method=NUMERIC_TEST, threshold=alpha)
     if with_novelty:
         metrics["novelty"] = ValueDrift(column="novelty", method=BINARY_TEST, threshold=alpha)
@@ -319,7 +344,7 @@ def distribution_signals(
     from evidently import Dataset, Report
 
     with_novelty = "novelty" in window.frame
-    metrics = value_drift_metrics(window, with_novelty, params)
+    metrics = value_drift_metrics(window, with_novelty, params, reference.label_mix)
     definition = data_definition(window.descriptors, with_novelty, "new_tokens" in window.frame)
     columns = list(definition.numerical_columns or []) + list(definition.categorical_columns or [])
     current = Dataset.from_pandas(window.frame[columns], data_definition=definition)
@@ -351,13 +376,20 @@ def _label_shift_floor(
     would retrain for, such as the reference (deduplicated data) against traffic that repeats itself."""
     if result.name != "predicted_label":
         return result
-    distance = label_distance(reference.frame["predicted"], window.frame["predicted"])
+    mix, current = reference.label_mix, window.frame["predicted"]
+    if mix is None:
+        distance, against = label_distance(reference.frame["predicted"], current), "the reference's predicted labels"
+    else:
+        import pandas as pd
+
+        distance, against = _distance(pd.Series(mix.as_dict()), current), mix.describe()
     floor = params.min_label_shift
     return result.model_copy(
         update={
+            "method": "evidently ValueDrift " + (CATEGORICAL_TEST if mix is None else EXPECTED_MIX_TEST),
             "rule": f"value < threshold and total variation >= {floor}",
             "drifted": result.drifted and distance >= floor,
-            "detail": f"total variation distance {distance:.3f} (floor {floor})",
+            "detail": f"total variation distance {distance:.3f} (floor {floor}) from {against}",
         }
     )
 
