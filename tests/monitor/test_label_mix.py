@@ -12,6 +12,8 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from tuneloop.demo import WEIGHTS
 
@@ -172,3 +174,23 @@ def test_evidently_runs_the_expected_mix_test_and_the_verdict_says_so(tiny_class
     assert label.method == "evidently ValueDrift chi2_expected_mix"
     assert label.value == pytest.approx(label_mix_fit(mix, window["predicted"].astype(str)))
     assert f"the corpus' {mix.corpus_rows} labels" in label.detail
+
+
+@settings(max_examples=100, deadline=None)
+@given(
+    counts=st.dictionaries(st.sampled_from("abcdef"), st.integers(1, 500), min_size=1),
+    rows=st.floats(1, 1e6),
+    window=st.lists(st.sampled_from("abcdefgh"), min_size=1, max_size=80),
+)
+def test_the_expected_mix_test_is_a_p_value_for_any_mix_and_window(counts, rows, window):
+    """Any expected mix, any weight and any window, labels shared or not: a finite p in [0, 1]; 1 when the window
+    has the mix's very shares."""
+    from tuneloop.monitor.label_mix import LabelMix
+    from tuneloop.monitor.signals import label_mix_fit
+
+    total = sum(counts.values())
+    mix = LabelMix(shares=tuple(sorted((k, v / total) for k, v in counts.items())), rows=rows, corpus_rows=total)
+    p = label_mix_fit(mix, pd.Series(window))
+    assert 0.0 <= p <= 1.0
+    same = pd.Series([label for label, n in counts.items() for _ in range(n)])
+    assert label_mix_fit(mix, same) == pytest.approx(1.0)
