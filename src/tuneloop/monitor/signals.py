@@ -45,10 +45,10 @@ COUNT_TEST = "t_test"  # new_tokens: a shift of the mean count, carried by a sha
 # registered with Evidently as a stattest (`_register_label_test`). Evidently's own `chisquare` is a goodness-of-fit
 # test that takes the reference's label shares as exact, though a reference of a few hundred rows is a sample too
 # (a label the window has and the reference lacks gives p = 0). Undrifted 200-row windows, 360-row references
-# (bench/label_test.py): at alpha 0.001 it flagged 5.5% with 10 labels and 93.5% with 77; this test at
-# monitor.label_shift_alpha (0.02) 1.5% and 1.0% (tests/monitor/test_signals.py holds the 77-label case).
-# A reference registered with the label counts of the data it was split from is judged against the mix those
-# imply instead (tuneloop.monitor.label_mix), registered per mix as EXPECTED_MIX_TEST + its digest.
+# (bench/label_test.py): at alpha 0.001 it flagged 5.5% with 10 labels and 93.5% with 77; this test at 0.02
+# 1.5% and 1.0% (tests/monitor/test_signals.py holds the 77-label case). It judges references built without the
+# raw corpus' label counts; one registered with them is judged against the mix those imply
+# (tuneloop.monitor.label_mix: the expected-mix test, registered per mix as EXPECTED_MIX_TEST + its digest).
 CATEGORICAL_TEST = "chi2_two_sample"
 EXPECTED_MIX_TEST = "chi2_expected_mix"
 BINARY_TEST = "z"  # two-proportion z-test: Evidently's choice for a binary category
