@@ -65,13 +65,14 @@ def platform(reference, window, params, tokenizer) -> tuple[bool, list[str], boo
     """The verdict's flag and the signals that drifted; with a reference that expects the corpus' label mix, also
     the flag the same window gets when predicted_label is the two-sample test against the reference's own
     predicted labels (the test before tuneloop.monitor.label_mix; every other signal the same), else None."""
+    from tuneloop.monitor.label_mix import CORPUS_LABELS
     from tuneloop.monitor.run import assess
     from tuneloop.monitor.signals import label_distance, label_homogeneity
 
     signals = assess(reference, window, params, tokenizer).signals
     flagged = [s.name for s in signals if s.drifted]
     counted = any(s.drifted and s.counts for s in signals)
-    if "corpus_labels" not in reference.attrs["tuneloop_reference"]:
+    if CORPUS_LABELS not in reference.attrs["tuneloop_reference"]:
         return counted, flagged, None
     ref, cur = reference["predicted"].astype(str), window["predicted"].astype(str)
     label = next(s for s in signals if s.name == "predicted_label")
